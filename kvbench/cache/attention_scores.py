@@ -1,0 +1,184 @@
+"""Attention probabilities for score-based eviction, computed beside the model's own attention.
+
+SDPA never materialises the attention matrix, yet H2O needs, for every cached token, the
+probability mass it receives. :func:`use_scoring_attention` switches a model to a wrapping
+attention implementation ``scored_<base>`` (``base`` = ``sdpa`` or ``eager``): attention itself
+is still the model's ``base`` function, output for output; only when the keys come from a cache
+layer that asked for scores (:func:`request_scores`) does the wrapper also compute
+
+    column sums  s[k] = Σ_q softmax(q·Kᵀ·scaling + mask)[q, k]
+
+in query chunks (memory O(chunk·N) per head, never the N×N matrix for all heads), aggregate the
+query heads that share a KV head (``sum`` / ``mean`` / ``max``) and hand the result back to the
+layer. With ``eager`` the probabilities eager already returns are reused.
+
+Hand-off: a cache layer's ``update`` calls :func:`request_scores(layer, keys)` with the key tensor
+it returns; the attention call that receives *that very tensor* (identity check) delivers the
+scores with ``layer.receive_scores(...)``. No module hooks, so deep copies of models and caches
+need no care.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import torch
+
+#: Implementations the wrapper can sit on. ``flash_attention_*`` / ``flex_attention`` have their own
+#: mask conventions and are not wrapped (yet).
+SUPPORTED_BASES = ("sdpa", "eager")
+PREFIX = "scored_"
+SCORE_AGGS = ("sum", "mean", "max")
+#: Largest number of float32 logits materialised at once while scoring (64 MiB).
+CHUNK_ELEMENTS = 1 << 24
+
+_pending = threading.local()
+
+
+def request_scores(layer, keys: torch.Tensor) -> None:
+    """Ask the next attention call on ``keys`` to deliver its column sums to ``layer.receive_scores``."""
+    _pending.request = (layer, keys)
+
+
+def aggregate_heads(probs: torch.Tensor, agg: str) -> torch.Tensor:
+    """Column sums of ``probs`` [b, h, g, q, kv] (g query heads per KV head) → [b, h, kv] float32.
+
+    ``sum``: Σ_g Σ_q p; ``mean``: (Σ_g Σ_q p)/g (same ranking as ``sum``); ``max``: Σ_q max_g p --
+    per query token the largest probability any head of the group gives the key. All three add
+    up over query tokens, so scores do not depend on how the queries were split into forwards.
+    """
+    if agg == "sum":
+        return probs.sum(dim=(2, 3))
+    if agg == "mean":
+        return probs.sum(dim=3).mean(dim=2)
+    if agg == "max":
+        return probs.amax(dim=2).sum(dim=2)
+    raise ValueError(f"score_agg={agg!r} is not supported (choose one of: {', '.join(SCORE_AGGS)})")
+
+
+def _mask_rows(mask: torch.Tensor, start: int, stop: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Rows start:stop of a 4D mask [b, 1|H, q, kv], shaped to broadcast over [b, h, g, C, kv]."""
+    b, h, g, _, kv = shape
+    rows = mask[:, :, start:stop, :kv]
+    if rows.shape[1] == 1:
+        return rows[:, :, None]
+    return rows.reshape(rows.shape[0], h, g, stop - start, kv)
+
+
+def attention_column_sums(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    agg: str = "sum",
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Σ over query rows of the causal attention probabilities, per KV head: [b, h, kv] float32.
+
+    ``query`` [b, H, q, d], ``key`` [b, h, kv, d] (not repeated for GQA). ``attention_mask`` is the
+    4D mask the model passed to attention (bool: True = attend; float: additive) or ``None``, which
+    means the plain causal mask aligned bottom-right (query i sees keys 0 … kv − q + i), the case of
+    every forward through a cache.
+    """
+    b, n_heads, q_len, d = query.shape
+    h, kv = key.shape[1], key.shape[2]
+    g = n_heads // h
+    keys_t = key.to(torch.float32).transpose(-1, -2)[:, :, None]  # [b, h, 1, d, kv]
+    out = torch.zeros(b, h, kv, dtype=torch.float32, device=query.device)
+    chunk = max(1, chunk_elements // max(1, b * n_heads * kv))
+    cols = torch.arange(kv, device=query.device)
+    for start in range(0, q_len, chunk):
+        stop = min(q_len, start + chunk)
+        q_chunk = query[:, :, start:stop].to(torch.float32).reshape(b, h, g, stop - start, d)
+        logits = torch.matmul(q_chunk, keys_t).mul_(scaling)  # [b, h, g, C, kv]
+        if attention_mask is None:
+            if q_len > 1:
+                last_visible = torch.arange(start, stop, device=query.device)[:, None] + (kv - q_len)
+                logits.masked_fill_(cols[None, :] > last_visible, float("-inf"))
+        else:
+            rows = _mask_rows(attention_mask, start, stop, logits.shape)
+            if rows.dtype == torch.bool:
+                logits.masked_fill_(~rows, float("-inf"))
+            else:
+                logits.add_(rows.to(torch.float32))
+        probs = torch.softmax(logits, dim=-1)
+        if attention_mask is not None:  # fully padded rows give NaN; they give no score
+            probs = torch.nan_to_num_(probs, nan=0.0)
+        out += aggregate_heads(probs, agg)
+    return out
+
+
+def _base_function(base: str, module):
+    if base == "eager":
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if eager is None:
+            raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward to wrap; use sdpa")
+        return eager
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def scored_attention(base: str):
+    """The attention function ``scored_<base>``: ``base`` attention, plus scores when a cache asks."""
+
+    def forward(module, query, key, value, attention_mask, **kwargs):
+        request = getattr(_pending, "request", None)
+        fn = _base_function(base, module)
+        if request is None or request[1] is not key:
+            return fn(module, query, key, value, attention_mask, **kwargs)
+        _pending.request = None
+        layer = request[0]
+        out, weights = fn(module, query, key, value, attention_mask, **kwargs)
+        b, n_heads, q_len, _ = query.shape
+        h, kv = key.shape[1], key.shape[2]
+        if weights is not None and tuple(weights.shape) == (b, n_heads, q_len, kv):
+            probs = weights.to(torch.float32).reshape(b, h, n_heads // h, q_len, kv)
+            sums = aggregate_heads(probs, layer.score_agg)
+        else:
+            scaling = kwargs.get("scaling")
+            if scaling is None:
+                scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+            sums = attention_column_sums(query, key, attention_mask, scaling, layer.score_agg)
+        layer.receive_scores(sums)
+        return out, weights
+
+    forward.__name__ = f"{PREFIX}{base}"
+    return forward
+
+
+def register_scoring_attention() -> None:
+    """Register ``scored_sdpa`` / ``scored_eager`` with transformers (idempotent)."""
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    masks = {"sdpa": sdpa_mask, "eager": eager_mask}
+    for base in SUPPORTED_BASES:
+        name = PREFIX + base
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, scored_attention(base))
+            AttentionMaskInterface.register(name, masks[base])
+
+
+def use_scoring_attention(model) -> str:
+    """Switch ``model`` to ``scored_<its implementation>`` in place; returns the new name.
+
+    Raises ``ValueError`` for an implementation that cannot be wrapped.
+    """
+    register_scoring_attention()
+    current = model.config._attn_implementation
+    if current.startswith(PREFIX):
+        return current
+    if current not in SUPPORTED_BASES:
+        raise ValueError(
+            f"attention implementation {current!r} cannot report attention scores "
+            f"(supported: {', '.join(SUPPORTED_BASES)})"
+        )
+    model.set_attn_implementation(PREFIX + current)
+    return PREFIX + current
+
+
+def is_scoring(model) -> bool:
+    """Whether ``model`` runs a ``scored_*`` attention implementation."""
+    return str(model.config._attn_implementation).startswith(PREFIX)

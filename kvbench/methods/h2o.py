@@ -1,0 +1,112 @@
+"""``h2o``: heavy-hitter eviction (Zhang et al. 2023, "H2O: Heavy-Hitter Oracle for Efficient
+Generative Inference of Large Language Models"), with real eviction (METHODS.md §3).
+
+Every (layer, KV head) keeps H "heavy hitters" -- the tokens with the largest accumulated attention
+score s[k] = Σ_q softmax(q·Kᵀ/√d)[q, k] over every query processed so far -- plus the R most recent
+tokens; everything else is dropped from the cache for good (kvbench/cache/h2o.py). Attention itself
+runs with the model's own implementation (sdpa or eager); the scores are computed beside it in query
+chunks (kvbench/cache/attention_scores.py).
+
+Parameters (each budget is a ratio of the prompt length P = tokens of the first forward, or a count):
+
+* ``heavy_ratio`` / ``heavy_tokens`` -- H = ⌊heavy_ratio·P⌋ or H = heavy_tokens. Default ratio 0.1.
+* ``recent_ratio`` / ``recent_tokens`` -- R = ⌊recent_ratio·P⌋ or R = recent_tokens. Default ratio 0.1.
+  Give at most one of ratio/count per budget (set the other to null). Defaults H = R = 10% of P: the
+  paper's 20% KV cache. ``h2o_local`` (heavy 0, recent 20%) is the paper's "local" baseline.
+* ``score_agg`` -- GQA: how the query heads sharing a KV head combine: ``sum`` (default) or ``mean``
+  of their probabilities (same ranking), or ``max`` (per query token, the largest of the group).
+
+The budget is fixed once the prompt is seen and holds while streaming further chunks or decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from kvbench.methods.base import Method, MethodConfigError, register
+
+DEFAULT_RATIO = 0.1
+
+
+@register
+@dataclass
+class H2O(Method):
+    name: str = "h2o"
+    heavy_ratio: Optional[float] = None
+    heavy_tokens: Optional[int] = None
+    recent_ratio: Optional[float] = None
+    recent_tokens: Optional[int] = None
+    score_agg: str = "sum"
+
+    def __post_init__(self):
+        from kvbench.cache.attention_scores import SCORE_AGGS
+
+        if self.score_agg not in SCORE_AGGS:
+            raise MethodConfigError(
+                f"method.score_agg={self.score_agg!r} is not supported (choose one of: {', '.join(SCORE_AGGS)})")
+        for what, low_ok in (("heavy", True), ("recent", False)):
+            ratio, count = getattr(self, f"{what}_ratio"), getattr(self, f"{what}_tokens")
+            if ratio is not None and count is not None:
+                raise MethodConfigError(
+                    f"method.{what}_ratio={ratio} and method.{what}_tokens={count} both set: give the {what} "
+                    f"budget either as a ratio of the prompt or as a token count (set the other to null)")
+            if ratio is not None and not ((0 <= ratio if low_ok else 0 < ratio) and ratio <= 1):
+                interval = "[0, 1]" if low_ok else "(0, 1]"
+                raise MethodConfigError(
+                    f"method.{what}_ratio={ratio} must lie in {interval} (a fraction of the prompt length)")
+            if count is not None and count < 0:
+                raise MethodConfigError(f"method.{what}_tokens={count} must be a token count >= 0")
+        if self.heavy_tokens == 0 and self.recent_tokens == 0:
+            raise MethodConfigError("method.heavy_tokens=0 and method.recent_tokens=0 leave no cache: "
+                                    "at least one of them must be >= 1")
+
+    def budget(self):
+        """The resolved :class:`~kvbench.cache.h2o.H2OBudget` (defaults: 10% heavy, 10% recent)."""
+        from kvbench.cache.h2o import H2OBudget
+
+        def pick(what):
+            ratio, count = getattr(self, f"{what}_ratio"), getattr(self, f"{what}_tokens")
+            return (DEFAULT_RATIO if ratio is None and count is None else ratio), count
+
+        heavy_ratio, heavy_tokens = pick("heavy")
+        recent_ratio, recent_tokens = pick("recent")
+        return H2OBudget(heavy_ratio, heavy_tokens, recent_ratio, recent_tokens)
+
+    def check_model(self, config) -> None:
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        layer_types = getattr(text, "layer_types", None) or []
+        odd = sorted({t for t in layer_types if t != "full_attention"})
+        if odd or getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+            raise MethodConfigError(
+                f"method=h2o needs full-attention layers only; this model has {', '.join(odd) or 'sliding_window'} "
+                "layers (choose a model without sliding-window/linear attention)")
+        impl = getattr(config, "_attn_implementation", None)
+        if impl is not None and not self._supported(impl):
+            raise MethodConfigError(
+                f"method=h2o cannot score attention with model.attn_implementation={impl!r} (choose sdpa or eager)")
+
+    @staticmethod
+    def _supported(impl: str) -> bool:
+        from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES
+
+        return impl.removeprefix(PREFIX) in SUPPORTED_BASES
+
+    def apply(self, model, tokenizer=None):
+        """Switch attention to ``scored_<impl>``: the same attention, plus column sums for the cache."""
+        from kvbench.cache.attention_scores import use_scoring_attention
+
+        try:
+            use_scoring_attention(model)
+        except ValueError as err:
+            raise MethodConfigError(f"method=h2o: {err}") from None
+        return model
+
+    def new_cache(self, model):
+        from kvbench.cache.attention_scores import is_scoring
+        from kvbench.cache.h2o import H2OCache
+
+        if not is_scoring(model):
+            raise RuntimeError("method=h2o: call method.apply(model) before method.new_cache(model) "
+                               "(the cache needs the model's attention scores)")
+        return H2OCache.for_model(model.config, self.budget(), self.score_agg)
