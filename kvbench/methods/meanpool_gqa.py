@@ -1,0 +1,42 @@
+"""``meanpool_gqa``: convert to g KV heads by averaging each group's key/value projections.
+
+Ainslie et al. 2023, "GQA: Training Generalized Multi-Query Transformer Models from
+Multi-Head Checkpoints" (Sec. 2.1): the KV heads are split into g contiguous groups of
+t = h/g heads; the new key (value) projection of group i is the mean of its t heads'
+projections (weights and biases). Queries and outputs are unchanged; query head j now
+reads group ⌊j·g/H⌋ (METHODS.md §1). RoPE commutes with the average, so this is pure
+weight surgery: the model's own attention runs as GQA with g heads and a plain
+``DynamicCache`` holds g/h of the full cache bytes.
+
+In the paper this is the starting point for up-training; used as is (here), quality
+drops sharply -- it is the baseline that SVD-GQA's initialisation beats.
+
+Parameters:
+    kv_heads: target number of KV heads g; must divide the model's KV heads h
+        (1 = multi-query attention; h = no change). Default 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvbench.methods.base import Method, register
+from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, meanpool_kv_heads
+
+
+@register
+@dataclass
+class MeanPoolGQA(Method):
+    name: str = "meanpool_gqa"
+    kv_heads: int = 1
+
+    changes_weights = True
+
+    def __post_init__(self):
+        check_positive_kv_heads(self.kv_heads)
+
+    def check_model(self, config) -> None:
+        check_kv_heads(self.kv_heads, config)
+
+    def apply(self, model, tokenizer=None):
+        return meanpool_kv_heads(model, self.kv_heads)

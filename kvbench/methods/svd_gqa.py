@@ -1,0 +1,88 @@
+"""``svd_gqa``: convert to g KV heads with activation-calibrated SVD projections ("SVD-a").
+
+Yu et al. 2024, "Effectively Compress KV Heads for LLM" (arXiv 2406.07056), Sec. 3.
+Calibration text is run through the model; per layer and group i of t = h/g KV heads,
+the top-d eigenvectors of the covariance of the group's concatenated keys (after RoPE)
+give Ψ_i ∈ R^{d×t·d}, likewise Ω_i for values (METHODS.md §2). The cache then holds
+k̃ = k_concat Ψ_iᵀ and ṽ = v_concat Ω_iᵀ: g heads of dimension d, g/h of full.
+
+* values: Ω is folded into ``v_proj`` (W_V' = Ω_i W_V,group) and ``o_proj``
+  (W_O,j' = W_O,j Ω_i^(p)ᵀ), exact weight surgery;
+* keys without RoPE: Ψ is folded into ``k_proj`` and ``q_proj`` likewise;
+* keys with RoPE: the rotation depends on position, so a replacement attention
+  (:class:`kvbench.surgery.svd_attention.SVDRopeAttention`) rotates, then projects
+  keys (cached, g heads) and queries.
+
+When the group is redundant (t copies of one head, or g = h) the projection is exact.
+No LoRA recovery here (the paper's second stage).
+
+Parameters:
+    kv_heads: target number of KV heads g; must divide the model's KV heads. Default 1.
+    calibration: corpus: ``pydoc`` (Python's docs prose, offline, calibration split of
+        :mod:`kvbench.corpus`), a local ``.txt``/``.jsonl`` path, or a hub dataset name.
+    calibration_sequences: number of calibration sequences (default 32).
+    calibration_length: tokens per calibration sequence (default 512; 32×512 ≈ 16k tokens).
+    seed: which chunks of the corpus are drawn.
+    rope: ``auto`` (detect from the model's rotary embedding), ``rotary`` (force the
+        replacement attention) or ``none`` (fuse keys; on a RoPE model this is only an
+        approximation, since Ψ is calibrated on rotated keys).
+    reuse_calibration: load/save the projections under ``$KVBENCH_CACHE_DIR/calibration``
+        (default ``~/.cache/kvbench/calibration``) keyed by model, settings and corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from kvbench.corpus import CorpusError, check_source
+from kvbench.methods.base import Method, MethodConfigError, register
+from kvbench.surgery.calibration import CalibrationSpec, load_or_calibrate
+from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, layout
+from kvbench.surgery.svd_attention import has_rope, svd_convert
+
+log = logging.getLogger(__name__)
+ROPE_MODES = ("auto", "rotary", "none")
+
+
+@register
+@dataclass
+class SVDGQA(Method):
+    name: str = "svd_gqa"
+    kv_heads: int = 1
+    calibration: str = "pydoc"
+    calibration_sequences: int = 32
+    calibration_length: int = 512
+    seed: int = 0
+    rope: str = "auto"
+    reuse_calibration: bool = True
+
+    changes_weights = True
+
+    def __post_init__(self):
+        check_positive_kv_heads(self.kv_heads)
+        for field in ("calibration_sequences", "calibration_length"):
+            if getattr(self, field) <= 0:
+                raise MethodConfigError(f"method.{field}={getattr(self, field)} must be a positive number")
+        if self.rope not in ROPE_MODES:
+            raise MethodConfigError(f"method.rope={self.rope!r} is not valid (choose one of: {', '.join(ROPE_MODES)})")
+        try:
+            check_source(self.calibration)
+        except CorpusError as err:
+            raise MethodConfigError(f"method.calibration: {err}") from None
+
+    def check_model(self, config) -> None:
+        check_kv_heads(self.kv_heads, config)
+
+    def apply(self, model, tokenizer=None):
+        if tokenizer is None:
+            raise MethodConfigError("svd_gqa needs the model's tokenizer to calibrate")
+        lay = layout(model, self.kv_heads)
+        rope = has_rope(model) if self.rope == "auto" else self.rope == "rotary"
+        if self.rope == "none" and has_rope(model):
+            log.warning("svd_gqa: rope=none on a RoPE model fuses keys before rotation (an approximation)")
+        spec = CalibrationSpec(self.calibration, self.calibration_sequences, self.calibration_length, self.seed)
+        bases = load_or_calibrate(model, tokenizer, spec, lay.groups, lay.head_dim, self.reuse_calibration)
+        log.info("svd_gqa: %d -> %d KV heads, keys %s", lay.n_kv, lay.groups,
+                 "projected after RoPE" if rope else "fused into k_proj/q_proj")
+        return svd_convert(model, lay, bases, rope)
