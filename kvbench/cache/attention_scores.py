@@ -133,15 +133,16 @@ def scored_attention(base: str):
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         b, n_heads, q_len, _ = query.shape
         h, kv = key.shape[1], key.shape[2]
-        if weights is not None and tuple(weights.shape) == (b, n_heads, q_len, kv):
-            probs = weights.to(torch.float32).reshape(b, h, n_heads // h, q_len, kv)
-            sums = aggregate_heads(probs, layer.score_agg)
-        else:
-            scaling = kwargs.get("scaling")
-            if scaling is None:
-                scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
-            sums = attention_column_sums(query, key, attention_mask, scaling, layer.score_agg)
-        layer.receive_scores(sums)
+        with torch.no_grad():  # scores are bookkeeping: never part of an autograd graph
+            if weights is not None and tuple(weights.shape) == (b, n_heads, q_len, kv):
+                probs = weights.to(torch.float32).reshape(b, h, n_heads // h, q_len, kv)
+                sums = aggregate_heads(probs, layer.score_agg)
+            else:
+                scaling = kwargs.get("scaling")
+                if scaling is None:
+                    scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+                sums = attention_column_sums(query.detach(), key.detach(), attention_mask, scaling, layer.score_agg)
+            layer.receive_scores(sums)
         return out, weights
 
     forward.__name__ = f"{PREFIX}{base}"
