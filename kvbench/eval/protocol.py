@@ -1,0 +1,175 @@
+"""The context-compression protocol every method is measured under (ARCHITECTURE.md).
+
+For each request: prefill the context into the method's cache, let the method compress
+it, then score a continuation or generate greedily against the compressed cache, with
+the method's decode-time policy active. The last context token is fed *after*
+compression, so every scored or generated token sees only what the method kept.
+
+:class:`CompressionProtocol` also measures what the cache really holds (bytes summed
+over its tensors, next to what an uncompressed cache would hold for the same tokens)
+and times prefill and decoding. The lm-eval model, LongBench and the synthetic tasks
+all go through it, so a method is measured the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from kvbench.cache.accounting import cache_nbytes, full_cache_nbytes
+
+
+@dataclass
+class ProtocolStats:
+    """What one run measured. Bytes are sums over requests, taken right after context compression."""
+
+    n_prefills: int = 0
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+    scored_tokens: int = 0
+    full_bytes: int = 0
+    stored_bytes: int = 0
+    peak_stored_bytes: int = 0
+    peak_full_bytes: int = 0
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out["ratio"] = self.full_bytes / self.stored_bytes if self.stored_bytes else None
+        out["prefill_tok_s"] = self.prefill_tokens / self.prefill_s if self.prefill_s else None
+        out["decode_tok_s"] = self.decode_tokens / self.decode_s if self.decode_s else None
+        out["decode_ms_per_token"] = 1000 * self.decode_s / self.decode_tokens if self.decode_tokens else None
+        return out
+
+
+class CompressionProtocol:
+    """Prefill → compress → score/generate for one model and one method, batch size 1.
+
+    ``reference_config`` is the model's config *before* any weight surgery: the
+    uncompressed byte count of a request is measured against it.
+    """
+
+    def __init__(self, model, method, reference_config=None):
+        self.model = model
+        self.method = method
+        self.reference_config = reference_config if reference_config is not None else copy.deepcopy(model.config)
+        self.stats = ProtocolStats()
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+
+    # -- primitives -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, cache, token_ids: Sequence[int]) -> torch.Tensor:
+        """Run ``token_ids`` through the model on ``cache``; returns logits ``[len, vocab]``."""
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return out.logits[0]
+
+    def measure(self, cache, n_tokens: int) -> tuple[int, int]:
+        """``(stored, full)`` bytes for a cache that has seen ``n_tokens`` tokens; tracks the peak."""
+        stored = cache_nbytes(cache)
+        full = full_cache_nbytes(self.reference_config, n_tokens, self.dtype)
+        if stored > self.stats.peak_stored_bytes:
+            self.stats.peak_stored_bytes, self.stats.peak_full_bytes = stored, full
+        return stored, full
+
+    def prefill(self, token_ids: Sequence[int], chunk: int | None = None):
+        """A fresh cache holding ``token_ids``, compressed by the method (after each chunk if streaming)."""
+        cache = self.method.new_cache(self.model)
+        if not token_ids:
+            return cache
+        start = time.perf_counter()
+        step = chunk or len(token_ids)
+        for i in range(0, len(token_ids), step):
+            self.forward(cache, token_ids[i : i + step])
+            self.method.compress(cache)
+        self.stats.prefill_s += time.perf_counter() - start
+        self.stats.prefill_tokens += len(token_ids)
+        self.stats.n_prefills += 1
+        stored, full = self.measure(cache, len(token_ids))
+        self.stats.stored_bytes += stored
+        self.stats.full_bytes += full
+        return cache
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score_continuations(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
+        """Log-likelihood and greedy-match of each continuation after one shared, compressed context.
+
+        ``context`` must be non-empty. Its last token is fed with the continuation so every
+        scored position sees the compressed cache.
+        """
+        cache = self.prefill(context[:-1])
+        results = []
+        for i, continuation in enumerate(continuations):
+            own = cache if i == len(continuations) - 1 else copy.deepcopy(cache)
+            logits = self.forward(own, [context[-1], *continuation[:-1]])
+            self.stats.scored_tokens += len(continuation)
+            results.append(_continuation_logprob(logits, continuation))
+            self.measure(own, len(context) + len(continuation) - 1)
+        return results
+
+    def stream_logprob(self, context: Sequence[int], continuation: Sequence[int], chunk: int) -> float:
+        """Sum of log-probs of ``continuation`` streamed through the cache ``chunk`` tokens at a time,
+        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding)."""
+        cache = self.prefill(context[:-1])
+        inputs = [context[-1], *continuation[:-1]]
+        total = 0.0
+        seen = len(context) - 1
+        for i in range(0, len(inputs), chunk):
+            logits = self.forward(cache, inputs[i : i + chunk])
+            total += _continuation_logprob(logits, continuation[i : i + chunk])[0]
+            seen += len(inputs[i : i + chunk])
+            self.method.compress(cache)
+        self.stats.scored_tokens += len(continuation)
+        self.measure(cache, seen)
+        return total
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(
+        self,
+        context: Sequence[int],
+        max_new_tokens: int,
+        stop: Callable[[list[int]], bool] | None = None,
+        eos_token_ids: Sequence[int] = (),
+        query: Sequence[int] = (),
+    ) -> list[int]:
+        """Greedy decoding after a compressed context.
+
+        ``query`` tokens (e.g. a question kept apart from the document, as RULER and
+        LongBench-style tasks want) are fed after compression, uncompressed by design of
+        the protocol, followed by greedy decoding. Stops at ``max_new_tokens``, an EOS id,
+        or when ``stop(generated_ids)`` is true.
+        """
+        prompt = list(context) + list(query)
+        split = len(context) - 1 if not query else len(context)
+        cache = self.prefill(prompt[:split])
+        pending = prompt[split:]
+        generated: list[int] = []
+        eos = set(eos_token_ids)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                logits = self.forward(cache, pending)
+                token = int(logits[-1].argmax())
+                generated.append(token)
+                if token in eos or (stop is not None and stop(generated)):
+                    break
+                pending = [token]
+        self.stats.decode_s += time.perf_counter() - start
+        self.stats.decode_tokens += len(generated)
+        self.measure(cache, len(prompt) + len(generated) - 1)
+        return generated
+
+
+def _continuation_logprob(logits: torch.Tensor, continuation: Sequence[int]) -> tuple[float, bool]:
+    """Sum of log-softmax at the continuation's tokens, and whether each is the argmax."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    target = torch.tensor(list(continuation), device=logits.device)
+    picked = logprobs.gather(-1, target[:, None])[:, 0]
+    greedy = bool((logprobs.argmax(-1) == target).all())
+    return float(picked.sum()), greedy

