@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("kvbench")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
 
 
 def main() -> None:
@@ -20,9 +20,10 @@ def main() -> None:
     import hydra
 
     from kvbench.config import register_configs
+    from kvbench.runner import CONF_DIR
 
     register_configs()
-    app = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_run_job)
+    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_run_job)
     app()
 
 

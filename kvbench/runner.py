@@ -30,6 +30,7 @@ from kvbench.results import RECORD_NAME, config_hash, find_complete_record, read
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).parent / "eval" / "tasks"
+# conf/ sits at the repository root (editable install, the documented setup).
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 #: Errors a user can fix by changing the config; the CLI prints them as one line.
 USER_ERRORS = (MethodConfigError, ModelLoadError, CorpusError)

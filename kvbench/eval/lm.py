@@ -35,7 +35,10 @@ from kvbench.eval.protocol import CompressionProtocol
 @register_model("kvbench")
 class KvbenchLM(HFLM):
     def __init__(self, model="smollm2_135m", method="full", tokenizer=None, method_obj=None,
-                 reference_config=None, max_length=None, stream_chunk=512, batch_size=1, **overrides):
+                 reference_config=None, max_length=None, stream_chunk=512, batch_size=1,
+                 device=None, max_batch_size=None, **overrides):
+        # ``device``/``max_batch_size`` come from lm-eval's CLI defaults; placement is the model
+        # config's ``device_map`` (e.g. model_args ``model.device_map=cuda``), batching is always 1.
         if isinstance(model, str):
             # lm-eval CLI path: compose kvbench's config from names + overrides, load, apply the method.
             from kvbench.runner import prepare_model
