@@ -6,7 +6,8 @@ t = h/g heads; the new key (value) projection of group i is the mean of its t he
 projections (weights and biases). Queries and outputs are unchanged; query head j now
 reads group ⌊j·g/H⌋ (METHODS.md §1). RoPE commutes with the average, so this is pure
 weight surgery: the model's own attention runs as GQA with g heads and a plain
-``DynamicCache`` holds g/h of the full cache bytes.
+``DynamicCache`` holds g/h of the full cache bytes. Works on Llama-family attention
+(q/k/v/o_proj) and on BLOOM (fused query_key_value, split exactly first).
 
 In the paper this is the starting point for up-training; used as is (here), quality
 drops sharply -- it is the baseline that SVD-GQA's initialisation beats.

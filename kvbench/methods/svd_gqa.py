@@ -14,6 +14,7 @@ k̃ = k_concat Ψ_iᵀ and ṽ = v_concat Ω_iᵀ: g heads of dimension d, g/h o
   keys (cached, g heads) and queries.
 
 When the group is redundant (t copies of one head, or g = h) the projection is exact.
+Works on Llama-family attention (q/k/v/o_proj) and on BLOOM (ALiBi, fused query_key_value).
 No LoRA recovery here (the paper's second stage).
 
 Parameters:

@@ -7,7 +7,8 @@ used KV head ``j // (H/h)``; it now uses group ``j // (H/g)``, at *position*
 of ``k_proj.weight`` are output channels, head k owns rows ``k·d … k·d+d−1``.
 
 Supported attention: modules with separate ``q_proj``/``k_proj``/``v_proj``/``o_proj``
-linears and a ``layer_idx`` (Llama, Mistral, Qwen2/3, SmolLM2, ... in transformers 5).
+linears and a ``layer_idx`` (Llama, Mistral, Qwen2/3, SmolLM2, ... in transformers 5), and
+BLOOM, whose fused ``query_key_value`` is split first (:mod:`kvbench.surgery.bloom`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def attention_layers(model: nn.Module) -> list[nn.Module]:
             "KV-head surgery needs attention with separate q_proj/k_proj/v_proj/o_proj "
             f"(Llama, Mistral, Qwen2 ...); this model has {', '.join(kinds) or 'no attention module'}")
     return sorted(found, key=lambda m: m.layer_idx)
+
+
+def editable_attention_layers(model: nn.Module) -> list[nn.Module]:
+    """:func:`attention_layers` after splitting fused projections (BLOOM's ``query_key_value``; exact)."""
+    from kvbench.surgery.bloom import unfuse_qkv
+
+    return attention_layers(unfuse_qkv(model))
 
 
 def layout(model: nn.Module, kv_heads: int) -> HeadLayout:
@@ -174,7 +182,7 @@ def expand_kv_heads(model: nn.Module) -> nn.Module:
     """
     n_query, n_kv, d = head_counts(model.config)
     rep = n_query // n_kv
-    attn_modules = attention_layers(model)
+    attn_modules = editable_attention_layers(model)
     for attn in attn_modules:
         for name in ("k_proj", "v_proj"):
             linear = getattr(attn, name)
@@ -189,7 +197,7 @@ def expand_kv_heads(model: nn.Module) -> nn.Module:
 def meanpool_kv_heads(model: nn.Module, kv_heads: int) -> nn.Module:
     """Mean-pool GQA (METHODS.md §1): each group's key/value projection = mean of its heads'."""
     lay = layout(model, kv_heads)
-    attn_modules = attention_layers(model)
+    attn_modules = editable_attention_layers(model)
     for attn in attn_modules:
         attn.k_proj = project_kv_rows(attn.k_proj, lay, None)
         attn.v_proj = project_kv_rows(attn.v_proj, lay, None)

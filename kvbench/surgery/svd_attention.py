@@ -104,10 +104,10 @@ def svd_convert(model: nn.Module, lay: HeadLayout, bases: list[tuple[torch.Tenso
                 rope: bool) -> nn.Module:
     """Apply SVD-GQA with per-layer ``(Ψ, Ω)``: values fused always; keys fused (no RoPE) or
     projected after rotation by :class:`SVDRopeAttention` (RoPE)."""
-    from kvbench.surgery.heads import (attention_layers, project_kv_rows, project_output_columns,
+    from kvbench.surgery.heads import (editable_attention_layers, project_kv_rows, project_output_columns,
                                        project_query_rows, set_kv_heads)
 
-    attn_modules = attention_layers(model)
+    attn_modules = editable_attention_layers(model)
     if len(bases) != len(attn_modules):
         raise ValueError(f"{len(bases)} calibrated layers for a model with {len(attn_modules)} attention layers")
     parents = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
