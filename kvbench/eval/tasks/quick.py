@@ -81,7 +81,7 @@ def passkey_process_results(doc, results):
 
 
 # -- multiple-choice recall --------------------------------------------------------------------
-def recall_records(n: int = 40, facts: int = 12, seed: int = 0) -> list[dict]:
+def recall_records(n: int = 40, facts: int = 6, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

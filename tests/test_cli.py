@@ -1,0 +1,61 @@
+"""The console scripts end to end: a Hydra multirun sweep rolls up into a table; kvbench-report; lm-eval's CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_SILENT="true")
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd, **env):
+    return subprocess.run(args, cwd=cwd, env=ENV | {k: str(v) for k, v in env.items()}, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_multirun_sweep_writes_records_and_a_rollup_table(tmp_path):
+    result = _run([BIN / "kvbench", "-m", "model=tiny_llama", "method=full", "logger=none", "suite.limit=1",
+                   "seed=0", "suite.tasks=[kvbench_recall_mc]", "report_name=cli_sweep",
+                   f"reports_dir={tmp_path / 'reports'}", f"records_dir={tmp_path / 'records'}",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "sweep").glob("*/record.json"))) == 1
+    table = pd.read_csv(tmp_path / "reports" / "cli_sweep.csv")
+    assert list(table["method"]) == ["full"] and "kvbench_recall_mc/acc" in table
+    assert "cli_sweep.md" in result.stdout
+
+
+def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
+    result = _run([BIN / "kvbench", "model=tiny_llama", "logger=none", "suite.limit=0",
+                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "kvbench: error: suite.limit=0 must be a positive number of examples per task" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_kvbench_report_rolls_up_a_directory(tmp_path):
+    from kvbench.results import write_record
+
+    write_record(tmp_path / "runs" / "a" / "record.json", {
+        "run_id": "1", "created_at": "2026-01-01", "status": "complete", "model": {"name": "m"},
+        "method": {"name": "full", "params": {}}, "suite": {"name": "s"}, "metrics": {"t": {"acc": 0.5}},
+        "primary_metrics": {"t": {"name": "acc", "higher_is_better": True}},
+        "kv": {"full_bytes": 8, "stored_bytes": 8, "ratio": 1.0}, "timing": {"decode_tok_s": 1.0}})
+    result = _run([BIN / "kvbench-report", str(tmp_path / "runs"), "--name", "mine", "--reports-dir", str(tmp_path / "out")],
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| full" in (tmp_path / "out" / "mine.md").read_text()
+
+
+def test_lm_eval_cli_finds_the_kvbench_model(tmp_path):
+    tasks = Path(__file__).resolve().parents[1] / "kvbench" / "eval" / "tasks"
+    result = _run([BIN / "lm_eval", "--model", "kvbench", "--model_args", "model=tiny_llama,method=full",
+                   "--tasks", "kvbench_recall_mc", "--include_path", str(tasks), "--limit", "1"],
+                  cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kvbench_recall_mc" in result.stdout and "acc" in result.stdout

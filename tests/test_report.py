@@ -1,0 +1,45 @@
+"""Roll-up tables: one row per method, primary metrics, average, KV ratios, decode speed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from kvbench.report import comparison_table, write_report
+from kvbench.results import write_record
+
+
+def _record(run_id, method, params, acc, ppl, stored, decode, status="complete"):
+    return {"run_id": run_id, "created_at": f"2026-01-01T00:00:0{run_id}", "status": status, "model": {"name": "m"},
+            "method": {"name": method, "params": params}, "suite": {"name": "quick"},
+            "metrics": {"mc": {"acc": acc}, "ppl": {"word_perplexity": ppl}},
+            "primary_metrics": {"mc": {"name": "acc", "higher_is_better": True},
+                                "ppl": {"name": "word_perplexity", "higher_is_better": False}},
+            "kv": {"full_bytes": 1000, "stored_bytes": stored, "ratio": 1000 / stored}, "timing": {"decode_tok_s": decode}}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    write_record(tmp_path / "0" / "record.json", _record("1", "full", {}, 0.8, 10.0, 1000, 30.0))
+    write_record(tmp_path / "1" / "record.json", _record("2", "h2o", {"heavy_ratio": 0.1, "recent_ratio": 0.1}, 0.6, 12.0, 200, 28.0))
+    write_record(tmp_path / "2" / "record.json", _record("3", "minicache", {}, 0.1, 99.0, 700, 20.0, status="failed"))
+    return tmp_path
+
+
+def test_table_has_one_row_per_complete_method_with_ratios_against_full(sweep):
+    table = comparison_table(sweep)
+    assert list(table["method"]) == ["full", "h2o"]
+    h2o = table.set_index("method").loc["h2o"]
+    assert h2o["params"] == "heavy_ratio=0.1, recent_ratio=0.1"
+    assert h2o["mc/acc"] == 0.6 and h2o["ppl/word_perplexity"] == 12.0
+    assert h2o["avg"] == pytest.approx(0.6)  # perplexity (lower is better) is not averaged in
+    assert h2o["kv_ratio"] == pytest.approx(5.0) and h2o["kv_vs_full"] == pytest.approx(0.2)
+    assert h2o["decode_tok_s"] == 28.0
+
+
+def test_write_report_writes_markdown_csv_and_plot(sweep, tmp_path):
+    paths = write_report(sweep, "demo", tmp_path / "reports")
+    assert paths["md"].read_text().count("\n| ") == 3  # header + separator + 2 rows... (rows start with '| ')
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv["method"]) == ["full", "h2o"]
+    assert paths["png"].stat().st_size > 1000

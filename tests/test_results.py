@@ -1,0 +1,54 @@
+"""Result records: atomic writes, stable config hashes, loading many records."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from kvbench import results
+
+
+def _record(run_id, method="full", status="complete", created="2026-01-01T00:00:00", **metrics):
+    return {"run_id": run_id, "created_at": created, "status": status, "model": {"name": "m"},
+            "method": {"name": method, "params": {}}, "suite": {"name": "quick"},
+            "metrics": {"t": metrics or {"acc": 0.5}}, "primary_metrics": {"t": {"name": "acc", "higher_is_better": True}},
+            "kv": {"full_bytes": 100, "stored_bytes": 50, "ratio": 2.0}, "timing": {"decode_tok_s": 10.0}}
+
+
+def test_config_hash_ignores_logger_and_force_but_not_the_method():
+    base = {"model": {"name": "m"}, "method": {"name": "h2o", "heavy_ratio": 0.1}, "logger": {"mode": "offline"}, "force": False}
+    assert results.config_hash(base) == results.config_hash(base | {"logger": {"mode": "disabled"}, "force": True})
+    assert results.config_hash(base) != results.config_hash(base | {"method": {"name": "h2o", "heavy_ratio": 0.2}})
+
+
+def test_a_failed_write_leaves_the_previous_record_intact(tmp_path):
+    path = tmp_path / "record.json"
+    results.write_record(path, {"run_id": "a"})
+
+    class Unserialisable:
+        def __str__(self):
+            raise RuntimeError("cannot serialise")
+
+    with pytest.raises(RuntimeError):
+        results.write_record(path, {"run_id": "b", "bad": Unserialisable()})
+    assert json.loads(path.read_text()) == {"run_id": "a"}
+    assert os.listdir(tmp_path) == ["record.json"]  # no temp file left behind
+
+
+def test_only_complete_records_count_as_finished(tmp_path):
+    results.write_record(tmp_path / "abc.json", _record("1", status="failed"))
+    assert results.find_complete_record(tmp_path, "abc") is None
+    results.write_record(tmp_path / "abc.json", _record("1"))
+    assert results.find_complete_record(tmp_path, "abc") == tmp_path / "abc.json"
+
+
+def test_load_records_flattens_primary_metrics_and_drops_duplicate_runs(tmp_path):
+    results.write_record(tmp_path / "a" / "record.json", _record("1", acc=0.25))
+    results.write_record(tmp_path / "records" / "h.json", _record("1", acc=0.25))  # same run stored twice
+    results.write_record(tmp_path / "b" / "record.json", _record("2", method="h2o", created="2026-01-02T00:00:00", acc=0.75))
+    (tmp_path / "c.json").write_text("{not json")
+    frame = results.load_records(tmp_path)
+    assert sorted(frame["run_id"]) == ["1", "2"]
+    assert dict(zip(frame["method"], frame["t/acc"])) == {"full": 0.25, "h2o": 0.75}
