@@ -188,3 +188,17 @@ def test_suite_configs_compose_with_the_schema():
         assert cfg.runner == "longbench" and cfg.name == name
         opts = lb._options(cfg)
         lb._check_datasets(list(cfg.tasks), opts.e)
+
+
+def test_paper_lm_eval_suites_compose_with_the_schema():
+    from omegaconf import OmegaConf
+
+    from kvbench.runner import CONF_DIR
+
+    expected = {"minicache_lmeval": ({"gsm8k", "coqa", "truthfulqa_mc2"}, None),
+                "svd_gqa_paper": ({"mmlu", "wikitext"}, 0),
+                "h2o_paper": ({"copa", "openbookqa", "piqa", "winogrande"}, 5)}
+    for name, (tasks, shots) in expected.items():
+        raw = OmegaConf.load(CONF_DIR / "suite" / f"{name}.yaml")
+        cfg = OmegaConf.merge(OmegaConf.structured(SuiteConfig), {k: v for k, v in raw.items() if k != "defaults"})
+        assert cfg.runner == "lm_eval" and set(cfg.tasks) == tasks and cfg.num_fewshot == shots
