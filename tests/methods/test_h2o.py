@@ -261,3 +261,32 @@ def test_bundled_model_full_budget_is_exact_and_evicting_budget_keeps_logical_po
         snapshot = copy.deepcopy(cache)
         assert torch.allclose(scored(input_ids=nxt, past_key_values=cache).logits,
                               _reference_logits(model, snapshot, nxt), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Under the evaluation protocol (prefill → compress → deep-copied continuations / streaming)
+
+
+def test_protocol_scores_equal_full_when_budget_covers_everything_and_respect_budget_otherwise(tiny_gqa):
+    from kvbench.eval.protocol import CompressionProtocol
+
+    model, _ = tiny_gqa
+    context, continuations = _ids(40)[0].tolist(), [_ids(5, seed=s)[0].tolist() for s in (1, 2)]
+    full = CompressionProtocol(model, build_method("full"))
+    method, scored = _h2o_model(model, heavy_ratio=1.0, recent_ratio=1.0)
+    covering = CompressionProtocol(scored, method)
+    expected = full.score_continuations(context, continuations)
+    got = covering.score_continuations(context, continuations)
+    assert [g[1] for g in got] == [e[1] for e in expected]
+    assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], abs=1e-5)
+    assert full.stream_logprob(context, continuations[0], chunk=2) == pytest.approx(
+        covering.stream_logprob(context, continuations[0], chunk=2), abs=1e-5)
+
+    method, scored = _h2o_model(model)  # 20%: the 39-token prefill keeps 3 + 3 tokens
+    evicting = CompressionProtocol(scored, method)
+    evicted = evicting.score_continuations(context, continuations)
+    assert [e[0] for e in evicted] != pytest.approx([e[0] for e in expected], abs=1e-3)
+    stats = evicting.stats.summary()
+    assert stats["stored_bytes"] < stats["full_bytes"] / 5
+    streamed = evicting.stream_logprob(context, continuations[0] * 4, chunk=3)
+    assert streamed == streamed and streamed < 0  # finite log-probability
