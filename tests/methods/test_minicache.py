@@ -210,3 +210,38 @@ def test_bundled_model_bytes_follow_the_formula_and_gamma_one_is_exact(smollm2_s
     exact = build_method("minicache", gamma=1.0)
     got, _ = protocol_logits(model, exact, tokens[:, :64], tokens[:, 64:])
     torch.testing.assert_close(got, full_logits(model, tokens)[:, 64:], rtol=1e-4, atol=1e-3)
+
+
+def test_gamma_one_matches_full_under_the_kvbench_protocol(tiny_gqa):
+    from kvbench.eval.protocol import CompressionProtocol
+
+    model, _ = tiny_gqa
+    context, conts, text = list(range(10, 60)), [[1, 2, 3], [4, 5], [6, 7, 8, 9]], list(range(70, 110))
+    results = {}
+    for label, method in (("full", build_method("full")), ("minicache", build_method("minicache", gamma=1.0))):
+        protocol = CompressionProtocol(model, method)
+        results[label] = (protocol.score_continuations(context, conts), protocol.stream_logprob(context, text, 8),
+                          protocol.generate(context, 12))
+    (scores, stream, gen), (want_scores, want_stream, want_gen) = results["minicache"], results["full"]
+    assert [g for _, g in scores] == [g for _, g in want_scores] and gen == want_gen
+    assert [s for s, _ in scores] == pytest.approx([s for s, _ in want_scores], abs=1e-4)
+    assert stream == pytest.approx(want_stream, abs=1e-4)
+
+
+def test_gamma_one_matches_full_through_lm_eval(tiny_gqa):
+    from lm_eval import simple_evaluate
+
+    from kvbench.eval.harness import task_manager
+    from kvbench.eval.lm import KvbenchLM
+
+    model, tokenizer = tiny_gqa
+    tasks = ["kvbench_recall_mc", "kvbench_prose_ppl"]
+    out = {}
+    for name, params in (("full", {}), ("minicache", {"gamma": 1.0})):
+        lm = KvbenchLM(model=model, tokenizer=tokenizer, method_obj=build_method(name, **params), max_length=2048)
+        out[name] = simple_evaluate(model=lm, tasks=tasks, limit=2, task_manager=task_manager(tasks),
+                                    bootstrap_iters=0, random_seed=0)["results"]
+    for task in tasks:
+        for metric, value in out["full"][task].items():
+            if isinstance(value, float):
+                assert out["minicache"][task][metric] == pytest.approx(value, rel=1e-4, abs=1e-4), (task, metric)
