@@ -54,7 +54,9 @@ def slerp_merge(x_a: torch.Tensor, x_b: torch.Tensor, t: float = 0.6, per_head: 
     ra = xa.square().sum(dims, keepdim=True).sqrt()
     rb = xb.square().sum(dims, keepdim=True).sqrt()
     ua, ub = xa / ra.clamp_min(_TINY), xb / rb.clamp_min(_TINY)
-    omega = torch.arccos((ua * ub).sum(dims, keepdim=True).clamp(-1.0, 1.0))
+    # Ω = arccos(u_a·u_b), computed as 2·atan2(|u_a − u_b|, |u_a + u_b|): exact near 0 and π, where arccos is not
+    omega = 2 * torch.atan2((ua - ub).square().sum(dims, keepdim=True).sqrt(),
+                            (ua + ub).square().sum(dims, keepdim=True).sqrt())
     sin = torch.sin(omega)
     near = sin.abs() < _SIN_EPS
     safe = torch.where(near, torch.ones_like(sin), sin)
@@ -101,7 +103,8 @@ def retained_count(gamma: float, n_tokens: int) -> int:
 
 
 def range_threshold(distance: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-row threshold of the ``range`` rule: keep d ≥ d_max − γ·(d_max − d_min) (the top γ of the range)."""
+    """Per-row threshold of the ``range`` rule: keep d > d_max − γ·(d_max − d_min) (the top γ of the range;
+    a row whose distances are all equal keeps nothing)."""
     d_max, d_min = distance.amax(-1, keepdim=True), distance.amin(-1, keepdim=True)
     return d_max - gamma * (d_max - d_min)
 
@@ -112,12 +115,14 @@ def select_retained(distance: torch.Tensor, retention: str, gamma: float, n_befo
 
     ``top_fraction``: the row keeps ⌈γ·n⌉ tokens in all after these ``n = n_before + q``; the extra slots go to
     the new tokens with the largest distance (at the end of prefill: the top ⌈γN⌉ of the context).
-    ``range``: tokens at or above the row's ``threshold`` (fixed from the context, see :func:`range_threshold`).
+    ``range``: tokens above the row's ``threshold`` (fixed from the context, see :func:`range_threshold`).
     """
     B, G, q = distance.shape
     empty = distance.new_zeros(0, dtype=torch.long)
     if gamma <= 0 or q == 0:
         return empty, empty, empty
+    if gamma >= 1:  # every token kept exactly, whatever the rule (γ = 1 reproduces full)
+        return torch.ones_like(distance, dtype=torch.bool).nonzero(as_tuple=True)
     if retention == "top_fraction":
         k = retained_count(gamma, n_before + q) - retained_count(gamma, n_before)
         if k <= 0:
@@ -127,8 +132,7 @@ def select_retained(distance: torch.Tensor, retention: str, gamma: float, n_befo
         g = torch.arange(G, device=distance.device).repeat_interleave(k).repeat(B)
         return b, g, n
     if retention == "range":
-        b, g, n = (distance >= threshold).nonzero(as_tuple=True)
-        return b, g, n
+        return (distance > threshold).nonzero(as_tuple=True)
     raise ValueError(f"retention={retention!r} is not valid (choose one of: {', '.join(RETENTIONS)})")
 
 
@@ -151,10 +155,7 @@ class MergedStates:
         B, G = m.distance.shape[:2]
         if self.retention == "range" and self.threshold is None:
             self.threshold = range_threshold(m.distance, self.gamma)
-        if self.gamma >= 1:  # every token kept exactly, whatever the rule (γ = 1 reproduces full)
-            b, g, n = (torch.ones_like(m.distance, dtype=torch.bool)).nonzero(as_tuple=True)
-        else:
-            b, g, n = select_retained(m.distance, self.retention, self.gamma, self.length, self.threshold)
+        b, g, n = select_retained(m.distance, self.retention, self.gamma, self.length, self.threshold)
         idx = flatten_index(b, g, n + self.length, B, G)
         ka, kb = gather_rows(x_a, b, g, n, G), gather_rows(x_b, b, g, n, G)
         if self.direction is None:
@@ -188,6 +189,11 @@ class MergedPair:
     """
 
     def __init__(self, t: float, gamma: float, retention: str, per_head: bool):
+        self.settings = (t, gamma, retention, per_head)
+        self.reset()
+
+    def reset(self) -> None:
+        t, gamma, retention, per_head = self.settings
         self.dense: list[tuple[torch.Tensor, torch.Tensor] | None] = [None, None]
         self.keys = MergedStates(t, gamma, retention, per_head)
         self.values = MergedStates(t, gamma, retention, per_head)
@@ -276,8 +282,7 @@ class MergedPairLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         if self.role == 0:
-            p = self.pair
-            p.__init__(p.keys.t, p.keys.gamma, p.keys.retention, p.keys.per_head)
+            self.pair.reset()
         self.is_initialized = False
 
     def _unsupported(self, what: str):

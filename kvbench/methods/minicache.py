@@ -18,7 +18,7 @@ Parameters:
 * ``retention`` -- which tokens are kept exactly:
   ``top_fraction`` (default) keeps the ⌈γ·N⌉ tokens with the largest angular distance Ω/π, matching the
   paper's text ("retain tokens with low similarity") and its memory analysis (γ retained);
-  ``range`` keeps tokens with d ≥ d_max − γ·(d_max − d_min), the paper's range-threshold Eq. 7 read with the
+  ``range`` keeps tokens with d > d_max − γ·(d_max − d_min), the paper's range-threshold rule read with the
   inequality pointing the way its text says (as printed, d < d_min + γ·(d_max − d_min), it would keep the
   *most similar* tokens, and flipping only the sign would keep ~all of them at γ = 0.05). Its memory depends
   on the data. The threshold is fixed per row at the end of prefill.
