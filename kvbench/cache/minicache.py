@@ -69,9 +69,10 @@ def slerp_merge(x_a: torch.Tensor, x_b: torch.Tensor, t: float = 0.6, per_head: 
 
 
 def restore(direction: torch.Tensor, norm: torch.Tensor, kept_idx: torch.Tensor | None = None,
-            kept: torch.Tensor | None = None) -> torch.Tensor:
-    """One layer's states from the shared unit direction and its norms, with retained tokens put back exactly."""
-    x = direction * norm
+            kept: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One layer's states from the shared unit direction and its norms, with retained tokens put back exactly
+    (written into ``out`` if given, e.g. the first N slots of the tensor attention will read)."""
+    x = torch.mul(direction, norm, out=out) if out is not None else direction * norm
     if kept_idx is not None and kept_idx.numel():
         b, g, n = unflatten_index(kept_idx, x.shape[0], norm.shape[1])
         if norm.shape[1] == 1:
@@ -169,10 +170,17 @@ class MergedStates:
             self.kept_a = torch.cat([self.kept_a, ka])
             self.kept_b = torch.cat([self.kept_b, kb])
 
-    def restore(self, role: int) -> torch.Tensor:
-        """Layer a's (``role=0``) or layer b's (``role=1``) states, a fresh tensor."""
+    def restore(self, role: int, new: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer a's (``role=0``) or layer b's (``role=1``) states, a fresh tensor, followed by ``new`` if given."""
         norm, kept = (self.norm_a, self.kept_a) if role == 0 else (self.norm_b, self.kept_b)
-        return restore(self.direction, norm, self.kept_idx, kept)
+        if new is None:
+            return restore(self.direction, norm, self.kept_idx, kept)
+        n = self.length
+        shape = (*self.direction.shape[:-2], n + new.shape[-2], self.direction.shape[-1])
+        x = torch.empty(shape, dtype=self.direction.dtype, device=self.direction.device)
+        restore(self.direction, norm, self.kept_idx, kept, out=x[..., :n, :])
+        x[..., n:, :] = new
+        return x
 
     def nbytes(self) -> int:
         return tensor_nbytes(self.direction, self.norm_a, self.norm_b, self.kept_idx, self.kept_a, self.kept_b,
@@ -219,8 +227,7 @@ class MergedPair:
             old = self.dense[role]
             self.dense[role] = (k, v) if old is None else (torch.cat([old[0], k], -2), torch.cat([old[1], v], -2))
             return self.dense[role]
-        keys = torch.cat([self.keys.restore(role), k], dim=-2)
-        values = torch.cat([self.values.restore(role), v], dim=-2)
+        keys, values = self.keys.restore(role, k), self.values.restore(role, v)
         if role == 0:
             self.pending = (k, v)
         else:
