@@ -2,16 +2,16 @@
 
 For each method: prefill a ~1024-token context (Python docs prose) in one forward + compress,
 then greedy-decode tokens one at a time. Prints the median prefill time, the median decode
-ms/token, cache bytes after prefill and the largest seen while decoding, and the process's RSS
-high-water mark. Each method runs in its own subprocess so the RSS peaks are comparable.
+ms/token, cache bytes after prefill and the largest seen while decoding. Methods are timed in one
+process, interleaved repetition by repetition, so background load hits them alike. With ``--rss``
+each method also runs alone in a fresh subprocess to read its RSS high-water mark.
 
-Run: ``python experiments/h2o/bench_h2o.py [--context 1024] [--decode 64] [--threads 2]``
+Run: ``python experiments/h2o/bench_h2o.py [--context 1024] [--decode 64] [--threads 2] [--rss]``
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import statistics
@@ -26,7 +26,8 @@ METHODS = {
 }
 
 
-def run_one(label: str, context: int, decode: int, repeats: int, threads: int) -> dict:
+def bench(labels: list[str], context: int, decode: int, repeats: int, threads: int) -> list[dict]:
+    """Time every method in one process, interleaved repetition by repetition (fair under load)."""
     import torch
 
     from kvbench.cache import cache_nbytes, full_cache_nbytes
@@ -36,39 +37,54 @@ def run_one(label: str, context: int, decode: int, repeats: int, threads: int) -
 
     torch.set_num_threads(threads)
     model, tok = load_model(ModelConfig())
-    method = build_method("full" if label == "full" else "h2o", **METHODS[label])
-    model = method.apply(model, tok)
+    methods = {label: build_method("full" if label == "full" else "h2o", **METHODS[label]) for label in labels}
+    plain = model.config._attn_implementation
+    implementation = {}
+    for label, method in methods.items():  # full runs the plain implementation, h2o the scored one
+        model = method.apply(model, tok)
+        implementation[label] = model.config._attn_implementation
+        model.set_attn_implementation(plain)
     ids = tok("\n\n".join(pydoc_documents("eval")), return_tensors="pt").input_ids[:, :context]
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    prefill_s, decode_ms, bytes_after, bytes_max = [], [], 0, 0
+    rows = {label: dict(method=label, context=ids.shape[1], threads=threads, prefill=[], decode=[],
+                        cache_bytes_after_prefill=0, cache_bytes_max_decoding=0) for label in labels}
     with torch.inference_mode():
-        for rep in range(repeats + 1):  # first repetition = warm-up, not timed
-            cache = method.new_cache(model)
-            t0 = time.perf_counter()
-            logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
-            method.compress(cache)
-            t1 = time.perf_counter()
-            bytes_after = cache_nbytes(cache)
-            nxt = logits[:, -1:].argmax(-1)
-            steps = []
-            for _ in range(decode):
-                s0 = time.perf_counter()
-                logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
+        for rep in range(repeats + 1):  # repetition 0 = warm-up, not recorded
+            for label, method in methods.items():
+                row = rows[label]
+                model.set_attn_implementation(implementation[label])
+                cache = method.new_cache(model)
+                t0 = time.perf_counter()
+                logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+                method.compress(cache)
+                t1 = time.perf_counter()
+                row["cache_bytes_after_prefill"] = cache_nbytes(cache)
                 nxt = logits[:, -1:].argmax(-1)
-                steps.append(time.perf_counter() - s0)
-                bytes_max = max(bytes_max, cache_nbytes(cache))
-            if rep:
-                prefill_s.append(t1 - t0)
-                decode_ms.append(1000 * statistics.median(steps))
+                steps = []
+                for _ in range(decode):
+                    s0 = time.perf_counter()
+                    logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
+                    nxt = logits[:, -1:].argmax(-1)
+                    steps.append(time.perf_counter() - s0)
+                    row["cache_bytes_max_decoding"] = max(row["cache_bytes_max_decoding"], cache_nbytes(cache))
+                if rep:
+                    row["prefill"].append(t1 - t0)
+                    row["decode"].append(1000 * statistics.median(steps))
     full_bytes = full_cache_nbytes(model.config, ids.shape[1], model.dtype)
-    return dict(
-        method=label, context=ids.shape[1], threads=threads,
-        prefill_s=statistics.median(prefill_s), decode_ms_per_token=statistics.median(decode_ms),
-        cache_bytes_after_prefill=bytes_after, cache_bytes_max_decoding=bytes_max,
-        cache_ratio=bytes_after / full_bytes, full_cache_bytes=full_bytes,
-        rss_loaded_mb=rss_loaded / 1024, rss_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    )
+    out = []
+    for row in rows.values():
+        row["prefill_s"] = statistics.median(row.pop("prefill"))
+        row["decode_ms_per_token"] = statistics.median(row.pop("decode"))
+        row["cache_ratio"] = row["cache_bytes_after_prefill"] / full_bytes
+        out.append(row)
+    return out
+
+
+def peak_rss(label: str, context: int, decode: int, threads: int) -> float:
+    """RSS high-water mark (MiB) of a fresh process that loads the model and runs one method."""
+    cmd = [sys.executable, __file__, "--rss-of", label, "--context", str(context), "--decode", str(decode),
+           "--threads", str(threads), "--repeats", "1"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def main():
@@ -78,21 +94,20 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one method, print JSON
+    parser.add_argument("--rss", action="store_true", help="also measure each method's RSS peak in a subprocess")
+    parser.add_argument("--rss-of", help=argparse.SUPPRESS)  # internal: run one method, print its RSS peak
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(args.one, args.context, args.decode, args.repeats, args.threads)))
+    if args.rss_of:
+        bench([args.rss_of], args.context, args.decode, 1, args.threads)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return
 
-    rows = []
-    for label in args.methods:
-        cmd = [sys.executable, __file__, "--one", label, "--context", str(args.context), "--decode",
-               str(args.decode), "--repeats", str(args.repeats), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+    rows = bench(args.methods, args.context, args.decode, args.repeats, args.threads)
+    for r in rows:
+        r["rss_peak_mb"] = peak_rss(r["method"], args.context, args.decode, args.threads) if args.rss else float("nan")
     full = next((r for r in rows if r["method"] == "full"), None)
     print(f"SmolLM2-135M, float32, CPU, {rows[0]['threads']} threads, context {rows[0]['context']} tokens, "
-          f"{args.decode} greedy steps, median of {args.repeats}")
+          f"{args.decode} greedy steps, median of {args.repeats} interleaved repetitions")
     print(f"{'method':<10} {'prefill s':>9} {'x full':>6} {'decode ms/tok':>13} {'x full':>6} "
           f"{'cache MB':>8} {'ratio':>6} {'max MB dec':>10} {'RSS peak MB':>11}")
     for r in rows:

@@ -30,8 +30,10 @@ import torch
 SUPPORTED_BASES = ("sdpa", "eager")
 PREFIX = "scored_"
 SCORE_AGGS = ("sum", "mean", "max")
-#: Largest number of float32 logits materialised at once while scoring (64 MiB).
-CHUNK_ELEMENTS = 1 << 24
+#: Logits materialised at once while scoring (float32: 4 MiB), but at least MIN_ROWS query rows.
+#: Small chunks also skip most of the causal upper triangle (only each chunk's diagonal block is masked).
+CHUNK_ELEMENTS = 1 << 20
+MIN_ROWS = 16
 
 _pending = threading.local()
 
@@ -73,6 +75,7 @@ def attention_column_sums(
     scaling: float,
     agg: str = "sum",
     chunk_elements: int = CHUNK_ELEMENTS,
+    min_rows: int = MIN_ROWS,
 ) -> torch.Tensor:
     """Σ over query rows of the causal attention probabilities, per KV head: [b, h, kv] float32.
 
@@ -84,27 +87,30 @@ def attention_column_sums(
     b, n_heads, q_len, d = query.shape
     h, kv = key.shape[1], key.shape[2]
     g = n_heads // h
+    past = kv - q_len  # keys every query sees (cached tokens) before the causal block
     keys_t = key.to(torch.float32).transpose(-1, -2)[:, :, None]  # [b, h, 1, d, kv]
     out = torch.zeros(b, h, kv, dtype=torch.float32, device=query.device)
-    chunk = max(1, chunk_elements // max(1, b * n_heads * kv))
-    cols = torch.arange(kv, device=query.device)
+    chunk = max(min_rows, chunk_elements // max(1, b * n_heads * kv))
     for start in range(0, q_len, chunk):
         stop = min(q_len, start + chunk)
-        q_chunk = query[:, :, start:stop].to(torch.float32).reshape(b, h, g, stop - start, d)
-        logits = torch.matmul(q_chunk, keys_t).mul_(scaling)  # [b, h, g, C, kv]
+        q_chunk = query[:, :, start:stop].to(torch.float32).reshape(b, h, g, stop - start, d) * scaling
         if attention_mask is None:
-            if q_len > 1:
-                last_visible = torch.arange(start, stop, device=query.device)[:, None] + (kv - q_len)
-                logits.masked_fill_(cols[None, :] > last_visible, float("-inf"))
+            # causal, bottom-right aligned: rows start..stop-1 see keys < past + stop; only the
+            # diagonal block [past + start, past + stop) needs masking
+            visible = past + stop
+            logits = torch.matmul(q_chunk, keys_t[..., :visible])  # [b, h, g, C, visible]
+            if stop - start > 1:
+                block = torch.ones(stop - start, stop - start, dtype=torch.bool, device=query.device).triu_(1)
+                logits[..., past + start:].masked_fill_(block, float("-inf"))
+            out[..., :visible] += aggregate_heads(torch.softmax(logits, dim=-1), agg)
+            continue
+        logits = torch.matmul(q_chunk, keys_t)  # [b, h, g, C, kv]
+        rows = _mask_rows(attention_mask, start, stop, logits.shape)
+        if rows.dtype == torch.bool:
+            logits.masked_fill_(~rows, float("-inf"))
         else:
-            rows = _mask_rows(attention_mask, start, stop, logits.shape)
-            if rows.dtype == torch.bool:
-                logits.masked_fill_(~rows, float("-inf"))
-            else:
-                logits.add_(rows.to(torch.float32))
-        probs = torch.softmax(logits, dim=-1)
-        if attention_mask is not None:  # fully padded rows give NaN; they give no score
-            probs = torch.nan_to_num_(probs, nan=0.0)
+            logits.add_(rows.to(torch.float32))
+        probs = torch.nan_to_num_(torch.softmax(logits, dim=-1), nan=0.0)  # fully padded rows: no score
         out += aggregate_heads(probs, agg)
     return out
 
