@@ -1,0 +1,145 @@
+"""``combined``: compress heads × layers × tokens at once (METHODS.md §5).
+
+One component per axis, each a registered kvbench method built with its own parameters:
+
+* ``heads`` -- KV-head reduction by weight surgery: ``meanpool_gqa`` or ``svd_gqa`` (Ainslie et al. 2023;
+  Yu et al. 2024). Default ``svd_gqa`` with ``kv_heads: 1``.
+* ``layers`` -- cross-layer merging: ``minicache`` (Liu et al. 2024). Default: its paper defaults.
+* ``tokens`` -- token eviction: ``h2o`` (Zhang et al. 2023). Default: 10% heavy + 10% recent.
+
+Any axis may be ``null`` (skipped); ``<axis>_params`` of a skipped axis are ignored. Hydra overrides reach
+the components: ``method.tokens_params.heavy_ratio=0.2``, ``method.heads=meanpool_gqa``,
+``method.layers=null``; a key the YAML does not list is added with ``+``
+(``+method.heads_params.calibration_sequences=8``).
+
+Order: the head surgery runs first (the other components then see a model with g KV heads), then the token
+component's ``apply`` (H2O switches attention to its scored wrapper). The cache: with both ``layers`` and
+``tokens`` a :class:`~kvbench.cache.combined.CombinedCache` -- H2O layers below MiniCache's start layer,
+evicting merged pairs from it on, under the rule *token sets agree wherever vectors are merged*: a pair keeps
+one token set per KV head (``norm: per_head``) or one for all its KV heads (``norm: concat``), chosen from
+the scores summed over both layers (and heads), and evicts before merging the kept tokens (details in
+:mod:`kvbench.cache.combined`). With one of the two, that component's own cache; with neither, the
+converted model's ``DynamicCache``. Each component set to its no-op (kv_heads = the model's, gamma 1,
+H + R ≥ N) reproduces ``full``.
+
+Memory: the measured bytes count every tensor (see the cache). :meth:`Combined.component_ratios` measures
+each component's compression ratio alone on the same tokens; the expected bytes are full / their product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from kvbench.methods.base import METHODS, Method, MethodConfigError, build_method, register
+
+#: Which registered methods may sit on which axis.
+AXES = {"heads": ("meanpool_gqa", "svd_gqa"), "layers": ("minicache",), "tokens": ("h2o",)}
+_KIND = {"heads": "KV-head reduction", "layers": "cross-layer merging", "tokens": "token-eviction"}
+
+
+def _component(axis: str, name: Optional[str], params: Any) -> Optional[Method]:
+    if name is None:
+        return None
+    valid = f"method.{axis} takes one of: {', '.join(AXES[axis])}, or null to skip the axis"
+    if name not in AXES[axis]:
+        home = next((a for a, names in AXES.items() if name in names), None)
+        if home is not None:
+            raise MethodConfigError(f"method.{axis}={name!r} is a {_KIND[home]} method: it belongs on "
+                                    f"method.{home}, not method.{axis} ({valid})")
+        what = "cannot be combined" if name in METHODS else "is not a kvbench method"
+        raise MethodConfigError(f"method.{axis}={name!r} {what} ({valid})")
+    if not isinstance(params, Mapping):
+        raise MethodConfigError(f"method.{axis}_params={params!r} must be a mapping of {name}'s parameters")
+    with _on_axis(axis):
+        return build_method(name, **dict(params))
+
+
+@contextmanager
+def _on_axis(axis: str):
+    """Re-raise a component's MethodConfigError with its parameters named as set here: method.<axis>_params.x."""
+    try:
+        yield
+    except MethodConfigError as err:
+        msg = str(err)
+        fixed = msg.replace("method.", f"method.{axis}_params.")
+        raise MethodConfigError(fixed if fixed != msg else f"method.{axis}_params: {msg}") from None
+
+
+@register
+@dataclass
+class Combined(Method):
+    name: str = "combined"
+    heads: Optional[str] = "svd_gqa"
+    heads_params: Dict[str, Any] = field(default_factory=lambda: {"kv_heads": 1})
+    layers: Optional[str] = "minicache"
+    layers_params: Dict[str, Any] = field(default_factory=dict)
+    tokens: Optional[str] = "h2o"
+    tokens_params: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.components: dict[str, Method] = {}
+        for axis in AXES:
+            component = _component(axis, getattr(self, axis), getattr(self, f"{axis}_params"))
+            if component is not None:
+                self.components[axis] = component
+
+    @property
+    def changes_weights(self) -> bool:
+        return "heads" in self.components
+
+    def check_model(self, config) -> None:
+        for axis, component in self.components.items():
+            with _on_axis(axis):
+                component.check_model(config)
+
+    def apply(self, model, tokenizer=None):
+        for axis in ("heads", "tokens"):  # surgery first; then H2O's scored attention on the converted model
+            if axis in self.components:
+                model = self.components[axis].apply(model, tokenizer)
+        return model
+
+    def new_cache(self, model):
+        layers, tokens = self.components.get("layers"), self.components.get("tokens")
+        if layers is None or tokens is None:
+            return (layers or tokens or Method()).new_cache(model)
+        from kvbench.cache.attention_scores import is_scoring
+        from kvbench.cache.combined import CombinedCache
+
+        if not is_scoring(model):
+            raise RuntimeError("method=combined: call method.apply(model) before method.new_cache(model) "
+                               "(the cache needs the model's attention scores)")
+        layers.check_model(model.config)
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        return CombinedCache(text.num_hidden_layers, layers.resolved_start_layer(model.config),
+                             tokens.budget(), tokens.score_agg, t=layers.t, gamma=layers.gamma,
+                             retention=layers.retention, norm=layers.norm)
+
+    def component_ratios(self, model, token_ids, reference_config) -> dict[str, float]:
+        """Compression ratios (full bytes / stored bytes) of each component alone on ``token_ids``, their
+        ``product``, and the combined method's own ``measured`` ratio, all on the same prefill.
+
+        ``model`` is the model after :meth:`apply` (as the runner holds it), ``reference_config`` its config
+        before. The head ratio is the converted model's plain cache against ``reference_config`` (exactly the
+        head method's own cache); the layer and token components each run alone on the converted model and
+        are measured against its plain cache. Expected combined bytes = full bytes / ``product``.
+        """
+        from kvbench.eval.protocol import CompressionProtocol
+
+        def stored(method) -> int:
+            protocol = CompressionProtocol(model, method, reference_config)
+            protocol.prefill(list(token_ids))
+            return protocol.stats.stored_bytes
+
+        protocol = CompressionProtocol(model, Method(), reference_config)
+        protocol.prefill(list(token_ids))
+        full, plain = protocol.stats.full_bytes, protocol.stats.stored_bytes
+        ratios = {}
+        for axis, component in self.components.items():
+            ratios[getattr(self, axis)] = full / plain if axis == "heads" else plain / stored(component)
+        product = 1.0
+        for ratio in ratios.values():
+            product *= ratio
+        return {**ratios, "product": product, "measured": full / stored(self)}
