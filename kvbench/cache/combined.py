@@ -82,7 +82,8 @@ class MergedSlots:
         B, h, q, d = x_a.shape
         G = m.distance.shape[1]
         cat = (lambda mine, new: new) if old == 0 else (lambda mine, new: torch.cat([mine, new], dim=-2))
-        direction, norm_a, norm_b = cat(self.direction, m.direction), cat(self.norm_a, m.norm_a), cat(self.norm_b, m.norm_b)
+        direction = cat(self.direction, m.direction)
+        norm_a, norm_b = cat(self.norm_a, m.norm_a), cat(self.norm_b, m.norm_b)
         distance = torch.cat([m.distance.new_full((B, G, old), -1.0), m.distance], dim=-1)  # old: no candidates
         if keep is None:
             keep = torch.arange(old + q, device=x_a.device).expand(B, G, old + q)
@@ -111,13 +112,12 @@ class MergedSlots:
             if self.threshold is None:
                 self.threshold = range_threshold(distance, self.gamma)
             chosen = is_new & (distance > self.threshold)
-        else:  # top_fraction: fill the row up to ⌈γ·K⌉ with the most distant kept new tokens
-            held = torch.zeros(B, G, dtype=torch.long, device=x_a.device).index_put_((b, g), torch.ones_like(b),
-                                                                                   accumulate=True)
-            quota = retained_count(self.gamma, K) - held
-            rank = torch.empty(B, G, K, dtype=torch.long, device=x_a.device).scatter_(2, distance.argsort(dim=2, descending=True),
-                                                   torch.arange(K, device=x_a.device).expand(B, G, K))
-            chosen = is_new & (rank < quota[..., None])
+        else:  # top_fraction: fill each row up to ⌈γ·K⌉ with its most distant kept new tokens
+            held = torch.zeros(B, G, dtype=torch.long, device=keep.device)
+            held.index_put_((b, g), torch.ones_like(b), accumulate=True)
+            order = distance.argsort(dim=2, descending=True)  # old slots (-1) last
+            rank = torch.empty_like(order).scatter_(2, order, torch.arange(K, device=keep.device).expand(B, G, K))
+            chosen = is_new & (rank < (retained_count(self.gamma, K) - held)[..., None])
         bn, gn, nn = chosen.nonzero(as_tuple=True)
         local = keep[bn, gn, nn] - old
         self.kept_idx = torch.cat([flatten_index(b, g, n, B, G), flatten_index(bn, gn, nn, B, G)])

@@ -126,19 +126,23 @@ class Combined(Method):
         head method's own cache); the layer and token components each run alone on the converted model and
         are measured against its plain cache. Expected combined bytes = full bytes / ``product``.
         """
-        from kvbench.eval.protocol import CompressionProtocol
+        import torch
 
-        def stored(method) -> int:
-            protocol = CompressionProtocol(model, method, reference_config)
-            protocol.prefill(list(token_ids))
-            return protocol.stats.stored_bytes
+        from kvbench.cache import cache_nbytes, full_cache_nbytes
 
-        protocol = CompressionProtocol(model, Method(), reference_config)
-        protocol.prefill(list(token_ids))
-        full, plain = protocol.stats.full_bytes, protocol.stats.stored_bytes
-        ratios = {}
-        for axis, component in self.components.items():
-            ratios[getattr(self, axis)] = full / plain if axis == "heads" else plain / stored(component)
+        param = next(model.parameters())
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=param.device)
+
+        def stored(method) -> int:  # the evaluation protocol's prefill → compress → bytes
+            cache = method.new_cache(model)
+            with torch.inference_mode():
+                model(input_ids=ids, past_key_values=cache, use_cache=True)
+            method.compress(cache)
+            return cache_nbytes(cache)
+
+        full, plain = full_cache_nbytes(reference_config, ids.shape[1], param.dtype), stored(Method())
+        ratios = {getattr(self, axis): full / plain if axis == "heads" else plain / stored(component)
+                  for axis, component in self.components.items()}
         product = 1.0
         for ratio in ratios.values():
             product *= ratio

@@ -1,0 +1,182 @@
+"""method=combined end to end: no-op components reproduce full, measured bytes vs the product of the
+components' ratios, the protocol (deep copies, generation), axis choices, Hydra config, bad input."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from kvbench.cache import cache_nbytes
+from kvbench.cache.combined import CombinedCache
+from kvbench.cache.h2o import H2OCache
+from kvbench.cache.minicache import MergedPairCache
+from kvbench.eval.protocol import CompressionProtocol
+from kvbench.methods import MethodConfigError, build_method
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SVD_FAST = dict(calibration_sequences=2, calibration_length=64, reuse_calibration=False)
+NO_OP_LAYERS = dict(start_layer=1, gamma=1.0)
+NO_OP_TOKENS = dict(heavy_ratio=1.0, recent_ratio=1.0)  # budget 2x the prompt
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def _ids(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _applied(model, tokenizer, **params):
+    method = build_method("combined", **params)
+    return method, method.apply(copy.deepcopy(model), tokenizer)
+
+
+@pytest.mark.parametrize("kind,heads,norm", [
+    ("llama-gqa", "svd_gqa", "concat"), ("llama-gqa", "meanpool_gqa", "per_head"), ("llama-mha", "meanpool_gqa", "concat"),
+])
+def test_no_op_components_reproduce_full_logits_and_greedy_tokens(kind, heads, norm):
+    from kvbench.models import tiny_llama
+
+    model, tok = tiny_llama(kind, seed=0)
+    n_kv = model.config.num_key_value_heads
+    heads_params = dict(kv_heads=n_kv, **(SVD_FAST if heads == "svd_gqa" else {}))
+    method, converted = _applied(model, tok, heads=heads, heads_params=heads_params,
+                                 layers_params=dict(NO_OP_LAYERS, norm=norm), tokens_params=NO_OP_TOKENS)
+    tokens = _ids(40)
+    cache = method.new_cache(converted)
+    assert isinstance(cache, CombinedCache)
+    got = converted(input_ids=tokens[:, :30], past_key_values=cache).logits
+    method.compress(cache)
+    got = torch.cat([got, converted(input_ids=tokens[:, 30:], past_key_values=cache).logits], dim=1)
+    torch.testing.assert_close(got, model(input_ids=tokens).logits, rtol=1e-4, atol=1e-4)
+    want = model.generate(tokens, past_key_values=DynamicCache(config=model.config), max_new_tokens=8, do_sample=False)
+    got_gen = converted.generate(tokens, past_key_values=method.new_cache(converted), max_new_tokens=8, do_sample=False)
+    assert torch.equal(got_gen, want)
+
+
+@pytest.mark.parametrize("norm", ["concat", "per_head"])
+def test_measured_bytes_are_within_5_percent_of_the_product_of_component_ratios(tiny_gqa, norm):
+    model, tok = tiny_gqa
+    method, converted = _applied(model, tok, heads_params=dict(kv_heads=1, **SVD_FAST),
+                                 layers_params=dict(norm=norm))  # svd 2->1 heads, minicache L/2, h2o 10%+10%
+    ratios = method.component_ratios(converted, _ids(300)[0].tolist(), model.config)
+    assert set(ratios) == {"svd_gqa", "minicache", "h2o", "product", "measured"}
+    assert ratios["svd_gqa"] == 2.0 and 1.1 < ratios["minicache"] < 1.4 and 4 < ratios["h2o"] < 5
+    assert ratios["product"] == pytest.approx(ratios["svd_gqa"] * ratios["minicache"] * ratios["h2o"])
+    assert ratios["measured"] == pytest.approx(ratios["product"], rel=0.05)
+    # "measured" is what the protocol records for the combined method
+    protocol = CompressionProtocol(converted, method, model.config)
+    protocol.prefill(_ids(300)[0].tolist())
+    assert protocol.stats.full_bytes / protocol.stats.stored_bytes == ratios["measured"]
+
+
+def test_protocol_scores_deep_copied_continuations_and_generates_like_a_fresh_cache(tiny_gqa):
+    model, tok = tiny_gqa
+    method, converted = _applied(model, tok, heads="meanpool_gqa", layers_params=dict(start_layer=1, gamma=0.1))
+    context, continuations = _ids(50, seed=1)[0].tolist(), [[5, 6, 7, 8], [9, 10]]
+    scored = CompressionProtocol(converted, method, model.config).score_continuations(context, continuations)
+    for continuation, (logprob, _) in zip(continuations, scored):
+        fresh = CompressionProtocol(converted, method, model.config).score_continuations(context, [continuation])
+        assert fresh[0][0] == pytest.approx(logprob, abs=1e-5)
+    protocol = CompressionProtocol(converted, method, model.config)
+    generated = protocol.generate(context, max_new_tokens=8)
+    cache = method.new_cache(converted)
+    converted(input_ids=torch.tensor([context[:-1]]), past_key_values=cache)
+    method.compress(cache)
+    logits, by_hand = converted(input_ids=torch.tensor([context[-1:]]), past_key_values=cache).logits, []
+    for _ in range(8):
+        by_hand.append(int(logits[0, -1].argmax()))
+        logits = converted(input_ids=torch.tensor([[by_hand[-1]]]), past_key_values=cache).logits
+    assert generated == by_hand
+    assert protocol.stats.stored_bytes < protocol.stats.full_bytes / 8
+
+
+@pytest.mark.parametrize("axes,cache_type", [(dict(layers=None), H2OCache), (dict(tokens=None), MergedPairCache),
+                                             (dict(layers=None, tokens=None), DynamicCache)])
+def test_a_null_axis_is_skipped(tiny_gqa, axes, cache_type):
+    model, tok = tiny_gqa
+    method, converted = _applied(model, tok, heads="meanpool_gqa", **axes)
+    assert set(method.components) == {"heads", "layers", "tokens"} - set(axes)
+    cache = method.new_cache(converted)
+    assert type(cache) is cache_type
+    converted(input_ids=_ids(20), past_key_values=cache)
+    method.compress(cache)
+    assert converted.config.num_key_value_heads == 1 and cache_nbytes(cache) > 0
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(tokens="minicache"), "method.tokens='minicache' is a cross-layer merging method: it belongs on "
+                               "method.layers"),
+    (dict(heads="h2o"), "method.heads='h2o' is a token-eviction method: it belongs on method.tokens"),
+    (dict(layers="svd_gqa"), "method.layers='svd_gqa' is a KV-head reduction method: it belongs on method.heads"),
+    (dict(tokens="snapkv"), "method.tokens='snapkv' is not a kvbench method .*choose|method.tokens takes one of: h2o"),
+    (dict(layers="full"), "method.layers='full' cannot be combined .*minicache, or null"),
+    (dict(tokens_params=dict(heavy_ratio=2.0)), r"method.tokens_params.heavy_ratio=2.0 must lie in \[0, 1\]"),
+    (dict(layers_params=dict(gamma=1.5)), r"method.layers_params.gamma=1.5 must be in \[0, 1\]"),
+    (dict(layers_params=dict(norm="both")), "method.layers_params.norm='both'.*concat, per_head"),
+    (dict(heads_params=dict(kv_heads=0)), "method.heads_params.kv_heads=0 must be a positive number"),
+    (dict(heads="meanpool_gqa", heads_params=dict(kv_heads=1, rope="auto")), "no parameter rope .*valid: kv_heads"),
+    (dict(tokens_params=[0.1]), "method.tokens_params=.*must be a mapping"),
+])
+def test_bad_combinations_and_parameters_are_rejected_before_model_load(params, message):
+    with pytest.raises(MethodConfigError, match=message):
+        build_method("combined", **params)
+
+
+def test_model_checks_name_the_component_parameter(tiny_gqa):
+    model, _ = tiny_gqa
+    with pytest.raises(MethodConfigError, match=r"method.heads_params.kv_heads=3 is larger .*choose 1 or 2"):
+        build_method("combined", heads="meanpool_gqa", heads_params=dict(kv_heads=3)).check_model(model.config)
+    with pytest.raises(MethodConfigError, match=r"method.layers_params.start_layer=3 must be in \[1, 2\]"):
+        build_method("combined", layers_params=dict(start_layer=3)).check_model(model.config)
+
+
+def test_hydra_config_composes_and_overrides_reach_the_components(tiny_gqa):
+    from hydra import compose, initialize_config_dir
+
+    from kvbench.config import method_params, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        default = compose(config_name="method/combined")
+        cfg = compose(config_name="method/combined", overrides=[
+            "method.heads=meanpool_gqa", "method.tokens_params.heavy_ratio=0.2", "method.layers_params.norm=per_head"])
+        skipped = compose(config_name="method/combined", overrides=["method.layers=null"])
+    name, params = method_params(default.method)
+    method = build_method(name, **params)
+    assert (method.heads, method.layers, method.tokens) == ("svd_gqa", "minicache", "h2o")
+    assert method.components["heads"].kv_heads == 1 and method.components["layers"].gamma == 0.05
+    assert method.components["tokens"].budget().heavy_ratio == 0.1
+    method = build_method(*method_params(cfg.method)[:1], **method_params(cfg.method)[1])
+    assert type(method.components["heads"]).__name__ == "MeanPoolGQA"
+    assert method.components["tokens"].heavy_ratio == 0.2 and method.components["layers"].norm == "per_head"
+    assert set(build_method(*method_params(skipped.method)[:1], **method_params(skipped.method)[1]).components) == {
+        "heads", "tokens"}
+    model, tok = tiny_gqa
+    method.check_model(model.config)
+    converted = method.apply(model, tok)
+    cache = method.new_cache(converted)
+    converted(input_ids=_ids(30), past_key_values=cache)
+    method.compress(cache)
+    assert cache.stored_length(3) == 9  # 6 heavy + 3 recent of 30
+
+
+def test_bundled_model_measured_bytes_match_the_product_of_component_ratios(smollm2):
+    model, tok = smollm2
+    reference_config = copy.deepcopy(model.config)
+    method = build_method("combined", heads="meanpool_gqa")  # SVD calibration is too slow for a unit test
+    method.check_model(model.config)
+    converted = method.apply(model, tok)
+    text = "The quick brown fox jumps over the lazy dog. " * 30
+    ids = tok(text)["input_ids"][:160]
+    ratios = method.component_ratios(converted, ids, reference_config)
+    assert ratios["meanpool_gqa"] == 3.0
+    assert ratios["measured"] == pytest.approx(ratios["product"], rel=0.05)
+    assert ratios["measured"] > 15  # 3 (heads) x ~1.26 (layers) x ~4.8 (tokens)
