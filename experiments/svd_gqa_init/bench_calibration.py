@@ -17,7 +17,7 @@ from kvbench.methods import build_method
 from kvbench.models import ModelConfig, load_model
 from kvbench.surgery.calibration import CalibrationSpec, calibrate
 
-BUNDLED = ModelConfig(gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+BUNDLED = ModelConfig()  # SmolLM2-135M-Instruct (bundled GGUF)
 
 
 def main():

@@ -163,6 +163,7 @@ def test_svd_initialisation_beats_mean_pooling_on_a_low_rank_group(tiny_mha):
     (dict(kv_heads=0), "method.kv_heads=0 must be a positive"),
     (dict(kv_heads=-2), "method.kv_heads=-2 must be a positive"),
     (dict(calibration="/no/such/corpus.txt"), "does not exist"),
+    (dict(calibration="./no/such/corpus_dir"), "no such file or directory"),
     (dict(calibration_sequences=0), "method.calibration_sequences=0"),
     (dict(rope="alibi"), "method.rope='alibi' is not valid"),
 ])
@@ -202,3 +203,21 @@ def test_hydra_config_composes_to_a_working_method(tiny_gqa):
     model, tok = tiny_gqa
     method.check_model(model.config)
     assert method.apply(model, tok).config.num_key_value_heads == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundled model (short)
+
+
+@torch.no_grad()
+def test_bundled_model_at_one_kv_head_caches_one_head_per_layer_a_third_of_full(smollm2):
+    model, tok = smollm2
+    ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    full_bytes = full_cache_nbytes(model.config, ids.shape[1], torch.float32)
+    converted = _svd(model, tok, 1, calibration="pydoc", calibration_sequences=1, calibration_length=64)
+    assert isinstance(converted.model.layers[0].self_attn, SVDRopeAttention)  # SmolLM2 uses RoPE
+    cache = DynamicCache(config=converted.config)
+    logits = converted(ids, past_key_values=cache).logits
+    assert torch.isfinite(logits).all()
+    assert [tuple(layer.keys.shape[:2]) for layer in cache.layers] == [(1, 1)] * 30
+    assert cache_nbytes(cache) * 3 == full_bytes
