@@ -41,7 +41,7 @@ from kvbench.corpus import CorpusError, check_source
 from kvbench.methods.base import Method, MethodConfigError, register
 from kvbench.surgery.calibration import CalibrationSpec, load_or_calibrate
 from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, layout
-from kvbench.surgery.svd_attention import has_rope, svd_convert
+from kvbench.surgery.svd_attention import has_rope, rotary_module, svd_convert
 
 log = logging.getLogger(__name__)
 ROPE_MODES = ("auto", "rotary", "none")
@@ -82,6 +82,9 @@ class SVDGQA(Method):
         if tokenizer is None:
             raise MethodConfigError("svd_gqa needs the model's tokenizer to calibrate")
         lay = layout(model, self.kv_heads)
+        if self.rope == "rotary" and rotary_module(model) is None:
+            raise MethodConfigError(f"method.rope=rotary: {type(model).__name__} has no rotary embedding "
+                                    "(choose rope=auto or rope=none)")
         rope = has_rope(model) if self.rope == "auto" else self.rope == "rotary"
         if self.rope == "none" and has_rope(model):
             log.warning("svd_gqa: rope=none on a RoPE model fuses keys before rotation (an approximation)")

@@ -64,3 +64,11 @@ def test_duplicate_head_bloom_converted_to_half_the_heads_reproduces_logits(tiny
     # without duplicated heads the same conversion is lossy (the check above can fail)
     lossy = build_method(method, kv_heads=1, **params).apply(copy.deepcopy(model), tok)
     assert (lossy(_ids(25)).logits - reference).abs().max() > 1e-3
+
+
+def test_forcing_the_rotary_path_on_an_alibi_model_is_a_clear_error(tiny_bloom):
+    from kvbench.methods import MethodConfigError
+
+    model, tok = tiny_bloom
+    with pytest.raises(MethodConfigError, match="has no rotary embedding"):
+        build_method("svd_gqa", kv_heads=2, rope="rotary", **FAST).apply(model, tok)
