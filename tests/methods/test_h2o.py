@@ -76,6 +76,16 @@ def test_budget_covering_all_tokens_reproduces_full_logits_and_greedy_tokens(kin
     assert torch.equal(got, expected)
 
 
+def test_beam_search_reorders_the_cache_like_full(tiny_gqa):
+    model, _ = tiny_gqa
+    method, scored = _h2o_model(model, heavy_ratio=1.0, recent_ratio=1.0)
+    prompt = _ids(20)
+    expected = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
+    got = scored.generate(prompt, past_key_values=method.new_cache(scored), max_new_tokens=6, num_beams=3,
+                          do_sample=False)
+    assert torch.equal(got, expected)
+
+
 # ---------------------------------------------------------------------------------------------
 # After eviction: positions are logical, the mask covers every kept token
 
