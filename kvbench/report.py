@@ -31,6 +31,8 @@ def comparison_table(root: str | Path) -> pd.DataFrame:
     table = frame[ID_COLUMNS + metric_cols].copy()
     table["avg"] = frame[avg_cols].mean(axis=1, skipna=False) if avg_cols else float("nan")
     table["kv_ratio"] = frame["kv_ratio"]
+    if frame["kv_expected_ratio"].notna().any():  # combined: product of the components' own ratios
+        table["kv_ratio_expected"] = frame["kv_expected_ratio"]
     full_bytes = frame.loc[frame["method"] == "full", "kv_stored_bytes"]
     table["kv_vs_full"] = frame["kv_stored_bytes"] / full_bytes.iloc[-1] if len(full_bytes) else float("nan")
     table["decode_tok_s"] = frame["decode_tok_s"]

@@ -4,7 +4,8 @@ Fields (ARCHITECTURE.md): ``run_id``, ``created_at``, ``status`` (running|comple
 ``config_hash``, ``config`` (resolved), ``model`` {name, n_params, n_layers, n_heads,
 n_kv_heads, head_dim}, ``method`` {name, params}, ``suite`` {name, tasks, limit},
 ``metrics`` {task: {metric: value}}, ``primary_metrics`` {task: {name, higher_is_better}},
-``kv`` {full_bytes, stored_bytes, ratio, peak_stored_bytes, peak_full_bytes},
+``kv`` {full_bytes, stored_bytes, ratio, peak_stored_bytes, peak_full_bytes, and for ``combined``
+``components``: each component's ratio measured alone, their ``product`` and the ``measured`` ratio},
 ``timing`` {wall_s, load_s, apply_s, eval_s, prefill_tok_s, decode_tok_s,
 decode_ms_per_token}, ``env`` {python, torch, transformers, lm_eval, kvbench, device,
 git_commit}, ``error``, ``outputs``.
@@ -88,6 +89,7 @@ def load_records(root: str | os.PathLike):
             "suite": record.get("suite", {}).get("name"),
             "kv_full_bytes": record["kv"].get("full_bytes"), "kv_stored_bytes": record["kv"].get("stored_bytes"),
             "kv_ratio": record["kv"].get("ratio"),
+            "kv_expected_ratio": (record["kv"].get("components") or {}).get("product"),
             "decode_tok_s": record.get("timing", {}).get("decode_tok_s"),
             "prefill_tok_s": record.get("timing", {}).get("prefill_tok_s"),
             "wall_s": record.get("timing", {}).get("wall_s"),

@@ -171,11 +171,14 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         record["timing"]["load_apply_s"] = time.perf_counter() - t0
         record["model"] = describe_model(cfg.model.name, model, reference_config)
         t0 = time.perf_counter()
-        stats = _evaluate(cfg, model, tokenizer, method, reference_config, record, output_dir, tracker,
-                          checkpoint=lambda: _save(record, output_dir, stored))
+        protocol = _evaluate(cfg, model, tokenizer, method, reference_config, record, output_dir, tracker,
+                             checkpoint=lambda: _save(record, output_dir, stored))
         record["timing"]["eval_s"] = time.perf_counter() - t0
-        summary = stats.summary()
+        summary = protocol.stats.summary()
         record["kv"] = {k: summary[k] for k in ("full_bytes", "stored_bytes", "ratio", "peak_stored_bytes", "peak_full_bytes")}
+        if hasattr(method, "component_ratios") and protocol.longest_context:
+            # combined: each component's ratio measured alone on the run's longest context, and their product
+            record["kv"]["components"] = method.component_ratios(model, protocol.longest_context, reference_config)
         record["timing"].update({k: summary[k] for k in ("prefill_tok_s", "decode_tok_s", "decode_ms_per_token")})
         record["status"] = "complete"
     except BaseException as error:  # record what failed, keep what was computed, then re-raise
@@ -203,7 +206,7 @@ def _evaluate(cfg, model, tokenizer, method, reference_config, record, output_di
         for task, metrics, primary in evaluate_tasks(lm, suite, cfg.seed, output_dir):
             _add_task(record, tracker, task, metrics, primary)
             checkpoint()
-        return lm.protocol.stats
+        return lm.protocol
     protocol = CompressionProtocol(model, method, reference_config)
     module = _suite_module(suite.runner)
     results = module.run_suite(protocol, tokenizer, cfg.model, suite, str(output_dir))
@@ -211,7 +214,7 @@ def _evaluate(cfg, model, tokenizer, method, reference_config, record, output_di
         name = next(iter(metrics))
         _add_task(record, tracker, task, metrics, {"name": name, "higher_is_better": True})
     checkpoint()
-    return protocol.stats
+    return protocol
 
 
 def _add_task(record, tracker, task, metrics, primary):

@@ -134,3 +134,14 @@ def test_wandb_offline_run_holds_the_logged_metrics(cfg_for, tmp_path):
     assert summary["status"] == "complete"
     history_keys = {k for row in logged["history"] for k in row}
     assert {"kvbench_recall_mc/acc", "kvbench_prose_ppl/word_perplexity"} <= history_keys
+
+
+def test_combined_run_records_component_ratios_next_to_the_measured_ratio(cfg_for, tmp_path):
+    record = runner.run(cfg_for("method=combined", "+method.heads_params.calibration_sequences=4",
+                                "+method.heads_params.calibration_length=64"), tmp_path / "run")
+    components = record["kv"]["components"]
+    assert set(components) >= {"svd_gqa", "minicache", "h2o", "product", "measured"}
+    assert components["product"] == pytest.approx(
+        components["svd_gqa"] * components["minicache"] * components["h2o"])
+    assert components["measured"] == pytest.approx(components["product"], rel=0.05)
+    assert record["kv"]["ratio"] > 2

@@ -59,6 +59,8 @@ class CompressionProtocol:
         self.method = method
         self.reference_config = reference_config if reference_config is not None else copy.deepcopy(model.config)
         self.stats = ProtocolStats()
+        #: The longest context prefilled so far (for measurements that replay a real sequence).
+        self.longest_context: list[int] = []
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
 
@@ -83,6 +85,8 @@ class CompressionProtocol:
         cache = self.method.new_cache(self.model)
         if not token_ids:
             return cache
+        if len(token_ids) > len(self.longest_context):
+            self.longest_context = list(token_ids)
         start = time.perf_counter()
         step = chunk or len(token_ids)
         for i in range(0, len(token_ids), step):
