@@ -23,8 +23,9 @@ predictions file).
 Data: ``suite.options.data_dir`` holds the published ``<dataset>.jsonl`` files
 (``<dataset>_e.jsonl`` for LongBench-E), i.e. the content of ``data.zip`` from the hub
 dataset ``THUDM/LongBench``; without a ``data_dir`` and with network access the zip is
-fetched from the hub. Predictions are saved per dataset as JSONL in the official
-``pred/`` format (plus kvbench's fields) and can be rescored with
+fetched from the hub and unzipped under ``$KVBENCH_CACHE`` (default ``~/.cache/kvbench``).
+Predictions are saved per dataset as JSONL in the official ``pred/`` format (plus
+kvbench's fields) and can be rescored with
 ``python -m kvbench.eval.longbench rescore <dir-or-file>``.
 """
 
@@ -233,7 +234,8 @@ def _hub_data_dir() -> Path:
     from huggingface_hub import hf_hub_download
 
     archive = Path(hf_hub_download(HUB_REPO, "data.zip", repo_type="dataset"))
-    target = archive.parent / "kvbench_extracted"
+    cache = Path(os.environ.get("KVBENCH_CACHE", Path.home() / ".cache" / "kvbench"))
+    target = cache / "longbench"
     if not (target / "data").is_dir():
         with zipfile.ZipFile(archive) as z:
             z.extractall(target)

@@ -62,7 +62,7 @@ fern gull heron ibis jade kelp lotus moss nettle oak plum reed sage thyme wasp
 """.split())
 
 TASK_NAMES: tuple[str, ...]  # filled below
-DEFAULT_LENGTHS = (256, 512)
+DEFAULT_LENGTHS = (384, 768)  # conf/suite/ruler.yaml; see experiments/ruler/README.md
 OPTIONS = ("lengths", "samples_per_length", "seed", "chat_template")
 
 
@@ -398,7 +398,7 @@ def string_match_part(predictions: Sequence[str], references: Sequence[Sequence[
 @dataclass
 class SyntheticOptions:
     lengths: list[int] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
-    samples_per_length: int = 5
+    samples_per_length: int = 8
     seed: int = 0
     #: Force the chat template on/off; None: ``model.chat`` when the tokenizer has a template.
     chat_template: bool | None = None

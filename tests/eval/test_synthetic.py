@@ -141,12 +141,12 @@ def test_string_match_all_and_part_by_hand():
 def test_run_suite_on_tiny_model_returns_a_metric_per_task_and_length(tiny_gqa, tmp_path):
     model, tok_ = tiny_gqa
     protocol = CompressionProtocol(model, build_method("full"))
-    suite = SuiteConfig(name="ruler", runner="ruler", tasks=["passkey", "niah_multivalue"], limit=1,
+    suite = SuiteConfig(name="ruler", runner="ruler", tasks=["passkey", "fwe"], limit=1,
                         options={"lengths": [1024], "samples_per_length": 3})
     metrics = sy.run_suite(protocol, tok_, ModelConfig(max_length=1024, chat=False), suite, tmp_path)
-    assert set(metrics) == {"passkey_1024", "niah_multivalue_1024"}
+    assert set(metrics) == {"passkey_1024", "fwe_1024"}
     assert set(metrics["passkey_1024"]) == {"string_match_all"}
-    assert set(metrics["niah_multivalue_1024"]) == {"string_match_all", "string_match_part"}
+    assert set(metrics["fwe_1024"]) == {"string_match_all", "string_match_part"}
     rows = [json.loads(x) for x in (tmp_path / "ruler" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and protocol.stats.n_prefills == 2
     assert all(r["context_tokens"] + r["query_tokens"] <= 1024 for r in rows)
