@@ -1,8 +1,10 @@
 """Time SVD-GQA calibration on the bundled SmolLM2-135M with the default corpus and settings.
 
 Prints the wall time of the calibration itself (tokenising the corpus, the forwards,
-covariances and eigen-decompositions), then of a second ``apply`` that loads the saved
-projections. Run: ``python experiments/svd_gqa_init/bench_calibration.py [--threads 2]``.
+covariances and eigen-decompositions), with the process CPU time and the machine's load
+average (on a shared machine, CPU seconds / threads is what the wall time would be on
+dedicated cores), then the time of a first ``apply`` (calibrates, saves) and of a second
+one that loads the saved projections. Run: ``python experiments/svd_gqa_init/bench_calibration.py [--threads 2]``.
 """
 
 import argparse
@@ -30,11 +32,13 @@ def main():
     method = build_method("svd_gqa", kv_heads=args.kv_heads)
     spec = CalibrationSpec(method.calibration, method.calibration_sequences, method.calibration_length, method.seed)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     calibrate(model, tok, spec, groups=args.kv_heads, head_dim=model.config.head_dim)
-    calib_s = time.perf_counter() - t0
+    calib_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     print(f"calibration ({spec.n_sequences} x {spec.seq_len} tokens of {spec.source!r}, "
-          f"{torch.get_num_threads()} threads): {calib_s:.1f} s")
+          f"{torch.get_num_threads()} threads): {calib_s:.1f} s wall, {cpu_s:.1f} s CPU "
+          f"(= {cpu_s / torch.get_num_threads():.1f} s on {torch.get_num_threads()} dedicated cores); "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KVBENCH_CACHE_DIR"] = tmp
