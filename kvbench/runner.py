@@ -42,6 +42,16 @@ class SuiteConfigError(ValueError):
 
 USER_ERRORS = USER_ERRORS + (SuiteConfigError,)
 
+
+def _suite_errors() -> tuple:
+    from kvbench.eval.longbench import LongBenchError
+    from kvbench.eval.synthetic import SyntheticError
+
+    return (LongBenchError, SyntheticError)
+
+
+USER_ERRORS = USER_ERRORS + _suite_errors()
+
 # Base models loaded in this process, reused across the jobs of a multirun sweep.
 _LOADED: dict[str, tuple] = {}
 
@@ -67,7 +77,7 @@ def validate(cfg: DictConfig):
     if suite.runner == "lm_eval":
         _validate_lm_eval_tasks(list(suite.tasks))
     else:
-        _suite_module(suite.runner).validate_suite(suite)
+        _suite_module(suite.runner).validate_suite(suite, cfg.model)
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     method = build_method(method_cfg.pop("name"), **method_cfg)
     check_model_source(cfg.model)

@@ -13,6 +13,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _kvbench_cache_dir(tmp_path, monkeypatch):
+    """Task data, calibration projections and LongBench downloads of a test go to its own temp dir."""
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "kvbench-cache"))
+
+
 @pytest.fixture
 def tiny_gqa():
     """(model, tokenizer): 4 layers, 4 query heads, 2 KV heads, RoPE, float32, seed 0."""

@@ -23,7 +23,7 @@ predictions file).
 Data: ``suite.options.data_dir`` holds the published ``<dataset>.jsonl`` files
 (``<dataset>_e.jsonl`` for LongBench-E), i.e. the content of ``data.zip`` from the hub
 dataset ``THUDM/LongBench``; without a ``data_dir`` and with network access the zip is
-fetched from the hub and unzipped under ``$KVBENCH_CACHE`` (default ``~/.cache/kvbench``).
+fetched from the hub and unzipped under ``$KVBENCH_CACHE_DIR`` (default ``~/.cache/kvbench``).
 Predictions are saved per dataset as JSONL in the official ``pred/`` format (plus
 kvbench's fields) and can be rescored with
 ``python -m kvbench.eval.longbench rescore <dir-or-file>``.
@@ -191,8 +191,8 @@ def _check_datasets(tasks: Sequence[str], e: bool) -> None:
                              f"(choose from: {', '.join(valid)})")
 
 
-def validate_suite(suite_cfg, model_cfg=None) -> dict[str, Path | None]:
-    """Check a LongBench suite before any model is loaded; returns ``{dataset: data file or None (hub)}``.
+def validate_suite(suite_cfg, model_cfg=None) -> dict[str, Path]:
+    """Check a LongBench suite before any model is loaded; returns ``{dataset: data file}``.
 
     Reads every data file in full, so a broken record fails here, not after hours of decoding.
     """
@@ -212,8 +212,14 @@ def validate_suite(suite_cfg, model_cfg=None) -> dict[str, Path | None]:
                 "LongBench needs suite.options.data_dir when offline: a directory of the published "
                 f"<dataset>.jsonl files (unzip data.zip of the hub dataset {HUB_REPO}), "
                 "e.g. suite.options.data_dir=/data/longbench")
-        return {t: None for t in tasks}
-    root = Path(opts.data_dir).expanduser()
+        try:
+            root = _hub_data_dir()
+        except Exception as error:  # no network, no access, broken archive: say what to do instead
+            raise LongBenchError(
+                f"could not fetch LongBench from the hub ({type(error).__name__}); give "
+                f"suite.options.data_dir=<directory of the <dataset>.jsonl files of {HUB_REPO}>") from error
+    else:
+        root = Path(opts.data_dir).expanduser()
     if not root.is_dir():
         raise LongBenchError(f"suite.options.data_dir={opts.data_dir!r} is not a directory "
                              f"(expected the <dataset>.jsonl files of {HUB_REPO})")
@@ -234,7 +240,7 @@ def _hub_data_dir() -> Path:
     from huggingface_hub import hf_hub_download
 
     archive = Path(hf_hub_download(HUB_REPO, "data.zip", repo_type="dataset"))
-    cache = Path(os.environ.get("KVBENCH_CACHE", Path.home() / ".cache" / "kvbench"))
+    cache = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench"))
     target = cache / "longbench"
     if not (target / "data").is_dir():
         with zipfile.ZipFile(archive) as z:
@@ -374,9 +380,6 @@ def run_suite(protocol, tokenizer, model_cfg, suite_cfg, output_dir) -> dict[str
     opts = _options(suite_cfg)
     max_length = opts.max_length or model_cfg.max_length
     chat = resolve_chat(tokenizer, model_cfg, opts.chat_template)
-    if any(p is None for p in files.values()):
-        root = _hub_data_dir()
-        files = {t: data_file(root, t, opts.e) for t in files}
     out_dir = Path(output_dir) / suite_cfg.name
     metrics: dict[str, dict[str, float]] = {}
     for dataset, path in files.items():
