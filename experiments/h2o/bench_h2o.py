@@ -104,6 +104,7 @@ def main():
 
     rows = bench(args.methods, args.context, args.decode, args.repeats, args.threads)
     for r in rows:
+        print(json.dumps(r), flush=True)
         r["rss_peak_mb"] = peak_rss(r["method"], args.context, args.decode, args.threads) if args.rss else float("nan")
     full = next((r for r in rows if r["method"] == "full"), None)
     print(f"SmolLM2-135M, float32, CPU, {rows[0]['threads']} threads, context {rows[0]['context']} tokens, "
