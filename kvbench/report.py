@@ -1,6 +1,6 @@
 """Roll-up of result records into comparison tables (markdown + CSV) and a plot under ``reports/``.
 
-One row per method configuration: its parameters, each task's primary metric, the
+One row per method configuration: the parameters it changed from the method's defaults, each task's primary metric, the
 average of the higher-is-better metrics, the KV compression measured on the run's own
 sequences (``full_bytes / stored_bytes``), the ratio of stored bytes to the ``full``
 run's, and decode speed.
@@ -36,8 +36,8 @@ def comparison_table(root: str | Path) -> pd.DataFrame:
     full_bytes = frame.loc[frame["method"] == "full", "kv_stored_bytes"]
     table["kv_vs_full"] = frame["kv_stored_bytes"] / full_bytes.iloc[-1] if len(full_bytes) else float("nan")
     table["decode_tok_s"] = frame["decode_tok_s"]
-    order = {"full": 0}
-    table = table.sort_values(["model", "method", "params"], key=lambda s: s.map(order).fillna(1) if s.name == "method" else s)
+    table["_baseline_last"] = table["method"] != "full"  # full first, then methods by name
+    table = table.sort_values(["model", "_baseline_last", "method", "params"]).drop(columns="_baseline_last")
     return table.reset_index(drop=True)
 
 
@@ -52,7 +52,8 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports
               "(higher is better except perplexities); `avg` averages the higher-is-better columns; "
               "`kv_ratio` = uncompressed bytes / bytes the cache held, measured after context compression "
               "on the run's own sequences; `kv_vs_full` = stored bytes relative to the `full` run.\n\n")
-    paths["md"].write_text(header + (table.to_markdown(index=False, floatfmt=".4g") if not table.empty else "_no complete records_") + "\n",
+    shown = table.astype(object).where(table.notna(), None)  # blank, not "nan", where a column does not apply
+    paths["md"].write_text(header + (shown.to_markdown(index=False, floatfmt=".4g") if not table.empty else "_no complete records_") + "\n",
                            encoding="utf-8")
     if not table.empty and len(table) > 1:
         paths["png"] = reports_dir / f"{name}.png"

@@ -2,7 +2,7 @@
 
 Fields (ARCHITECTURE.md): ``run_id``, ``created_at``, ``status`` (running|complete|failed),
 ``config_hash``, ``config`` (resolved), ``model`` {name, n_params, n_layers, n_heads,
-n_kv_heads, head_dim}, ``method`` {name, params}, ``suite`` {name, tasks, limit},
+n_kv_heads, head_dim}, ``method`` {name, params, changed_params (those differing from the defaults)}, ``suite`` {name, tasks, limit},
 ``metrics`` {task: {metric: value}}, ``primary_metrics`` {task: {name, higher_is_better}},
 ``kv`` {full_bytes, stored_bytes, ratio, peak_stored_bytes, peak_full_bytes, and for ``combined``
 ``components``: each component's ratio measured alone, their ``product`` and the ``measured`` ratio},
@@ -85,7 +85,9 @@ def load_records(root: str | os.PathLike):
         row = {
             "run_id": record["run_id"], "path": str(path), "created_at": record.get("created_at"),
             "status": record.get("status"), "model": record.get("model", {}).get("name"),
-            "method": record["method"]["name"], "method_params": json.dumps(record["method"].get("params", {}), sort_keys=True),
+            "method": record["method"]["name"],
+            "method_params": json.dumps(record["method"].get("changed_params", record["method"].get("params", {})),
+                                        sort_keys=True, default=str),
             "suite": record.get("suite", {}).get("name"),
             "kv_full_bytes": record["kv"].get("full_bytes"), "kv_stored_bytes": record["kv"].get("stored_bytes"),
             "kv_ratio": record["kv"].get("ratio"),

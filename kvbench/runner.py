@@ -246,7 +246,7 @@ def _new_record(cfg, resolved, digest, method, output_dir) -> dict:
         "config_hash": digest,
         "config": resolved,
         "model": {"name": cfg.model.name},
-        "method": {"name": method.name, "params": method.params()},
+        "method": {"name": method.name, "params": method.params(), "changed_params": method.changed_params()},
         "suite": {"name": cfg.suite.name, "tasks": list(cfg.suite.tasks), "limit": cfg.suite.limit},
         "metrics": {},
         "primary_metrics": {},

@@ -43,3 +43,10 @@ def test_write_report_writes_markdown_csv_and_plot(sweep, tmp_path):
     csv = pd.read_csv(paths["csv"])
     assert list(csv["method"]) == ["full", "h2o"]
     assert paths["png"].stat().st_size > 1000
+
+
+def test_rows_are_labelled_by_the_parameters_changed_from_the_defaults(tmp_path):
+    record = _record("1", "h2o", {"heavy_ratio": 0.0, "recent_ratio": 0.2, "score_agg": "sum"}, 0.5, 10.0, 200, 9.0)
+    record["method"]["changed_params"] = {"heavy_ratio": 0.0, "recent_ratio": 0.2}
+    write_record(tmp_path / "r" / "record.json", record)
+    assert list(comparison_table(tmp_path)["params"]) == ["heavy_ratio=0.0, recent_ratio=0.2"]

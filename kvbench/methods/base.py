@@ -66,6 +66,19 @@ class Method:
         if callable(compress):
             compress()
 
+    def changed_params(self) -> dict[str, Any]:
+        """The parameters that differ from the method's defaults (how reports label a configuration)."""
+        changed = {}
+        for f in dataclasses.fields(self):
+            if f.name == "name":
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            value = getattr(self, f.name)
+            if default is dataclasses.MISSING or value != default:
+                changed[f.name] = value
+        return changed
+
     def params(self) -> dict[str, Any]:
         """The method's parameters (everything but ``name``), for records and reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
