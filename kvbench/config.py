@@ -74,6 +74,18 @@ class RunConfig:
     report_name: Optional[str] = None
 
 
+def suite_options(suite_cfg, schema, error: type[Exception], what: str) -> dict:
+    """``suite.options`` as a plain dict, after rejecting keys the ``schema`` dataclass does not have."""
+    import dataclasses
+
+    raw = dict(getattr(suite_cfg, "options", None) or {})
+    valid = [f.name for f in dataclasses.fields(schema)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise error(f"suite.options has unknown key(s) {', '.join(unknown)} for {what} (valid: {', '.join(valid)})")
+    return raw
+
+
 def register_configs() -> None:
     """Put every schema into Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()

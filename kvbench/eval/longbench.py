@@ -96,7 +96,6 @@ E_DATASETS = ("qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report",
 CLASSIFICATION_DATASETS = frozenset({"trec", "lsht"})
 
 HUB_REPO = "THUDM/LongBench"
-OPTIONS = ("data_dir", "e", "max_length", "chat_template")
 
 
 class LongBenchError(ValueError):
@@ -118,12 +117,9 @@ class LongBenchOptions:
 
 
 def _options(suite_cfg) -> LongBenchOptions:
-    raw = dict(getattr(suite_cfg, "options", None) or {})
-    unknown = sorted(set(raw) - set(OPTIONS))
-    if unknown:
-        raise LongBenchError(f"suite.options has unknown key(s) {', '.join(unknown)} for LongBench "
-                             f"(valid: {', '.join(OPTIONS)})")
-    opts = LongBenchOptions(**raw)
+    from kvbench.config import suite_options
+
+    opts = LongBenchOptions(**suite_options(suite_cfg, LongBenchOptions, LongBenchError, "LongBench"))
     if opts.max_length is not None and (not isinstance(opts.max_length, int) or opts.max_length < 2):
         raise LongBenchError(f"suite.options.max_length={opts.max_length!r} must be an integer >= 2 (tokens)")
     return opts

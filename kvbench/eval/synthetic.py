@@ -63,7 +63,6 @@ fern gull heron ibis jade kelp lotus moss nettle oak plum reed sage thyme wasp
 
 TASK_NAMES: tuple[str, ...]  # filled below
 DEFAULT_LENGTHS = (384, 768)  # conf/suite/ruler.yaml; see experiments/ruler/README.md
-OPTIONS = ("lengths", "samples_per_length", "seed", "chat_template")
 
 
 class SyntheticError(ValueError):
@@ -405,11 +404,9 @@ class SyntheticOptions:
 
 
 def _options(suite_cfg) -> SyntheticOptions:
-    raw = dict(getattr(suite_cfg, "options", None) or {})
-    unknown = sorted(set(raw) - set(OPTIONS))
-    if unknown:
-        raise SyntheticError(f"suite.options has unknown key(s) {', '.join(unknown)} for the synthetic tasks "
-                             f"(valid: {', '.join(OPTIONS)})")
+    from kvbench.config import suite_options
+
+    raw = suite_options(suite_cfg, SyntheticOptions, SyntheticError, "the synthetic tasks")
     if "lengths" in raw and raw["lengths"] is not None:
         raw["lengths"] = list(raw["lengths"])
     opts = SyntheticOptions(**{k: v for k, v in raw.items() if v is not None or k == "chat_template"})
