@@ -66,10 +66,13 @@ class CompressionProtocol:
 
     # -- primitives -------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, cache, token_ids: Sequence[int]) -> torch.Tensor:
-        """Run ``token_ids`` through the model on ``cache``; returns logits ``[len, vocab]``."""
+    def forward(self, cache, token_ids: Sequence[int], last_logits_only: bool = False) -> torch.Tensor:
+        """Run ``token_ids`` through the model on ``cache``; returns logits ``[len, vocab]``
+        (``[1, vocab]`` with ``last_logits_only``: prefill and decoding skip the LM head elsewhere,
+        as transformers' ``generate`` does)."""
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        extra = {"logits_to_keep": 1} if last_logits_only else {}
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
         return out.logits[0]
 
     def measure(self, cache, n_tokens: int) -> tuple[int, int]:
@@ -90,7 +93,7 @@ class CompressionProtocol:
         start = time.perf_counter()
         step = chunk or len(token_ids)
         for i in range(0, len(token_ids), step):
-            self.forward(cache, token_ids[i : i + step])
+            self.forward(cache, token_ids[i : i + step], last_logits_only=True)
             self.method.compress(cache)
         self.stats.prefill_s += time.perf_counter() - start
         self.stats.prefill_tokens += len(token_ids)
@@ -158,7 +161,7 @@ class CompressionProtocol:
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(max_new_tokens):
-                logits = self.forward(cache, pending)
+                logits = self.forward(cache, pending, last_logits_only=True)
                 token = int(logits[-1].argmax())
                 generated.append(token)
                 if token in eos or (stop is not None and stop(generated)):
