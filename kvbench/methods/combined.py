@@ -90,6 +90,14 @@ class Combined(Method):
     def changes_weights(self) -> bool:
         return "heads" in self.components
 
+    def changed_params(self) -> dict:
+        """Axes that differ from the defaults, and each component's own changed parameters."""
+        changed = {k: v for k, v in super().changed_params().items() if not k.endswith("_params")}
+        for axis, component in self.components.items():
+            if component.changed_params():
+                changed[f"{axis}_params"] = component.changed_params()
+        return changed
+
     def check_model(self, config) -> None:
         for axis, component in self.components.items():
             with _on_axis(axis):

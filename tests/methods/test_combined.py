@@ -180,3 +180,11 @@ def test_bundled_model_measured_bytes_match_the_product_of_component_ratios(smol
     assert ratios["meanpool_gqa"] == 3.0
     assert ratios["measured"] == pytest.approx(ratios["product"], rel=0.05)
     assert ratios["measured"] > 15  # 3 (heads) x ~1.26 (layers) x ~4.8 (tokens)
+
+
+def test_changed_params_name_only_what_differs_from_each_components_defaults():
+    from kvbench.methods import build_method
+
+    assert build_method("combined", layers_params={"t": 0.6, "gamma": 0.05}).changed_params() == {}
+    changed = build_method("combined", tokens_params={"heavy_ratio": 0.2}, layers=None).changed_params()
+    assert changed == {"layers": None, "tokens_params": {"heavy_ratio": 0.2}}
