@@ -30,14 +30,15 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_record(path: str | os.PathLike, record: dict) -> Path:
-    """Write ``record`` as JSON atomically (temp file in the same directory, then rename)."""
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically: a temp file in the same directory, then rename over ``path``.
+    A failure leaves the previous file (if any) untouched and no temp file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True, default=_jsonable)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -45,6 +46,11 @@ def write_record(path: str | os.PathLike, record: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_record(path: str | os.PathLike, record: dict) -> Path:
+    """Write ``record`` as JSON atomically (serialised first, so a bad value never touches the file)."""
+    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable))
 
 
 def read_record(path: str | os.PathLike) -> dict:

@@ -37,7 +37,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from kvbench.eval.longbench_metrics import (  # noqa: F401  (re-exported: the pu
     rouge_score, rouge_zh_score, sample_score, score, score_e,
 )
 from kvbench.eval.prompt_split import chat_wrap, encode, encode_split, has_chat_template
+from kvbench.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -308,14 +308,6 @@ def _eos_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _jsonl(rows: Sequence[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
@@ -385,11 +377,11 @@ def run_suite(protocol, tokenizer, model_cfg, suite_cfg, output_dir) -> dict[str
         log.info("LongBench %s: %d examples", dataset, len(records))
         rows = predict_dataset(protocol, tokenizer, dataset, records, max_length, chat,
                                getattr(suite_cfg, "max_gen_toks", None))
-        _atomic_write(out_dir / f"{dataset}.jsonl", _jsonl(rows))
+        atomic_write_text(out_dir / f"{dataset}.jsonl", _jsonl(rows))
         metrics[dataset] = score_rows(dataset, rows, opts.e)
     if len(metrics) > 1:
         metrics["average"] = {"score": round(statistics.fmean(next(iter(m.values())) for m in metrics.values()), 2)}
-    _atomic_write(out_dir / "result.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "result.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics
 
 

@@ -29,11 +29,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import random
 import re
 import string
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvbench.eval.prompt_split import chat_wrap, encode_split, has_chat_template
+from kvbench.results import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -485,8 +484,8 @@ def run_suite(protocol, tokenizer, model_cfg, suite_cfg, output_dir) -> dict[str
             metrics[key]["string_match_part"] = string_match_part(preds, refs)
         log.info("%s: %s (%.1fs)", key, metrics[key], time.perf_counter() - start)
     out_dir = Path(output_dir) / suite_cfg.name
-    _atomic_write(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _atomic_write(out_dir / "result.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out_dir / "result.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -505,14 +504,6 @@ def rescore(path: str | Path) -> dict[str, dict[str, float]]:
         if task in TASKS and TASKS[task].multi_reference:
             out[key]["string_match_part"] = string_match_part(preds, refs)
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["TASKS", "TASK_NAMES", "NOISE", "SyntheticSample", "SyntheticError", "generate", "passkey_sample",

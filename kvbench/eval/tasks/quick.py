@@ -42,10 +42,9 @@ def _materialise(name: str, records: list[dict]):
     """Write ``records`` to ``<cache>/<name>.jsonl`` (atomically) and return them as a test split."""
     import datasets
 
-    path = cache_dir() / f"{name}.jsonl"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
+    from kvbench.results import atomic_write_text
+
+    atomic_write_text(cache_dir() / f"{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return {"test": datasets.Dataset.from_list(records)}
 
 
