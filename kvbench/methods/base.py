@@ -19,7 +19,7 @@ Three optional hooks, in the order the runner calls them (ARCHITECTURE.md):
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Cache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -44,8 +44,6 @@ class Method:
     """Base class. Subclasses are dataclasses with a ``name: str = "<name>"`` first field."""
 
     name: str
-    #: True when the method changes weights (``apply`` does surgery).
-    changes_weights: ClassVar[bool] = False
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""

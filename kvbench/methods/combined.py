@@ -86,10 +86,6 @@ class Combined(Method):
             if component is not None:
                 self.components[axis] = component
 
-    @property
-    def changes_weights(self) -> bool:
-        return "heads" in self.components
-
     def changed_params(self) -> dict:
         """Axes that differ from the defaults, and each component's own changed parameters."""
         changed = {k: v for k, v in super().changed_params().items() if not k.endswith("_params")}

@@ -31,8 +31,6 @@ class MeanPoolGQA(Method):
     name: str = "meanpool_gqa"
     kv_heads: int = 1
 
-    changes_weights = True
-
     def __post_init__(self):
         check_positive_kv_heads(self.kv_heads)
 

@@ -59,8 +59,6 @@ class SVDGQA(Method):
     rope: str = "auto"
     reuse_calibration: bool = True
 
-    changes_weights = True
-
     def __post_init__(self):
         check_positive_kv_heads(self.kv_heads)
         for field in ("calibration_sequences", "calibration_length"):
