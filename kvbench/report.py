@@ -41,9 +41,22 @@ def comparison_table(root: str | Path) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def lock_warning(root: str | Path) -> str | None:
+    """A warning when the complete records under ``root`` come from different lock files (package sets)."""
+    frame = load_records(root)
+    if frame.empty:
+        return None
+    digests = sorted(frame.loc[frame["status"] == "complete", "lock_sha256"].dropna().unique())
+    if len(digests) < 2:
+        return None
+    return (f"warning: this table mixes records from {len(digests)} different lock files "
+            f"(sha256 {', '.join(d[:12] for d in digests)}): its figures may come from different package versions")
+
+
 def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports") -> dict[str, Path]:
     """Write ``<reports_dir>/<name>.md``, ``.csv`` and ``.png``; return their paths."""
     table = comparison_table(root)
+    warning = lock_warning(root)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": reports_dir / f"{name}.md", "csv": reports_dir / f"{name}.csv"}
@@ -51,13 +64,18 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports
     header = (f"# {name}\n\nRecords under `{root}`. Metric columns are `task/primary metric` "
               "(higher is better except perplexities); `avg` averages the higher-is-better columns; "
               "`kv_ratio` = uncompressed bytes / bytes the cache held, measured after context compression "
-              "on the run's own sequences; `kv_vs_full` = stored bytes relative to the `full` run.\n\n")
+              "on the run's own sequences; `kv_vs_full` = stored bytes relative to the `full` run.\n\n"
+              + (f"**{warning}**\n\n" if warning else ""))
     shown = table.astype(object).where(table.notna(), None)  # blank, not "nan", where a column does not apply
     paths["md"].write_text(header + (shown.to_markdown(index=False, floatfmt=".4g") if not table.empty else "_no complete records_") + "\n",
                            encoding="utf-8")
     if not table.empty and len(table) > 1:
         paths["png"] = reports_dir / f"{name}.png"
         plot_tradeoff(table, paths["png"])
+    if warning:
+        import sys
+
+        print(f"kvbench-report: {warning}", file=sys.stderr)
     return paths
 
 

@@ -101,6 +101,7 @@ def load_records(root: str | os.PathLike):
             "decode_tok_s": record.get("timing", {}).get("decode_tok_s"),
             "prefill_tok_s": record.get("timing", {}).get("prefill_tok_s"),
             "wall_s": record.get("timing", {}).get("wall_s"),
+            "lock_sha256": (record.get("env") or {}).get("lock_sha256"),
         }
         for task, primary in record.get("primary_metrics", {}).items():
             value = record["metrics"].get(task, {}).get(primary["name"])

@@ -14,8 +14,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kvbench.config import SUITE_RUNNERS, WANDB_MODES
 from kvbench.corpus import CorpusError
+from kvbench.environment import environment
 from kvbench.methods import MethodConfigError, build_method
 from kvbench.models import ModelLoadError, check_model_source, load_config, load_model
 from kvbench.results import RECORD_NAME, config_hash, find_complete_record, read_record, write_record
@@ -45,9 +44,10 @@ USER_ERRORS = USER_ERRORS + (SuiteConfigError,)
 
 def _suite_errors() -> tuple:
     from kvbench.eval.longbench import LongBenchError
+    from kvbench.eval.protocol import CacheNotWrittenError
     from kvbench.eval.synthetic import SyntheticError
 
-    return (LongBenchError, SyntheticError)
+    return (LongBenchError, SyntheticError, CacheNotWrittenError)
 
 
 USER_ERRORS = USER_ERRORS + _suite_errors()
@@ -271,21 +271,3 @@ def describe_model(name: str, model, reference_config) -> dict:
         "head_dim": getattr(text, "head_dim", None) or text.hidden_size // n_heads,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
-
-
-def environment() -> dict:
-    import lm_eval
-    import torch
-    import transformers
-
-    import kvbench
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "lm_eval": lm_eval.__version__, "kvbench": kvbench.__version__, "device": device, "git_commit": commit,
-            "torch_threads": torch.get_num_threads()}

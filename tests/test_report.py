@@ -50,3 +50,18 @@ def test_rows_are_labelled_by_the_parameters_changed_from_the_defaults(tmp_path)
     record["method"]["changed_params"] = {"heavy_ratio": 0.0, "recent_ratio": 0.2}
     write_record(tmp_path / "r" / "record.json", record)
     assert list(comparison_table(tmp_path)["params"]) == ["heavy_ratio=0.0, recent_ratio=0.2"]
+
+
+def test_a_table_mixing_records_from_different_lock_files_carries_a_warning(sweep, tmp_path, capsys):
+    from kvbench.report import lock_warning
+
+    assert lock_warning(sweep) is None  # no lock digests recorded
+    for i, digest in enumerate(["a" * 64, "a" * 64, "b" * 64]):
+        record = _record(str(i + 5), "full" if i == 0 else "h2o", {"x": i}, 0.5, 10.0, 500, 9.0)
+        record["env"] = {"lock_sha256": digest}
+        write_record(tmp_path / "mixed" / str(i) / "record.json", record)
+    message = lock_warning(tmp_path / "mixed")
+    assert message.startswith("warning: this table mixes records from 2 different lock files")
+    assert "aaaaaaaaaaaa" in message and "bbbbbbbbbbbb" in message
+    paths = write_report(tmp_path / "mixed", "mixed", tmp_path / "reports")
+    assert message in paths["md"].read_text() and message in capsys.readouterr().err

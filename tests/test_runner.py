@@ -145,3 +145,23 @@ def test_combined_run_records_component_ratios_next_to_the_measured_ratio(cfg_fo
         components["svd_gqa"] * components["minicache"] * components["h2o"])
     assert components["measured"] == pytest.approx(components["product"], rel=0.05)
     assert record["kv"]["ratio"] > 2
+
+
+def test_a_method_whose_cache_stays_empty_yields_a_failed_record_never_a_complete_one(cfg_for, tmp_path, monkeypatch):
+    from transformers import DynamicCache
+
+    from kvbench.eval.protocol import CacheNotWrittenError
+    from kvbench.methods.full import Full
+
+    class Forgetful(DynamicCache):  # attention gets its states back, the cache keeps nothing
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            return key_states, value_states
+
+    monkeypatch.setattr(Full, "new_cache", lambda self, model: Forgetful(config=model.config))
+    with pytest.raises(CacheNotWrittenError):
+        runner.run(cfg_for(), tmp_path / "run")
+    record = read_record(tmp_path / "run" / "record.json")
+    assert record["status"] == "failed" and record["metrics"] == {}
+    assert record["error"].startswith("CacheNotWrittenError: method=full: after prefilling")
+    assert "holds 0 bytes" in record["error"]
+    assert read_record(tmp_path / "records" / f"{record['config_hash']}.json")["status"] == "failed"

@@ -54,7 +54,7 @@ def bench(labels: list[str], context: int, decode: int, repeats: int, threads: i
                 model.set_attn_implementation(implementation[label])
                 cache = method.new_cache(model)
                 t0 = time.perf_counter()
-                logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+                logits = model(input_ids=ids, cache=cache, use_cache=True).logits
                 method.compress(cache)
                 t1 = time.perf_counter()
                 row["cache_bytes_after_prefill"] = cache_nbytes(cache)
@@ -62,7 +62,7 @@ def bench(labels: list[str], context: int, decode: int, repeats: int, threads: i
                 steps = []
                 for _ in range(decode):
                     s0 = time.perf_counter()
-                    logits = model(input_ids=nxt, past_key_values=cache, use_cache=True).logits
+                    logits = model(input_ids=nxt, cache=cache, use_cache=True).logits
                     nxt = logits[:, -1:].argmax(-1)
                     steps.append(time.perf_counter() - s0)
                     row["cache_bytes_max_decoding"] = max(row["cache_bytes_max_decoding"], cache_nbytes(cache))

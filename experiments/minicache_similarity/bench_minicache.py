@@ -43,18 +43,18 @@ def text_ids(tokenizer, n: int) -> torch.Tensor:
 def run(model, method, ctx, score, n_decode):
     cache = method.new_cache(model)
     t0, c0 = time.perf_counter(), time.process_time()
-    model(input_ids=ctx, past_key_values=cache, use_cache=True)
+    model(input_ids=ctx, cache=cache, use_cache=True)
     method.compress(cache)
     prefill_s, prefill_cpu = time.perf_counter() - t0, time.process_time() - c0
     stored = cache_nbytes(cache)
     scored = torch.cat([ctx[:, -1:], score[:, :-1]], 1)
-    logits = model(input_ids=scored, past_key_values=copy.deepcopy(cache), use_cache=True).logits
+    logits = model(input_ids=scored, cache=copy.deepcopy(cache), use_cache=True).logits
     nll = torch.nn.functional.cross_entropy(logits[0].float(), score[0]).item()
     tok = ctx[:, -1:]
     out = []
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_decode):
-        tok = model(input_ids=tok, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        tok = model(input_ids=tok, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
         out.append(int(tok))
     decode_ms = 1000 * (time.perf_counter() - t0) / n_decode
     decode_cpu_ms = 1000 * (time.process_time() - c0) / n_decode

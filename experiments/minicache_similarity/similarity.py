@@ -26,7 +26,7 @@ def layer_kv(model, tokenizer, text: str, max_tokens: int) -> list[tuple[torch.T
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, cache=cache, use_cache=True)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

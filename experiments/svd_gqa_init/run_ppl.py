@@ -34,7 +34,7 @@ def perplexity(model, docs: list[torch.Tensor]) -> tuple[float, int]:
     nll, count, kv_bytes = 0.0, 0, 0
     for ids in docs:
         cache = DynamicCache(config=model.config)
-        logits = model(input_ids=ids[None], past_key_values=cache, use_cache=True).logits[0, :-1].float()
+        logits = model(input_ids=ids[None], cache=cache, use_cache=True).logits[0, :-1].float()
         nll += torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum").item()
         count += len(ids) - 1
         kv_bytes = max(kv_bytes, cache_nbytes(cache))

@@ -23,6 +23,13 @@ import torch
 from kvbench.cache.accounting import cache_nbytes, full_cache_nbytes
 
 
+class CacheNotWrittenError(RuntimeError):
+    """The model ran, but the method's cache holds nothing (or fewer tokens than it was given).
+
+    A method that silently stopped caching (e.g. a replacement attention that no longer receives
+    the cache after an upstream rename) must never produce a number."""
+
+
 @dataclass
 class ProtocolStats:
     """What one run measured. Bytes are sums over requests, taken right after context compression."""
@@ -72,7 +79,7 @@ class CompressionProtocol:
         as transformers' ``generate`` does)."""
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
         extra = {"logits_to_keep": 1} if last_logits_only else {}
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True, **extra)
         return out.logits[0]
 
     def measure(self, cache, n_tokens: int) -> tuple[int, int]:
@@ -99,6 +106,7 @@ class CompressionProtocol:
         self.stats.prefill_tokens += len(token_ids)
         self.stats.n_prefills += 1
         stored, full = self.measure(cache, len(token_ids))
+        check_cache_written(cache, len(token_ids), stored, getattr(self.method, "name", type(self.method).__name__))
         self.stats.stored_bytes += stored
         self.stats.full_bytes += full
         return cache
@@ -171,6 +179,25 @@ class CompressionProtocol:
         self.stats.decode_tokens += len(generated)
         self.measure(cache, len(prompt) + len(generated) - 1)
         return generated
+
+
+def check_cache_written(cache, n_tokens: int, stored: int, method_name: str) -> None:
+    """Raise :class:`CacheNotWrittenError` unless ``cache`` saw ``n_tokens`` tokens in every layer and holds bytes.
+
+    Every kvbench cache reports the *logical* length (tokens seen, evicted or not) as its sequence length,
+    so this holds for compressing caches too; a layer that was never updated is not initialised."""
+    layers = getattr(cache, "layers", [])
+    idle = [i for i, layer in enumerate(layers) if not getattr(layer, "is_initialized", True)]
+    seen = cache.get_seq_length()
+    if stored > 0 and seen == n_tokens and not idle:
+        return
+    what = f"{stored} bytes and reports {seen} tokens seen"
+    if idle:
+        what += f"; layers {idle[:8]}{'...' if len(idle) > 8 else ''} were never written"
+    raise CacheNotWrittenError(
+        f"method={method_name}: after prefilling {n_tokens} tokens the KV cache holds {what}. The model ran "
+        "without filling its cache, so no result is recorded (is the installed transformers the locked "
+        "version? see `make setup`)")
 
 
 def _continuation_logprob(logits: torch.Tensor, continuation: Sequence[int]) -> tuple[float, bool]:

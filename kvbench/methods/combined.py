@@ -140,7 +140,7 @@ class Combined(Method):
         def stored(method) -> int:  # the evaluation protocol's prefill → compress → bytes
             cache = method.new_cache(model)
             with torch.inference_mode():
-                model(input_ids=ids, past_key_values=cache, use_cache=True)
+                model(input_ids=ids, cache=cache, use_cache=True)
             method.compress(cache)
             return cache_nbytes(cache)
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kvbench.surgery.attention_cache import cache_argument
+
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor, like: nn.Linear) -> nn.Linear:
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=True, device=like.weight.device, dtype=like.weight.dtype)
@@ -41,7 +43,9 @@ class BloomGroupedAttention(nn.Module):
         self.o_proj = attn.dense
 
     def forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
-                output_attentions=False, **kwargs):
+                output_attentions=False, cache=None, past_key_values=None, **kwargs):
+        layer_past = cache_argument(type(self).__name__, {"layer_past": layer_past, "cache": cache,
+                                                          "past_key_values": past_key_values}, kwargs)
         batch, q_len, _ = hidden_states.shape
         h, d = self.num_heads, self.head_dim
         query = self.q_proj(hidden_states).view(batch, q_len, h, d).transpose(1, 2)

@@ -78,7 +78,7 @@ def kv_covariances(model, input_ids: torch.Tensor, groups: int, batch_size: int 
     for start in range(0, len(input_ids), batch_size):
         batch = input_ids[start:start + batch_size].to(device)
         cache = DynamicCache(config=model.config)
-        model(input_ids=batch, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=batch, cache=cache, use_cache=True, logits_to_keep=1)
         for layer_idx, layer in enumerate(cache.layers):
             for covs, states in ((cov_k, layer.keys), (cov_v, layer.values)):
                 b, h, n, d = states.shape

@@ -10,6 +10,8 @@ queries and keys as the original attention does, then
 Values need no replacement (Ω is fused into ``v_proj``/``o_proj`` beforehand), and the
 attention itself is the model's own (``ALL_ATTENTION_FUNCTIONS``: sdpa, eager, flash),
 run as ordinary GQA with g KV heads, so transformers' caches and ``generate`` just work.
+The cache arrives as ``cache`` (transformers >= 5.24) or ``past_key_values`` (before); a cache under
+any other name is an error, never a silent cacheless run (:mod:`kvbench.surgery.attention_cache`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kvbench.surgery.attention_cache import cache_argument
 from kvbench.surgery.heads import HeadLayout, query_blocks
 
 _COPIED = ("config", "layer_idx", "head_dim", "scaling", "attention_dropout", "is_causal", "sliding_window",
@@ -44,10 +47,12 @@ class SVDRopeAttention(nn.Module):
         self.register_buffer("key_basis", key_basis.to(device=attn.k_proj.weight.device, dtype=dtype))
         self.register_buffer("query_basis", query_blocks(lay, key_basis).to(self.key_basis))
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
+                past_key_values=None, **kwargs):
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
         from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        cache = cache_argument(type(self).__name__, {"cache": cache, "past_key_values": past_key_values}, kwargs)
 
         lay = self.layout
         g, t, d = lay.groups, lay.per_group, lay.head_dim
@@ -67,8 +72,8 @@ class SVDRopeAttention(nn.Module):
         key = torch.einsum("bgnc,gec->bgne", key, self.key_basis)
         query = torch.einsum("bhnc,hec->bhne", query, self.query_basis)
 
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         extra = {"sliding_window": self.sliding_window} if getattr(self, "sliding_window", None) else {}

@@ -48,7 +48,7 @@ def _cache(heavy=6, recent=4, **kw) -> CombinedCache:
 def _reference(scored, prompt):
     """Exact keys/values and accumulated scores of every layer, nothing evicted."""
     cache = H2OCache(4, H2OBudget(heavy_tokens=10_000, recent_tokens=1))
-    scored(input_ids=prompt, past_key_values=cache)
+    scored(input_ids=prompt, cache=cache)
     return [(layer.keys, layer.values, layer.scores) for layer in cache.layers]
 
 
@@ -77,7 +77,7 @@ def test_pair_layers_keep_one_token_set_chosen_from_their_summed_scores(norm):
     prompt = _ids(32)
     ref = _reference(scored, prompt)
     cache = _cache(gamma=1.0, norm=norm)  # gamma 1: restored states are exact, so they can be compared
-    scored(input_ids=prompt, past_key_values=cache)
+    scored(input_ids=prompt, cache=cache)
     pair = cache.pairs[0]
     a, b = PAIR
     summed = ref[a][2] + ref[b][2]  # [1, h, N]
@@ -103,7 +103,7 @@ def test_retained_tokens_are_the_most_distant_kept_ones_and_the_rest_is_merged(n
     prompt = _ids(40, seed=1)
     ref = _reference(scored, prompt)
     cache = _cache(heavy=8, recent=4, gamma=0.25, norm=norm)
-    scored(input_ids=prompt, past_key_values=cache)
+    scored(input_ids=prompt, cache=cache)
     pair = cache.pairs[0]
     kept_a, kept_b = _take(ref[PAIR[0]][0], pair.positions), _take(ref[PAIR[1]][0], pair.positions)
     merged = slerp_merge(kept_a, kept_b, t=0.6, per_head=(norm == "per_head"))
@@ -126,16 +126,16 @@ def test_retained_tokens_are_the_most_distant_kept_ones_and_the_rest_is_merged(n
 def test_continuation_after_eviction_and_merging_attends_at_logical_positions():
     model, scored = _scored_peaky()
     cache = _cache(gamma=0.1)
-    scored(input_ids=_ids(40), past_key_values=cache)
+    scored(input_ids=_ids(40), cache=cache)
     cache.compress()
     assert [cache.stored_length(i) for i in range(4)] == [10] * 4 and cache.get_seq_length() == 40
     snapshot = _as_dynamic(cache)
     continuation = _ids(5, seed=3)
-    got = scored(input_ids=continuation, past_key_values=cache).logits
-    want = model(input_ids=continuation, past_key_values=copy.deepcopy(snapshot),
+    got = scored(input_ids=continuation, cache=cache).logits
+    want = model(input_ids=continuation, cache=copy.deepcopy(snapshot),
                  position_ids=torch.arange(40, 45)[None]).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    wrong = model(input_ids=continuation, past_key_values=snapshot, position_ids=torch.arange(10, 15)[None]).logits
+    wrong = model(input_ids=continuation, cache=snapshot, position_ids=torch.arange(10, 15)[None]).logits
     assert not torch.allclose(got, wrong, atol=1e-3)
 
 
@@ -143,13 +143,13 @@ def test_continuation_after_eviction_and_merging_attends_at_logical_positions():
 def test_decoding_keeps_the_budget_and_the_retained_count_and_matches_the_reduced_cache(norm):
     model, scored = _scored_peaky()
     cache = _cache(heavy=8, recent=4, gamma=0.25, norm=norm)
-    logits = scored(input_ids=_ids(30, seed=4), past_key_values=cache).logits
+    logits = scored(input_ids=_ids(30, seed=4), cache=cache).logits
     rows = 1 if norm == "concat" else 2
     for step in range(6):
         token = logits[:, -1:].argmax(-1)
         snapshot = _as_dynamic(cache)
-        logits = scored(input_ids=token, past_key_values=cache).logits
-        want = model(input_ids=token, past_key_values=snapshot, position_ids=torch.tensor([[30 + step]])).logits
+        logits = scored(input_ids=token, cache=cache).logits
+        want = model(input_ids=token, cache=snapshot, position_ids=torch.tensor([[30 + step]])).logits
         torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
         pair = cache.pairs[0]
         assert [cache.stored_length(i) for i in range(4)] == [12] * 4
@@ -162,7 +162,7 @@ def test_streamed_chunks_keep_the_first_chunks_budget_and_logical_positions():
     _, scored = _scored_peaky()
     cache = CombinedCache(4, 1, H2OBudget(heavy_ratio=0.2, recent_ratio=0.1), gamma=0.05)
     for chunk in _ids(60, seed=5).split(20, dim=1):
-        scored(input_ids=chunk, past_key_values=cache)
+        scored(input_ids=chunk, cache=cache)
         cache.compress()
         assert [cache.stored_length(i) for i in range(4)] == [6] * 4  # 4 heavy + 2 recent of 20
     assert cache.get_seq_length() == 60 and cache.layers[2].get_seq_length() == 60
@@ -172,7 +172,7 @@ def test_streamed_chunks_keep_the_first_chunks_budget_and_logical_positions():
 def test_nbytes_counts_every_tensor_each_pair_once():
     _, scored = _scored_peaky()
     cache = _cache(heavy=8, recent=4, gamma=0.25, norm="per_head")
-    scored(input_ids=_ids(30), past_key_values=cache)
+    scored(input_ids=_ids(30), cache=cache)
     h, d, f, K = 2, 16, 4, 12  # KV heads, head dim, float32 bytes, kept tokens
     h2o_layer = K * h * (2 * d * f + 4 + 4)  # keys, values, float32 score, int32 position
     pair = cache.pairs[0]
@@ -185,7 +185,7 @@ def test_nbytes_counts_every_tensor_each_pair_once():
 def test_a_model_without_scored_attention_fails_with_a_clear_error():
     model, _ = _scored_peaky()
     with pytest.raises(RuntimeError, match="scored_sdpa"):  # a pair's upper layer notices the missing scores
-        model(input_ids=_ids(20), past_key_values=_cache())
+        model(input_ids=_ids(20), cache=_cache())
 
 
 def test_bad_settings_are_rejected():

@@ -236,7 +236,7 @@ def test_scored_attention_outputs_equal_the_wrapped_implementation(tiny_gqa):
     register_scoring_attention()
     for base in ("sdpa", "eager"):
         model.set_attn_implementation(base)
-        expected = model(input_ids=ids, past_key_values=DynamicCache(config=model.config)).logits
+        expected = model(input_ids=ids, cache=DynamicCache(config=model.config)).logits
         model.set_attn_implementation("scored_" + base)
-        got = model(input_ids=ids, past_key_values=DynamicCache(config=model.config)).logits
+        got = model(input_ids=ids, cache=DynamicCache(config=model.config)).logits
         assert torch.equal(got, expected)

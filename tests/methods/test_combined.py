@@ -52,12 +52,12 @@ def test_no_op_components_reproduce_full_logits_and_greedy_tokens(kind, heads, n
     tokens = _ids(40)
     cache = method.new_cache(converted)
     assert isinstance(cache, CombinedCache)
-    got = converted(input_ids=tokens[:, :30], past_key_values=cache).logits
+    got = converted(input_ids=tokens[:, :30], cache=cache).logits
     method.compress(cache)
-    got = torch.cat([got, converted(input_ids=tokens[:, 30:], past_key_values=cache).logits], dim=1)
+    got = torch.cat([got, converted(input_ids=tokens[:, 30:], cache=cache).logits], dim=1)
     torch.testing.assert_close(got, model(input_ids=tokens).logits, rtol=1e-4, atol=1e-4)
-    want = model.generate(tokens, past_key_values=DynamicCache(config=model.config), max_new_tokens=8, do_sample=False)
-    got_gen = converted.generate(tokens, past_key_values=method.new_cache(converted), max_new_tokens=8, do_sample=False)
+    want = model.generate(tokens, cache=DynamicCache(config=model.config), max_new_tokens=8, do_sample=False)
+    got_gen = converted.generate(tokens, cache=method.new_cache(converted), max_new_tokens=8, do_sample=False)
     assert torch.equal(got_gen, want)
 
 
@@ -88,12 +88,12 @@ def test_protocol_scores_deep_copied_continuations_and_generates_like_a_fresh_ca
     protocol = CompressionProtocol(converted, method, model.config)
     generated = protocol.generate(context, max_new_tokens=8)
     cache = method.new_cache(converted)
-    converted(input_ids=torch.tensor([context[:-1]]), past_key_values=cache)
+    converted(input_ids=torch.tensor([context[:-1]]), cache=cache)
     method.compress(cache)
-    logits, by_hand = converted(input_ids=torch.tensor([context[-1:]]), past_key_values=cache).logits, []
+    logits, by_hand = converted(input_ids=torch.tensor([context[-1:]]), cache=cache).logits, []
     for _ in range(8):
         by_hand.append(int(logits[0, -1].argmax()))
-        logits = converted(input_ids=torch.tensor([[by_hand[-1]]]), past_key_values=cache).logits
+        logits = converted(input_ids=torch.tensor([[by_hand[-1]]]), cache=cache).logits
     assert generated == by_hand
     assert protocol.stats.stored_bytes < protocol.stats.full_bytes / 8
 
@@ -106,7 +106,7 @@ def test_a_null_axis_is_skipped(tiny_gqa, axes, cache_type):
     assert set(method.components) == {"heads", "layers", "tokens"} - set(axes)
     cache = method.new_cache(converted)
     assert type(cache) is cache_type
-    converted(input_ids=_ids(20), past_key_values=cache)
+    converted(input_ids=_ids(20), cache=cache)
     method.compress(cache)
     assert converted.config.num_key_value_heads == 1 and cache_nbytes(cache) > 0
 
@@ -163,7 +163,7 @@ def test_hydra_config_composes_and_overrides_reach_the_components(tiny_gqa):
     method.check_model(model.config)
     converted = method.apply(model, tok)
     cache = method.new_cache(converted)
-    converted(input_ids=_ids(30), past_key_values=cache)
+    converted(input_ids=_ids(30), cache=cache)
     method.compress(cache)
     assert cache.stored_length(3) == 9  # 6 heavy + 3 recent of 30
 

@@ -47,7 +47,7 @@ def _reference_logits(model, h2o_cache, new_ids, positions_from="logical"):
     """Logits of ``new_ids`` on the hand-built reduced cache, at explicit positions."""
     start = h2o_cache.get_seq_length() if positions_from == "logical" else h2o_cache.stored_length()
     position_ids = torch.arange(start, start + new_ids.shape[1])[None]
-    return model(input_ids=new_ids, past_key_values=_reduced_cache(h2o_cache), position_ids=position_ids).logits
+    return model(input_ids=new_ids, cache=_reduced_cache(h2o_cache), position_ids=position_ids).logits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,14 +65,14 @@ def test_budget_covering_all_tokens_reproduces_full_logits_and_greedy_tokens(kin
 
     full = DynamicCache(config=model.config)
     cache = method.new_cache(scored)
-    assert torch.equal(scored(input_ids=prompt, past_key_values=cache).logits,
-                       model(input_ids=prompt, past_key_values=full).logits)
+    assert torch.equal(scored(input_ids=prompt, cache=cache).logits,
+                       model(input_ids=prompt, cache=full).logits)
     method.compress(cache)
-    assert torch.equal(scored(input_ids=continuation, past_key_values=cache).logits,
-                       model(input_ids=continuation, past_key_values=full).logits)
+    assert torch.equal(scored(input_ids=continuation, cache=cache).logits,
+                       model(input_ids=continuation, cache=full).logits)
 
     expected = model.generate(prompt, max_new_tokens=16, do_sample=False)
-    got = scored.generate(prompt, past_key_values=method.new_cache(scored), max_new_tokens=16, do_sample=False)
+    got = scored.generate(prompt, cache=method.new_cache(scored), max_new_tokens=16, do_sample=False)
     assert torch.equal(got, expected)
 
 
@@ -81,7 +81,7 @@ def test_beam_search_reorders_the_cache_like_full(tiny_gqa):
     method, scored = _h2o_model(model, heavy_ratio=1.0, recent_ratio=1.0)
     prompt = _ids(20)
     expected = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
-    got = scored.generate(prompt, past_key_values=method.new_cache(scored), max_new_tokens=6, num_beams=3,
+    got = scored.generate(prompt, cache=method.new_cache(scored), max_new_tokens=6, num_beams=3,
                           do_sample=False)
     assert torch.equal(got, expected)
 
@@ -94,7 +94,7 @@ def test_continuation_after_eviction_matches_hand_built_reduced_cache_at_logical
     model = _peaky(tiny_gqa[0])
     method, scored = _h2o_model(model, heavy_tokens=5, recent_tokens=4)
     cache = method.new_cache(scored)
-    scored(input_ids=_ids(40), past_key_values=cache)
+    scored(input_ids=_ids(40), cache=cache)
     method.compress(cache)
     assert cache.stored_length() == 9 and cache.get_seq_length() == 40
     # heads keep different token sets (per-head eviction really happened)
@@ -103,7 +103,7 @@ def test_continuation_after_eviction_matches_hand_built_reduced_cache_at_logical
 
     continuation = _ids(5, seed=3)
     snapshot = copy.deepcopy(cache)
-    got = scored(input_ids=continuation, past_key_values=cache).logits
+    got = scored(input_ids=continuation, cache=cache).logits
     expected = _reference_logits(model, snapshot, continuation)
     assert torch.allclose(got, expected, atol=1e-5)
     # the check can fail: the same reduced cache at stored (not logical) positions gives other logits
@@ -117,7 +117,7 @@ def test_greedy_decoding_after_eviction_matches_reference_step_by_step(tiny_gqa,
     method, scored = _h2o_model(model, heavy_ratio=0.2, recent_ratio=0.1, score_agg=score_agg)
     prompt = _ids(30)
     cache = method.new_cache(scored)
-    logits = scored(input_ids=prompt, past_key_values=cache).logits
+    logits = scored(input_ids=prompt, cache=cache).logits
     method.compress(cache)
     budget = 6 + 3
     assert cache.stored_length() == budget
@@ -127,13 +127,13 @@ def test_greedy_decoding_after_eviction_matches_reference_step_by_step(tiny_gqa,
         next_id = logits[:, -1:].argmax(-1)
         tokens.append(int(next_id))
         snapshot = copy.deepcopy(cache)
-        logits = scored(input_ids=next_id, past_key_values=cache).logits
+        logits = scored(input_ids=next_id, cache=cache).logits
         assert torch.allclose(logits, _reference_logits(model, snapshot, next_id), atol=1e-5)
         assert cache.stored_length() == budget and cache_nbytes(cache) == budget_bytes  # never above budget
     assert cache.get_seq_length() == 38
     # model.generate on the same method gives the same tokens as this hand-driven loop
     scored.generation_config.eos_token_id = None  # the loop above does not stop at </s> either
-    generated = scored.generate(prompt, past_key_values=method.new_cache(scored), max_new_tokens=8, do_sample=False)
+    generated = scored.generate(prompt, cache=method.new_cache(scored), max_new_tokens=8, do_sample=False)
     assert generated[0, 30:].tolist() == tokens
 
 
@@ -143,13 +143,13 @@ def test_streamed_prefill_keeps_the_budget_of_the_first_chunk(tiny_gqa):
     cache = method.new_cache(scored)
     text = _ids(60)
     for chunk in text.split(30, dim=1):
-        scored(input_ids=chunk, past_key_values=cache)
+        scored(input_ids=chunk, cache=cache)
         method.compress(cache)
         assert cache.stored_length() == 6  # 3 heavy + 3 recent of the 30-token first chunk
     assert cache.get_seq_length() == 60
     assert cache.kept_positions(1)[0, :, -3:].tolist() == [[57, 58, 59]] * 2
     snapshot, nxt = copy.deepcopy(cache), _ids(2, seed=9)
-    assert torch.allclose(scored(input_ids=nxt, past_key_values=cache).logits,
+    assert torch.allclose(scored(input_ids=nxt, cache=cache).logits,
                           _reference_logits(model, snapshot, nxt), atol=1e-5)
 
 
@@ -162,9 +162,9 @@ def test_stored_bytes_after_prefill_are_budget_over_length_of_full(tiny_mha):
     method, scored = _h2o_model(model)  # 20% of 50 tokens = 5 heavy + 5 recent
     prompt = _ids(50)
     full = DynamicCache(config=model.config)
-    model(input_ids=prompt, past_key_values=full)
+    model(input_ids=prompt, cache=full)
     cache = method.new_cache(scored)
-    scored(input_ids=prompt, past_key_values=cache)
+    scored(input_ids=prompt, cache=cache)
     method.compress(cache)
     kv_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     assert kv_bytes * 50 == cache_nbytes(full) * 10  # exactly budget/N of full
@@ -235,7 +235,7 @@ def test_config_files_compose_into_working_methods(tiny_gqa, config_name, heavy,
     model, _ = tiny_gqa
     method.apply(model)
     cache = method.new_cache(model)
-    model(input_ids=_ids(50), past_key_values=cache)
+    model(input_ids=_ids(50), cache=cache)
     method.compress(cache)
     layer = cache.layers[0]
     assert (layer.heavy, layer.recent) == (heavy, recent)
@@ -258,18 +258,18 @@ def test_bundled_model_full_budget_is_exact_and_evicting_budget_keeps_logical_po
     assert 40 <= prompt.shape[1] <= 120
     with torch.no_grad():
         expected = model.generate(prompt, max_new_tokens=6, do_sample=False)
-        got = scored.generate(prompt, past_key_values=method.new_cache(scored), max_new_tokens=6, do_sample=False)
+        got = scored.generate(prompt, cache=method.new_cache(scored), max_new_tokens=6, do_sample=False)
         assert torch.equal(got, expected)
 
         evicting = build_method("h2o")  # 10% + 10%
         cache = evicting.new_cache(scored)
-        scored(input_ids=prompt, past_key_values=cache)
+        scored(input_ids=prompt, cache=cache)
         evicting.compress(cache)
         n = prompt.shape[1]
         assert cache.stored_length() == 2 * int(0.1 * n) and cache.get_seq_length() == n
         nxt = expected[:, n:n + 3]
         snapshot = copy.deepcopy(cache)
-        assert torch.allclose(scored(input_ids=nxt, past_key_values=cache).logits,
+        assert torch.allclose(scored(input_ids=nxt, cache=cache).logits,
                               _reference_logits(model, snapshot, nxt), atol=1e-4)
 
 

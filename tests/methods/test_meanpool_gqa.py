@@ -42,7 +42,7 @@ def test_generate_works_and_the_cache_holds_g_heads_per_layer(tiny_mha):
     model, tok = tiny_mha
     converted = build_method("meanpool_gqa", kv_heads=1).apply(model, tok)
     cache = DynamicCache(config=converted.config)
-    out = converted.generate(_ids(12), past_key_values=cache, max_new_tokens=6, do_sample=False)
+    out = converted.generate(_ids(12), cache=cache, max_new_tokens=6, do_sample=False)
     assert out.shape == (1, 18)
     assert all(layer.keys.shape == (1, 1, 17, 16) and layer.values.shape == (1, 1, 17, 16) for layer in cache.layers)
 
@@ -54,8 +54,8 @@ def test_chunked_forward_with_dynamic_cache_matches_one_forward_and_bytes_are_g_
     ids = _ids(40)
     one = converted(ids).logits
     cache = DynamicCache(config=converted.config)
-    first = converted(input_ids=ids[:, :25], past_key_values=cache, use_cache=True).logits
-    rest = converted(input_ids=ids[:, 25:], past_key_values=cache, use_cache=True).logits
+    first = converted(input_ids=ids[:, :25], cache=cache, use_cache=True).logits
+    rest = converted(input_ids=ids[:, 25:], cache=cache, use_cache=True).logits
     torch.testing.assert_close(torch.cat([first, rest], 1), one, atol=1e-5, rtol=1e-5)
     assert cache_nbytes(cache) * 4 == full_bytes * 2  # g/h = 2/4 of the original model's full cache
 

@@ -23,29 +23,29 @@ def ids(n, seed=0, vocab=256):
 
 @torch.no_grad()
 def full_logits(model, tokens):
-    return model(input_ids=tokens, past_key_values=DynamicCache(config=model.config), use_cache=True).logits
+    return model(input_ids=tokens, cache=DynamicCache(config=model.config), use_cache=True).logits
 
 
 @torch.no_grad()
 def protocol_logits(model, method, context, continuation):
     """Prefill the context, compress, then score the continuation in one forward (kvbench protocol)."""
     cache = method.new_cache(model)
-    model(input_ids=context, past_key_values=cache, use_cache=True)
+    model(input_ids=context, cache=cache, use_cache=True)
     method.compress(cache)
-    return model(input_ids=continuation, past_key_values=cache, use_cache=True).logits, cache
+    return model(input_ids=continuation, cache=cache, use_cache=True).logits, cache
 
 
 @torch.no_grad()
 def greedy(model, cache, prompt, n, compress=None):
     """Token-by-token greedy decoding with explicit forwards (compress after the prompt, if given)."""
-    logits = model(input_ids=prompt, past_key_values=cache, use_cache=True).logits
+    logits = model(input_ids=prompt, cache=cache, use_cache=True).logits
     if compress:
         compress(cache)
     out = []
     for _ in range(n):
         tok = logits[:, -1:].argmax(-1)
         out.append(int(tok))
-        logits = model(input_ids=tok, past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=tok, cache=cache, use_cache=True).logits
     return out
 
 
@@ -61,9 +61,9 @@ def test_gamma_one_reproduces_full_logits_and_greedy_tokens(kind, norm):
     assert isinstance(cache.layers[1], MergedPairLayer) and not isinstance(cache.layers[3], MergedPairLayer)
     assert cache.pairs[0].merged
     torch.testing.assert_close(got, ref[:, 30:], rtol=1e-4, atol=1e-4)
-    want = model.generate(tokens, past_key_values=DynamicCache(config=model.config), max_new_tokens=16,
+    want = model.generate(tokens, cache=DynamicCache(config=model.config), max_new_tokens=16,
                           do_sample=False)
-    got_gen = model.generate(tokens, past_key_values=method.new_cache(model), max_new_tokens=16, do_sample=False)
+    got_gen = model.generate(tokens, cache=method.new_cache(model), max_new_tokens=16, do_sample=False)
     assert torch.equal(got_gen, want)
     assert greedy(model, method.new_cache(model), tokens, 16, method.compress) == want[0, 40:].tolist()
 
@@ -83,7 +83,7 @@ def test_attention_sees_each_layers_restored_past_plus_its_exact_new_tokens(tiny
     tokens = ids(40, seed=2)
     cache = method.new_cache(model)
     with torch.no_grad():
-        model(input_ids=tokens[:, :32], past_key_values=cache, use_cache=True)
+        model(input_ids=tokens[:, :32], cache=cache, use_cache=True)
     method.compress(cache)
     # reference: a plain cache whose merged layers hold exactly what MiniCache restores
     ref = DynamicCache(config=model.config)
@@ -95,8 +95,8 @@ def test_attention_sees_each_layers_restored_past_plus_its_exact_new_tokens(tiny
             k, v = cache.layers[layer].keys, cache.layers[layer].values
         ref.update(k.clone(), v.clone(), layer)
     with torch.no_grad():
-        want = model(input_ids=tokens[:, 32:], past_key_values=ref, use_cache=True).logits
-        got = model(input_ids=tokens[:, 32:], past_key_values=cache, use_cache=True).logits
+        want = model(input_ids=tokens[:, 32:], cache=ref, use_cache=True).logits
+        got = model(input_ids=tokens[:, 32:], cache=cache, use_cache=True).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # merging is lossy at γ < 1 (otherwise this test would prove nothing)
     assert (full_logits(model, tokens)[:, 32:] - got).abs().max() > 1e-4
@@ -108,13 +108,13 @@ def test_deep_copied_compressed_cache_scores_continuations_like_a_fresh_one(tiny
     context, conts = ids(30, seed=3), [ids(6, seed=4), ids(4, seed=5)]
     shared = method.new_cache(model)
     with torch.no_grad():
-        model(input_ids=context, past_key_values=shared, use_cache=True)
+        model(input_ids=context, cache=shared, use_cache=True)
     method.compress(shared)
     before = cache_nbytes(shared)
     for cont in conts:
         copied = copy.deepcopy(shared)
         with torch.no_grad():
-            got = model(input_ids=cont, past_key_values=copied, use_cache=True).logits
+            got = model(input_ids=cont, cache=copied, use_cache=True).logits
         want, _ = protocol_logits(model, method, context, cont)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
         assert copied.get_seq_length() == 30 + cont.shape[1]
@@ -126,7 +126,7 @@ def test_generate_without_compress_merges_lazily_like_explicit_compress(tiny_gqa
     method = build_method("minicache", gamma=0.05)
     prompt = ids(48, seed=6)
     cache = method.new_cache(model)
-    out = model.generate(prompt, past_key_values=cache, max_new_tokens=12, do_sample=False)
+    out = model.generate(prompt, cache=cache, max_new_tokens=12, do_sample=False)
     assert out[0, 48:].tolist() == greedy(model, method.new_cache(model), prompt, 12, method.compress)
     n = 48 + 12 - 1  # the last generated token is never fed back
     assert all(cache.get_seq_length(layer) == n for layer in range(4))
@@ -142,7 +142,7 @@ def test_streamed_chunks_compressed_after_each_keep_logical_positions(tiny_gqa):
     logits = []
     with torch.no_grad():
         for i in range(0, 50, 16):
-            logits.append(model(input_ids=tokens[:, i:i + 16], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(input_ids=tokens[:, i:i + 16], cache=cache, use_cache=True).logits)
             method.compress(cache)
     assert cache.get_seq_length() == 50 and cache.pairs[0].keys.length == 50
     torch.testing.assert_close(torch.cat(logits, 1), full_logits(model, tokens), rtol=1e-4, atol=1e-4)
@@ -198,7 +198,7 @@ def test_bundled_model_bytes_follow_the_formula_and_gamma_one_is_exact(smollm2_s
     method = build_method("minicache")
     cache = method.new_cache(model)
     with torch.no_grad():
-        model(input_ids=tokens, past_key_values=cache, use_cache=True)
+        model(input_ids=tokens, cache=cache, use_cache=True)
     method.compress(cache)
     n = 80
     full = full_cache_nbytes(cfg, n, torch.float32)

@@ -98,7 +98,7 @@ def test_generate_works_and_the_cache_holds_g_heads_per_layer(tiny_mha, rope):
     converted = _svd(model, tok, 1)
     assert converted.config.num_key_value_heads == 1
     cache = DynamicCache(config=converted.config)
-    out = converted.generate(_ids(12), past_key_values=cache, max_new_tokens=6, do_sample=False)
+    out = converted.generate(_ids(12), cache=cache, max_new_tokens=6, do_sample=False)
     assert out.shape == (1, 18)
     assert all(layer.keys.shape == (1, 1, 17, 16) and layer.values.shape == (1, 1, 17, 16) for layer in cache.layers)
     # generate without a cache given builds its own from the updated config
@@ -113,16 +113,16 @@ def test_protocol_chunked_prefill_then_decoding_matches_one_forward_and_bytes_ar
     ids = _ids(40)
     one = converted(ids).logits
     cache = DynamicCache(config=converted.config)
-    pieces = [converted(input_ids=ids[:, :20], past_key_values=cache, use_cache=True).logits,
-              converted(input_ids=ids[:, 20:30], past_key_values=cache, use_cache=True).logits]
-    pieces += [converted(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True).logits for i in range(30, 40)]
+    pieces = [converted(input_ids=ids[:, :20], cache=cache, use_cache=True).logits,
+              converted(input_ids=ids[:, 20:30], cache=cache, use_cache=True).logits]
+    pieces += [converted(input_ids=ids[:, i:i + 1], cache=cache, use_cache=True).logits for i in range(30, 40)]
     torch.testing.assert_close(torch.cat(pieces, 1), one, atol=1e-5, rtol=1e-5)
     assert cache.get_seq_length() == 40
     assert cache_nbytes(cache) * 4 == full_bytes * 2
     copied = copy.deepcopy(cache)  # the evaluator deep-copies caches per continuation
     nxt = _ids(1, seed=3)
-    torch.testing.assert_close(converted(input_ids=nxt, past_key_values=copied).logits,
-                               converted(input_ids=nxt, past_key_values=cache).logits)
+    torch.testing.assert_close(converted(input_ids=nxt, cache=copied).logits,
+                               converted(input_ids=nxt, cache=cache).logits)
 
 
 def test_second_apply_loads_projections_from_disk_and_skips_calibration(tiny_gqa, monkeypatch, caplog):
@@ -217,7 +217,7 @@ def test_bundled_model_at_one_kv_head_caches_one_head_per_layer_a_third_of_full(
     converted = _svd(model, tok, 1, calibration="pydoc", calibration_sequences=1, calibration_length=64)
     assert isinstance(converted.model.layers[0].self_attn, SVDRopeAttention)  # SmolLM2 uses RoPE
     cache = DynamicCache(config=converted.config)
-    logits = converted(ids, past_key_values=cache).logits
+    logits = converted(ids, cache=cache).logits
     assert torch.isfinite(logits).all()
     assert [tuple(layer.keys.shape[:2]) for layer in cache.layers] == [(1, 1)] * 30
     assert cache_nbytes(cache) * 3 == full_bytes

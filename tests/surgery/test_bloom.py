@@ -58,7 +58,7 @@ def test_duplicate_head_bloom_converted_to_half_the_heads_reproduces_logits(tiny
     params = FAST if method == "svd_gqa" else {}
     converted = build_method(method, kv_heads=2, **params).apply(copy.deepcopy(model), tok)
     cache = DynamicCache(config=converted.config)
-    assert (converted(_ids(25), past_key_values=cache).logits - reference).abs().max() <= 1e-4
+    assert (converted(_ids(25), cache=cache).logits - reference).abs().max() <= 1e-4
     assert all(layer.keys.shape == (1, 2, 25, 16) for layer in cache.layers)
     assert converted.generate(_ids(10), max_new_tokens=4, do_sample=False).shape == (1, 14)
     # without duplicated heads the same conversion is lossy (the check above can fail)

@@ -35,7 +35,7 @@ def test_streamed_covariance_equals_covariance_of_all_cached_keys_and_values(tin
     covs = kv_covariances(model, ids, groups=1, batch_size=2)  # 3 batches, streamed
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, cache=cache, use_cache=True)
     for layer, (cov_k, cov_v) in zip(cache.layers, covs):
         for states, cov in ((layer.keys, cov_k), (layer.values, cov_v)):
             x = states.double().permute(0, 2, 1, 3).reshape(5 * 12, 2 * 16)  # tokens x (head0 | head1)

@@ -25,11 +25,11 @@ def test_orthogonal_key_basis_in_replacement_attention_reproduces_logits_and_cac
     bases = [(torch.linalg.qr(torch.randn(2, 16, 16, dtype=torch.float64, generator=gen))[0],
               torch.linalg.qr(torch.randn(2, 16, 16, dtype=torch.float64, generator=gen))[0]) for _ in range(4)]
     original_keys = DynamicCache(config=model.config)
-    model(ids, past_key_values=original_keys)
+    model(ids, cache=original_keys)
     converted = svd_convert(copy.deepcopy(model), lay, bases, rope=True)
     assert all(isinstance(a, SVDRopeAttention) for a in converted.model.modules() if hasattr(a, "q_proj"))
     cache = DynamicCache(config=converted.config)
-    torch.testing.assert_close(converted(ids, past_key_values=cache).logits, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(converted(ids, cache=cache).logits, reference, atol=1e-4, rtol=0)
     # the cache holds k̃ = RoPE(k) Ψᵀ per group (here one head per group)
     expected = torch.einsum("bgnc,gec->bgne", original_keys.layers[0].keys.double(), bases[0][0]).float()
     torch.testing.assert_close(cache.layers[0].keys, expected, atol=1e-5, rtol=0)
