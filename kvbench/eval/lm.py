@@ -10,51 +10,38 @@ and replaces the three request types so that every request goes through
   ``stream_chunk`` tokens at a time, compressing as it grows;
 * ``generate_until``: prefill, compress, greedy decoding until a stop sequence.
 
-From lm-eval's own CLI (``import kvbench.eval.lm`` registers it; kvbench installs a
-start-up hook so ``lm_eval`` finds it without that import)::
-
-    lm_eval --model kvbench --model_args model=smollm2_135m,method=h2o,method.heavy_ratio=0.2 --tasks ...
-
-``model_args`` keys other than ``model``/``method`` are Hydra overrides of kvbench's
-config (``method.<param>``, ``model.<field>``, ``suite.stream_chunk``).
+This class takes a loaded model (library use: ``KvbenchLM(model=..., tokenizer=..., method_obj=...)``).
+``lm_eval --model kvbench --model_args model=...,method=...`` builds one from kvbench's config through
+:mod:`kvbench.lm_eval_model`, which kvbench's start-up hook registers with lm-eval.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 from lm_eval import utils as lm_utils
-from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
 from kvbench.eval.protocol import CompressionProtocol
 
+#: kvbench's offline lm-eval tasks (YAML + utils), usable with ``--include_path``.
+TASKS_DIR = Path(__file__).parent / "tasks"
 
-@register_model("kvbench")
+
 class KvbenchLM(HFLM):
-    def __init__(self, model="smollm2_135m", method="full", tokenizer=None, method_obj=None,
-                 reference_config=None, max_length=None, stream_chunk=512, batch_size=1,
-                 device=None, max_batch_size=None, **overrides):
-        # ``device``/``max_batch_size`` come from lm-eval's CLI defaults; placement is the model
-        # config's ``device_map`` (e.g. model_args ``model.device_map=cuda``), batching is always 1.
-        if isinstance(model, str):
-            # lm-eval CLI path: compose kvbench's config from names + overrides, load, apply the method.
-            from kvbench.runner import prepare_model
-
-            cfg_overrides = [f"model={model}", f"method={method}"] + [f"{k}={v}" for k, v in overrides.items()]
-            model, tokenizer, method_obj, reference_config, cfg = prepare_model(cfg_overrides)
-            max_length = max_length or cfg.model.max_length
-            stream_chunk = cfg.suite.stream_chunk
-        elif overrides:
-            raise TypeError(f"unexpected arguments for a pre-loaded model: {', '.join(overrides)}")
+    def __init__(self, model, tokenizer, method_obj, reference_config=None, max_length=None, stream_chunk=512,
+                 batch_size=1, protocol: CompressionProtocol | None = None):
+        """``model`` after ``method_obj.apply``; ``reference_config`` its config before (for the byte count);
+        ``protocol`` an existing protocol to measure with (a new one otherwise)."""
         if int(batch_size) != 1:
             raise ValueError(f"batch_size={batch_size}: kvbench evaluates one sequence at a time (use 1)")
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max_length)
         self.method = method_obj
         self.stream_chunk = int(stream_chunk)
-        self.protocol = CompressionProtocol(model, method_obj, reference_config)
+        self.protocol = protocol if protocol is not None else CompressionProtocol(model, method_obj, reference_config)
 
     # -- loglikelihood ------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):

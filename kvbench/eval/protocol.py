@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kvbench.cache.accounting import cache_nbytes, full_cache_nbytes
+from kvbench.errors import KvbenchError
 
 
-class CacheNotWrittenError(RuntimeError):
+class CacheNotWrittenError(KvbenchError, RuntimeError):
     """The model ran, but the method's cache holds nothing (or fewer tokens than it was given).
 
     A method that silently stopped caching (e.g. a replacement attention that no longer receives
@@ -45,13 +46,23 @@ class ProtocolStats:
     peak_stored_bytes: int = 0
     peak_full_bytes: int = 0
 
+    @property
+    def ratio(self) -> float | None:
+        return self.full_bytes / self.stored_bytes if self.stored_bytes else None
+
+    def kv_summary(self) -> dict:
+        """The record's ``kv`` field: bytes measured from the cache, and the compression ratio."""
+        return {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
+                "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
+
+    def speed_summary(self) -> dict:
+        """Prefill and decode speed over the run (prefill includes compression)."""
+        return {"prefill_tok_s": self.prefill_tokens / self.prefill_s if self.prefill_s else None,
+                "decode_tok_s": self.decode_tokens / self.decode_s if self.decode_s else None,
+                "decode_ms_per_token": 1000 * self.decode_s / self.decode_tokens if self.decode_tokens else None}
+
     def summary(self) -> dict:
-        out = asdict(self)
-        out["ratio"] = self.full_bytes / self.stored_bytes if self.stored_bytes else None
-        out["prefill_tok_s"] = self.prefill_tokens / self.prefill_s if self.prefill_s else None
-        out["decode_tok_s"] = self.decode_tokens / self.decode_s if self.decode_s else None
-        out["decode_ms_per_token"] = 1000 * self.decode_s / self.decode_tokens if self.decode_tokens else None
-        return out
+        return {**asdict(self), **self.kv_summary(), **self.speed_summary()}
 
 
 class CompressionProtocol:

@@ -1,11 +1,12 @@
 """The Method interface every compression method implements, and the registry.
 
 A method is a ``@dataclass`` whose fields are its parameters. The same class is
-the Hydra schema of ``conf/method/<name>.yaml`` (registered in
-:mod:`kvbench.config`), so a typo or a wrong type fails when the config is
-composed, and ``__post_init__`` checks ranges before any model is loaded.
+the Hydra schema of ``conf/method/<name>.yaml`` (registered by
+:mod:`kvbench.compose`), so a typo or a wrong type fails when the config is
+composed, and ``__post_init__`` checks ranges before any model is loaded: each
+parameter is validated there, once.
 
-Three optional hooks, in the order the runner calls them (ARCHITECTURE.md):
+Optional hooks, in the order the runner calls them (ARCHITECTURE.md):
 
 * :meth:`Method.check_model` -- checks that need the model's config (not its
   weights), e.g. ``kv_heads`` must divide the model's KV heads;
@@ -14,21 +15,26 @@ Three optional hooks, in the order the runner calls them (ARCHITECTURE.md):
   carrying the runtime policy (H2O eviction, MiniCache merging);
 * :meth:`Method.compress` -- the end-of-prefill step, called by the evaluator
   once the context is in the cache.
+
+A method that can be a component of ``combined`` declares its ``axis`` and supplies
+what the combined cache needs through a public hook: ``heads`` methods do their
+surgery in ``apply``; ``tokens`` methods return an ``eviction()`` policy; ``layers``
+methods a ``merging(config)`` plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformers import Cache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from kvbench.cache.base import KVCache
+
+from kvbench.errors import MethodConfigError
 
 METHODS: dict[str, type["Method"]] = {}
-
-
-class MethodConfigError(ValueError):
-    """A method parameter is invalid; the message names the value and the valid choices."""
 
 
 def register(cls: type["Method"]) -> type["Method"]:
@@ -43,7 +49,11 @@ def register(cls: type["Method"]) -> type["Method"]:
 class Method:
     """Base class. Subclasses are dataclasses with a ``name: str = "<name>"`` first field."""
 
-    name: str
+    name: str = "full"
+    #: What the method compresses, so ``combined`` can compose it: ``heads`` (weight surgery that leaves
+    #: fewer KV heads), ``layers`` (cross-layer merging), ``tokens`` (eviction), ``bits`` (quantization);
+    #: None for methods that cannot be a component.
+    axis: ClassVar[str | None] = None
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""
@@ -52,17 +62,25 @@ class Method:
         """One-time model surgery. Default: none."""
         return model
 
-    def new_cache(self, model: "PreTrainedModel") -> "Cache":
-        """A fresh cache for one sequence. Default: transformers' plain ``DynamicCache``."""
-        from transformers import DynamicCache
+    def new_cache(self, model: "PreTrainedModel") -> "KVCache":
+        """A fresh cache for one sequence (a :class:`~kvbench.cache.base.KVCache`: it reports its bytes).
+        Default: transformers' dynamic cache for the model as it is (after :meth:`apply`)."""
+        from kvbench.cache.base import PlainCache
 
-        return DynamicCache(config=model.config)
+        return PlainCache(config=model.config)
 
-    def compress(self, cache: "Cache") -> None:
-        """End-of-prefill compression. Default: delegate to ``cache.compress()`` if it has one."""
-        compress = getattr(cache, "compress", None)
-        if callable(compress):
-            compress()
+    def compress(self, cache: "KVCache") -> None:
+        """End-of-prefill compression: the cache's own ``compress()`` (idempotent)."""
+        cache.compress()
+
+    @property
+    def changes_model(self) -> bool:
+        """Whether :meth:`apply` edits the model (then a model shared across sweep jobs must be copied first)."""
+        return type(self).apply is not Method.apply
+
+    def components(self) -> dict[str, "Method"]:
+        """``{axis: method}`` for a composite method (``combined``); empty for a single method."""
+        return {}
 
     def changed_params(self) -> dict[str, Any]:
         """The parameters that differ from the method's defaults (how reports label a configuration)."""

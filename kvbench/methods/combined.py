@@ -22,8 +22,11 @@ the scores summed over both layers (and heads), and evicts before merging the ke
 converted model's ``DynamicCache``. Each component set to its no-op (kv_heads = the model's, gamma 1,
 H + R ≥ N) reproduces ``full``.
 
-Memory: the measured bytes count every tensor (see the cache). :meth:`Combined.component_ratios` measures
-each component's compression ratio alone on the same tokens; the expected bytes are full / their product.
+Composition is by interface: a component is any registered method whose ``axis`` matches; the heads
+component does its surgery in ``apply``, the tokens component supplies ``eviction()``, the layers component
+``merging(config)``. Memory: the measured bytes count every tensor (see the cache); the runner measures each
+component's ratio alone through the protocol (:mod:`kvbench.eval.component_ratios`) and the record puts
+their product beside the measured ratio.
 """
 
 from __future__ import annotations
@@ -33,21 +36,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from kvbench.methods.base import METHODS, Method, MethodConfigError, build_method, register
+from kvbench.errors import MethodConfigError
+from kvbench.methods.base import METHODS, Method, build_method, register
 
-#: Which registered methods may sit on which axis.
-AXES = {"heads": ("meanpool_gqa", "svd_gqa"), "layers": ("minicache",), "tokens": ("h2o",)}
-_KIND = {"heads": "KV-head reduction", "layers": "cross-layer merging", "tokens": "token-eviction"}
+#: The axes ``combined`` composes, in the order their ``apply`` runs (surgery first).
+AXES = ("heads", "layers", "tokens")
+_KIND = {"heads": "KV-head reduction", "layers": "cross-layer merging", "tokens": "token-eviction",
+         "bits": "quantization"}
+
+
+def methods_on(axis: str) -> list[str]:
+    """Registered methods that declare ``axis``."""
+    return sorted(name for name, cls in METHODS.items() if cls.axis == axis)
 
 
 def _component(axis: str, name: Optional[str], params: Any) -> Optional[Method]:
     if name is None:
         return None
-    valid = f"method.{axis} takes one of: {', '.join(AXES[axis])}, or null to skip the axis"
-    if name not in AXES[axis]:
-        home = next((a for a, names in AXES.items() if name in names), None)
+    valid = f"method.{axis} takes one of: {', '.join(methods_on(axis))}, or null to skip the axis"
+    if name not in methods_on(axis):
+        home = METHODS[name].axis if name in METHODS else None
         if home is not None:
-            raise MethodConfigError(f"method.{axis}={name!r} is a {_KIND[home]} method: it belongs on "
+            raise MethodConfigError(f"method.{axis}={name!r} is a {_KIND.get(home, home)} method: it belongs on "
                                     f"method.{home}, not method.{axis} ({valid})")
         what = "cannot be combined" if name in METHODS else "is not a kvbench method"
         raise MethodConfigError(f"method.{axis}={name!r} {what} ({valid})")
@@ -80,33 +90,35 @@ class Combined(Method):
     tokens_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.components: dict[str, Method] = {}
+        self._components: dict[str, Method] = {}
         for axis in AXES:
             component = _component(axis, getattr(self, axis), getattr(self, f"{axis}_params"))
             if component is not None:
-                self.components[axis] = component
+                self._components[axis] = component
+
+    def components(self) -> dict[str, Method]:
+        return dict(self._components)
 
     def changed_params(self) -> dict:
         """Axes that differ from the defaults, and each component's own changed parameters."""
         changed = {k: v for k, v in super().changed_params().items() if not k.endswith("_params")}
-        for axis, component in self.components.items():
+        for axis, component in self._components.items():
             if component.changed_params():
                 changed[f"{axis}_params"] = component.changed_params()
         return changed
 
     def check_model(self, config) -> None:
-        for axis, component in self.components.items():
+        for axis, component in self._components.items():
             with _on_axis(axis):
                 component.check_model(config)
 
     def apply(self, model, tokenizer=None):
-        for axis in ("heads", "tokens"):  # surgery first; then H2O's scored attention on the converted model
-            if axis in self.components:
-                model = self.components[axis].apply(model, tokenizer)
+        for component in self._components.values():  # AXES order: head surgery first
+            model = component.apply(model, tokenizer)
         return model
 
     def new_cache(self, model):
-        layers, tokens = self.components.get("layers"), self.components.get("tokens")
+        layers, tokens = self._components.get("layers"), self._components.get("tokens")
         if layers is None or tokens is None:
             return (layers or tokens or Method()).new_cache(model)
         from kvbench.cache.attention_scores import is_scoring
@@ -115,39 +127,5 @@ class Combined(Method):
         if not is_scoring(model):
             raise RuntimeError("method=combined: call method.apply(model) before method.new_cache(model) "
                                "(the cache needs the model's attention scores)")
-        layers.check_model(model.config)
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        return CombinedCache(text.num_hidden_layers, layers.resolved_start_layer(model.config),
-                             tokens.budget(), tokens.score_agg, t=layers.t, gamma=layers.gamma,
-                             retention=layers.retention, norm=layers.norm)
-
-    def component_ratios(self, model, token_ids, reference_config) -> dict[str, float]:
-        """Compression ratios (full bytes / stored bytes) of each component alone on ``token_ids``, their
-        ``product``, and the combined method's own ``measured`` ratio, all on the same prefill.
-
-        ``model`` is the model after :meth:`apply` (as the runner holds it), ``reference_config`` its config
-        before. The head ratio is the converted model's plain cache against ``reference_config`` (exactly the
-        head method's own cache); the layer and token components each run alone on the converted model and
-        are measured against its plain cache. Expected combined bytes = full bytes / ``product``.
-        """
-        import torch
-
-        from kvbench.cache import cache_nbytes, full_cache_nbytes
-
-        param = next(model.parameters())
-        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=param.device)
-
-        def stored(method) -> int:  # the evaluation protocol's prefill → compress → bytes
-            cache = method.new_cache(model)
-            with torch.inference_mode():
-                model(input_ids=ids, cache=cache, use_cache=True)
-            method.compress(cache)
-            return cache_nbytes(cache)
-
-        full, plain = full_cache_nbytes(reference_config, ids.shape[1], param.dtype), stored(Method())
-        ratios = {getattr(self, axis): full / plain if axis == "heads" else plain / stored(component)
-                  for axis, component in self.components.items()}
-        product = 1.0
-        for ratio in ratios.values():
-            product *= ratio
-        return {**ratios, "product": product, "measured": full / stored(self)}
+        return CombinedCache(text.num_hidden_layers, tokens.eviction(), layers.merging(model.config))

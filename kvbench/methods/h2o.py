@@ -32,6 +32,7 @@ DEFAULT_RATIO = 0.1
 @register
 @dataclass
 class H2O(Method):
+    axis = "tokens"
     name: str = "h2o"
     heavy_ratio: Optional[float] = None
     heavy_tokens: Optional[int] = None
@@ -101,6 +102,12 @@ class H2O(Method):
         except ValueError as err:
             raise MethodConfigError(f"method=h2o: {err}") from None
         return model
+
+    def eviction(self):
+        """The policy ``combined``'s cache applies on the tokens axis."""
+        from kvbench.cache.combined import Eviction
+
+        return Eviction(self.budget(), self.score_agg)
 
     def new_cache(self, model):
         from kvbench.cache.attention_scores import is_scoring

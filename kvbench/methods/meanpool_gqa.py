@@ -28,6 +28,7 @@ from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, meanp
 @register
 @dataclass
 class MeanPoolGQA(Method):
+    axis = "heads"
     name: str = "meanpool_gqa"
     kv_heads: int = 1
 

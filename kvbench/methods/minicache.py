@@ -36,7 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvbench.cache.minicache import NORMS, RETENTIONS, MergedPairCache
+from kvbench.cache.merging import NORMS, RETENTIONS
+from kvbench.cache.minicache import MergedPairCache
 from kvbench.methods.base import Method, MethodConfigError, register
 
 
@@ -48,6 +49,7 @@ def _num_layers(config) -> int:
 @register
 @dataclass
 class MiniCache(Method):
+    axis = "layers"
     name: str = "minicache"
     start_layer: Optional[int] = None
     t: float = 0.6
@@ -89,6 +91,13 @@ class MiniCache(Method):
         if kinds - {"full_attention"}:
             raise MethodConfigError(f"method=minicache merges full-attention layers only; layers {s}.. of this "
                                     f"model include {', '.join(sorted(kinds - {'full_attention'}))}")
+
+    def merging(self, config):
+        """What ``combined``'s cache merges on the layers axis, for this model."""
+        from kvbench.cache.combined import Merging
+
+        self.check_model(config)
+        return Merging(self.resolved_start_layer(config), self.t, self.gamma, self.retention, self.norm)
 
     def new_cache(self, model) -> MergedPairCache:
         self.check_model(model.config)

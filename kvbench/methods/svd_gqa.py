@@ -50,6 +50,7 @@ ROPE_MODES = ("auto", "rotary", "none")
 @register
 @dataclass
 class SVDGQA(Method):
+    axis = "heads"
     name: str = "svd_gqa"
     kv_heads: int = 1
     calibration: str = "pydoc"

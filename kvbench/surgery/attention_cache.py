@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kvbench.errors import KvbenchError
+
 #: Names under which transformers has passed the cache to attention modules, newest first.
 KNOWN_CACHE_NAMES = ("cache", "past_key_values", "layer_past")
 
 
-class UnknownCacheArgumentError(RuntimeError):
+class UnknownCacheArgumentError(KvbenchError, RuntimeError):
     """A cache reached an attention module under a name kvbench does not know."""
 
 

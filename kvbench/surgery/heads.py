@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kvbench.methods.base import MethodConfigError
+from kvbench.errors import MethodConfigError
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -10,22 +10,17 @@ import torch
 from transformers import DynamicCache
 
 from kvbench.cache import cache_nbytes
+from tests.conftest import random_ids
 from kvbench.cache.attention_scores import use_scoring_attention
-from kvbench.cache.combined import CombinedCache, EvictingPairLayer
+from kvbench.cache.combined import CombinedCache, EvictingPairLayer, Eviction, Merging
 from kvbench.cache.h2o import H2OBudget, H2OCache, select_kept
-from kvbench.cache.minicache import retained_count, slerp_merge, unflatten_index
+from kvbench.cache.merging import retained_count, slerp_merge, unflatten_index
 
 PAIR = (1, 2)  # start_layer=1 on the 4-layer tiny model: pair (1, 2), layers 0 and 3 plain H2O
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
-
-
-def _ids(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("no_grad")
+_ids = random_ids
 
 
 def _scored_peaky(kind: str = "llama-gqa", scale: float = 6.0):
@@ -41,8 +36,9 @@ def _scored_peaky(kind: str = "llama-gqa", scale: float = 6.0):
     return model, scored
 
 
-def _cache(heavy=6, recent=4, **kw) -> CombinedCache:
-    return CombinedCache(4, 1, H2OBudget(heavy_tokens=heavy, recent_tokens=recent), **kw)
+def _cache(heavy=6, recent=4, score_agg="sum", **merging) -> CombinedCache:
+    return CombinedCache(4, Eviction(H2OBudget(heavy_tokens=heavy, recent_tokens=recent), score_agg),
+                         Merging(start_layer=1, **merging))
 
 
 def _reference(scored, prompt):
@@ -160,7 +156,7 @@ def test_decoding_keeps_the_budget_and_the_retained_count_and_matches_the_reduce
 
 def test_streamed_chunks_keep_the_first_chunks_budget_and_logical_positions():
     _, scored = _scored_peaky()
-    cache = CombinedCache(4, 1, H2OBudget(heavy_ratio=0.2, recent_ratio=0.1), gamma=0.05)
+    cache = CombinedCache(4, Eviction(H2OBudget(heavy_ratio=0.2, recent_ratio=0.1)), Merging(start_layer=1, gamma=0.05))
     for chunk in _ids(60, seed=5).split(20, dim=1):
         scored(input_ids=chunk, cache=cache)
         cache.compress()
@@ -186,10 +182,3 @@ def test_a_model_without_scored_attention_fails_with_a_clear_error():
     model, _ = _scored_peaky()
     with pytest.raises(RuntimeError, match="scored_sdpa"):  # a pair's upper layer notices the missing scores
         model(input_ids=_ids(20), cache=_cache())
-
-
-def test_bad_settings_are_rejected():
-    with pytest.raises(ValueError, match="norm='both'.*concat, per_head"):
-        _cache(norm="both")
-    with pytest.raises(ValueError, match=r"start_layer=3 must be in \[1, 2\]"):
-        CombinedCache(4, 3, H2OBudget(heavy_tokens=1, recent_tokens=1))

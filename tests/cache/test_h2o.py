@@ -171,8 +171,13 @@ def test_budget_resolves_ratios_of_the_prompt_with_floor_and_one_recent_token_mi
     assert H2OBudget(heavy_ratio=0.0, recent_ratio=0.2).resolve(100) == (0, 20)
     assert H2OBudget(heavy_tokens=7, recent_ratio=0.5).resolve(9) == (7, 4)
     assert H2OBudget(heavy_ratio=0.1, recent_ratio=0.1).resolve(5) == (0, 1)
-    with pytest.raises(ValueError, match="exactly one of heavy_ratio and heavy_tokens"):
-        H2OBudget(heavy_ratio=0.1, heavy_tokens=3, recent_ratio=0.1)
+
+
+@pytest.mark.parametrize("ratio, n, expected", [(0.35, 100, 35), (0.7, 10, 7), (0.7, 1000, 700), (0.29, 100, 29),
+                                                (0.57, 100, 57), (0.1, 1024, 102)])
+def test_budget_floor_is_exact_where_float_products_fall_just_short(ratio, n, expected):
+    assert int(ratio * n) in (expected, expected - 1)  # float arithmetic: 0.29 * 100 = 28.999999999999996
+    assert H2OBudget(heavy_ratio=ratio, recent_ratio=0.0).resolve(n)[0] == expected
 
 
 def _filled_cache(n_layers=2, b=1, h=2, n=10, d=4, budget=H2OBudget(heavy_tokens=2, recent_tokens=3)):

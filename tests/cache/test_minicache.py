@@ -8,11 +8,9 @@ import math
 import pytest
 import torch
 
-from kvbench.cache.minicache import (
-    MergedPairCache,
+from kvbench.cache.merging import (
     flatten_index,
     gather_rows,
-    merged_pairs,
     range_threshold,
     restore,
     retained_count,
@@ -20,6 +18,17 @@ from kvbench.cache.minicache import (
     slerp_merge,
     unflatten_index,
 )
+from kvbench.cache.minicache import MergedPairCache, merged_pairs
+
+
+def _retained(distance, retention, gamma, n_before=0, threshold=None):
+    """Token indices chosen among ``distance`` [1, 1, q] new tokens after ``n_before`` merged ones."""
+    q = distance.shape[-1]
+    padded = torch.cat([torch.full((*distance.shape[:2], n_before), -1.0), distance], dim=-1)
+    candidate = torch.arange(n_before + q).expand_as(padded) >= n_before
+    held = retained_count(gamma, n_before) if retention == "top_fraction" and gamma < 1 else 0
+    mask = select_retained(padded, candidate, retention, gamma, held, threshold)
+    return (mask.nonzero(as_tuple=True)[2] - n_before)
 
 B, H, D = 1, 3, 8
 
@@ -105,16 +114,16 @@ def test_top_fraction_retains_the_most_different_tokens():
     different = [3, 17, 33]
     xb[:, :, different] = kv(3, 11)
     m = slerp_merge(xa, xb, 0.6)
-    b, g, n = select_retained(m.distance, "top_fraction", 0.05, 0)  # ⌈0.05·40⌉ = 2
+    n = _retained(m.distance, "top_fraction", 0.05)  # ⌈0.05·40⌉ = 2
     assert len(n) == 2 and set(n.tolist()) <= set(different)
-    b, g, n = select_retained(m.distance, "top_fraction", 3 / 40, 0)
+    n = _retained(m.distance, "top_fraction", 3 / 40)
     assert sorted(n.tolist()) == different
 
 
 def test_top_fraction_budget_grows_with_decoded_tokens():
     assert retained_count(0.05, 100) == 5 and retained_count(0.07, 100) == 7 and retained_count(1.0, 3) == 3
     d = torch.rand(1, 1, 1)
-    kept = [len(select_retained(d, "top_fraction", 0.05, n)[2]) for n in range(100, 140)]
+    kept = [len(_retained(d, "top_fraction", 0.05, n)) for n in range(100, 140)]
     assert sum(kept) == retained_count(0.05, 140) - retained_count(0.05, 100)
 
 
@@ -122,9 +131,9 @@ def test_range_rule_keeps_the_top_gamma_of_the_distance_range():
     d = torch.tensor([[[0.0, 0.1, 0.5, 0.94, 0.96, 1.0]]])
     thr = range_threshold(d, 0.05)
     assert torch.allclose(thr, torch.tensor([[[0.95]]]))
-    _, _, n = select_retained(d, "range", 0.05, 0, thr)
+    n = _retained(d, "range", 0.05, threshold=thr)
     assert sorted(n.tolist()) == [4, 5]
-    _, _, n = select_retained(d, "range", 1.0, 0, range_threshold(d, 1.0))
+    n = _retained(d, "range", 1.0, threshold=range_threshold(d, 1.0))
     assert len(n) == 6
 
 
@@ -234,15 +243,6 @@ def test_deep_copy_is_independent_and_keeps_pairs_shared():
     drive(twin, [(kv(1, 30 + l), kv(1, 40 + l)) for l in range(L)], L)
     assert twin.get_seq_length() == 11 and cache.get_seq_length() == 11 - 1
     assert cache.nbytes() == before and cache.pairs[0].keys.length == 10
-
-
-def test_bad_cache_arguments_name_the_value_and_choices():
-    with pytest.raises(ValueError, match="retention='best'.*top_fraction, range"):
-        MergedPairCache(4, 2, retention="best")
-    with pytest.raises(ValueError, match="norm='l2'.*concat, per_head"):
-        MergedPairCache(4, 2, norm="l2")
-    with pytest.raises(ValueError, match=r"start_layer=3 must be in \[1, 2\]"):
-        MergedPairCache(4, 3)
 
 
 @pytest.mark.parametrize("norm", ["concat", "per_head"])

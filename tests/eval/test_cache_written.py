@@ -11,7 +11,9 @@ import copy
 
 import pytest
 import torch
-from transformers import BloomConfig, BloomForCausalLM, DynamicCache
+from transformers import BloomConfig, BloomForCausalLM
+
+from kvbench.cache.base import PlainCache
 
 from kvbench.eval.protocol import CacheNotWrittenError, CompressionProtocol
 from kvbench.methods import build_method
@@ -62,7 +64,7 @@ def test_bloom_grouped_attention_fills_a_one_head_cache():
     assert [_stored(cache, i) for i in range(2)] == [(1, PROMPT)] * 2
 
 
-class _ForgetfulCache(DynamicCache):
+class _ForgetfulCache(PlainCache):
     """Returns the new states to attention but stores nothing: what a cacheless attention looks like."""
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):

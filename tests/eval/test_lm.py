@@ -8,7 +8,7 @@ from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from kvbench.eval.harness import task_manager
+from kvbench.suites.lm_eval import task_manager
 from kvbench.eval.lm import KvbenchLM
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method

@@ -1,80 +1,18 @@
-"""LongBench protocol: data checks, middle truncation, context/query split, chat rule, end-to-end run."""
+"""LongBench prompts under the official protocol: middle truncation, context/query split, chat rule, stop rules."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
+import torch
 
-from kvbench.config import SuiteConfig
 from kvbench.eval import longbench as lb
-from kvbench.eval.protocol import CompressionProtocol
-from kvbench.methods import build_method
-from kvbench.models import ModelConfig, byte_tokenizer
+from kvbench.models import byte_tokenizer
+from tests.conftest import longbench_record as record
+from tests.conftest import write_jsonl
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-def record(i: int, **over) -> dict:
-    base = {"input": f"Who wrote book {i}?", "context": f"Passage {i}: book {i} was written by Ann. " * 6,
-            "answers": ["Ann"], "length": 40 + 3000 * i, "all_classes": None, "dataset": "hotpotqa",
-            "language": "en", "_id": f"id{i}"}
-    base.update(over)
-    return base
-
-
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "longbench"
-    d.mkdir()
-    write_jsonl(d / "hotpotqa.jsonl", [record(0), record(1)])
-    write_jsonl(d / "trec.jsonl", [record(2, answers=["Person"], all_classes=["Person", "Location", "Number"])])
-    write_jsonl(d / "hotpotqa_e.jsonl", [record(0), record(2)])
-    return d
-
-
-def suite(data_dir, tasks=("hotpotqa", "trec"), **options) -> SuiteConfig:
-    return SuiteConfig(name="longbench", runner="longbench", tasks=list(tasks), max_gen_toks=3,
-                       options={"data_dir": str(data_dir), **options})
-
-
-# -- end to end -----------------------------------------------------------------------------------
-def test_run_suite_on_tiny_model_writes_predictions_and_scores_that_rescore_identically(tiny_gqa, data_dir, tmp_path):
-    model, tok = tiny_gqa
-    protocol = CompressionProtocol(model, build_method("full"))
-    out = tmp_path / "out"
-    metrics = lb.run_suite(protocol, tok, ModelConfig(max_length=512, chat=False), suite(data_dir), out)
-
-    assert set(metrics) == {"hotpotqa", "trec", "average"}
-    assert set(metrics["hotpotqa"]) == {"qa_f1_score"} and set(metrics["trec"]) == {"classification_score"}
-    preds = [json.loads(line) for line in (out / "longbench" / "hotpotqa.jsonl").read_text().splitlines()]
-    assert len(preds) == 2 and all(p["answers"] == ["Ann"] and p["split"] == "query" for p in preds)
-    assert all(1 <= p["generated_tokens"] <= 3 and p["query_tokens"] > 0 for p in preds)
-    saved = json.loads((out / "longbench" / "result.json").read_text())
-    assert saved == metrics
-    assert lb.rescore(out / "longbench") == {k: v for k, v in metrics.items() if k != "average"}
-    assert protocol.stats.n_prefills == 3
-
-
-def test_longbench_e_reports_buckets_present_in_the_data(tiny_gqa, data_dir, tmp_path):
-    model, tok = tiny_gqa
-    protocol = CompressionProtocol(model, build_method("full"))
-    metrics = lb.run_suite(protocol, tok, ModelConfig(max_length=512, chat=False),
-                           suite(data_dir, tasks=["hotpotqa"], e=True), tmp_path / "out")
-    assert set(metrics["hotpotqa"]) == {"qa_f1_score", "qa_f1_score@0-4k", "qa_f1_score@4-8k"}
-
-
-def test_rescore_cli_prints_the_scores_of_a_predictions_file(tmp_path, capsys):
-    rows = [{"pred": "Ann", "answers": ["Ann"], "all_classes": None, "length": 10},
-            {"pred": "Bob", "answers": ["Ann"], "all_classes": None, "length": 10}]
-    write_jsonl(tmp_path / "hotpotqa.jsonl", rows)
-    assert lb.main(["rescore", str(tmp_path / "hotpotqa.jsonl")]) == 0
-    assert json.loads(capsys.readouterr().out) == {"hotpotqa": {"qa_f1_score": 50.0}}
 
 
 # -- prompts --------------------------------------------------------------------------------------
@@ -140,65 +78,9 @@ def test_samsum_also_stops_at_the_newline_token_and_max_new_tokens_is_official(t
     assert calls[0] == (128, {tok.eos_token_id, newline}) and calls[1] == (512, {tok.eos_token_id})
 
 
-# -- bad input ------------------------------------------------------------------------------------
-def test_missing_data_dir_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(lb.LongBenchError, match="data_dir"):
-        lb.validate_suite(SuiteConfig(name="longbench", tasks=["hotpotqa"]))
-    with pytest.raises(lb.LongBenchError, match="not a directory"):
-        lb.validate_suite(SuiteConfig(name="longbench", tasks=["hotpotqa"], options={"data_dir": "/nonexistent/lb"}))
-
-
-def test_unknown_dataset_names_the_valid_ones(data_dir):
-    with pytest.raises(lb.LongBenchError, match=r"'nq'.*choose from: narrativeqa, qasper"):
-        lb.validate_suite(suite(data_dir, tasks=["hotpotqa", "nq"]))
-    with pytest.raises(lb.LongBenchError, match="LongBench-E"):
-        lb.validate_suite(suite(data_dir, tasks=["musique"], e=True))
-    with pytest.raises(lb.LongBenchError, match="unknown key"):
-        lb.validate_suite(suite(data_dir, tasks=["hotpotqa"], datadir="x"))
-
-
-def test_missing_file_and_bad_records_name_the_file_and_line(data_dir, tiny_gqa, tmp_path):
-    with pytest.raises(lb.LongBenchError, match=r"'lcc' not found: .*lcc\.jsonl"):
-        lb.validate_suite(suite(data_dir, tasks=["lcc"]))
-    bad = record(1)
-    del bad["answers"]
-    write_jsonl(data_dir / "hotpotqa.jsonl", [record(0), bad])
-    with pytest.raises(lb.LongBenchError, match=r"hotpotqa\.jsonl:2: record has no 'answers' field"):
-        lb.validate_suite(suite(data_dir))
-    (data_dir / "trec.jsonl").write_text(json.dumps(record(0, all_classes=None)) + "\n")
-    with pytest.raises(lb.LongBenchError, match=r"trec\.jsonl:1: trec records need a non-empty 'all_classes'"):
-        lb.validate_suite(suite(data_dir, tasks=["trec"]))
-    # run_suite validates everything first: no prediction or score file is written
-    model, tok = tiny_gqa
-    out = tmp_path / "out"
-    with pytest.raises(lb.LongBenchError):
-        lb.run_suite(CompressionProtocol(model, build_method("full")), tok, ModelConfig(chat=False), suite(data_dir), out)
-    assert not out.exists()
-
-
-def test_suite_configs_compose_with_the_schema():
-    from omegaconf import OmegaConf
-
-    from kvbench.runner import CONF_DIR
-
-    for name in ("longbench", "longbench_e", "minicache_longbench"):
-        raw = OmegaConf.load(CONF_DIR / "suite" / f"{name}.yaml")
-        cfg = OmegaConf.merge(OmegaConf.structured(SuiteConfig), {k: v for k, v in raw.items() if k != "defaults"})
-        assert cfg.runner == "longbench" and cfg.name == name
-        opts = lb._options(cfg)
-        lb._check_datasets(list(cfg.tasks), opts.e)
-
-
-def test_paper_lm_eval_suites_compose_with_the_schema():
-    from omegaconf import OmegaConf
-
-    from kvbench.runner import CONF_DIR
-
-    expected = {"minicache_lmeval": ({"gsm8k", "coqa", "truthfulqa_mc2"}, None),
-                "svd_gqa_paper": ({"mmlu", "wikitext"}, 0),
-                "h2o_paper": ({"copa", "openbookqa", "piqa", "winogrande"}, 5)}
-    for name, (tasks, shots) in expected.items():
-        raw = OmegaConf.load(CONF_DIR / "suite" / f"{name}.yaml")
-        cfg = OmegaConf.merge(OmegaConf.structured(SuiteConfig), {k: v for k, v in raw.items() if k != "defaults"})
-        assert cfg.runner == "lm_eval" and set(cfg.tasks) == tasks and cfg.num_fewshot == shots
+def test_rescore_cli_prints_the_scores_of_a_predictions_file(tmp_path, capsys):
+    rows = [{"pred": "Ann", "answers": ["Ann"], "all_classes": None, "length": 10},
+            {"pred": "Bob", "answers": ["Ann"], "all_classes": None, "length": 10}]
+    write_jsonl(tmp_path / "hotpotqa.jsonl", rows)
+    assert lb.main(["rescore", str(tmp_path / "hotpotqa.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"hotpotqa": {"qa_f1_score": 50.0}}

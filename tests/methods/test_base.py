@@ -8,9 +8,11 @@ from kvbench.methods import METHODS, MethodConfigError, build_method
 def test_every_method_has_a_config_file_and_a_module():
     from pathlib import Path
 
+    from kvbench.config import CONF_DIR
+
     root = Path(__file__).resolve().parents[2]
     for name in METHODS:
-        assert (root / "conf" / "method" / f"{name}.yaml").exists(), name
+        assert (CONF_DIR / "method" / f"{name}.yaml").exists(), name
         assert (root / "kvbench" / "methods" / f"{name}.py").exists(), name
 
 

@@ -10,14 +10,16 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes
+from kvbench.cache.base import PlainCache
+from kvbench.eval.component_ratios import component_ratios
 from kvbench.cache.combined import CombinedCache
 from kvbench.cache.h2o import H2OCache
 from kvbench.cache.minicache import MergedPairCache
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import MethodConfigError, build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 SVD_FAST = dict(calibration_sequences=2, calibration_length=64, reuse_calibration=False)
 NO_OP_LAYERS = dict(start_layer=1, gamma=1.0)
 NO_OP_TOKENS = dict(heavy_ratio=1.0, recent_ratio=1.0)  # budget 2x the prompt
@@ -31,6 +33,13 @@ def _no_grad():
 
 def _ids(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _component_ratios(method, converted, ids, reference_config):
+    """Each component's ratio alone, their product and the measured ratio, as the runner records them."""
+    protocol = CompressionProtocol(converted, method, reference_config)
+    protocol.prefill(ids)
+    return component_ratios(protocol)
 
 
 def _applied(model, tokenizer, **params):
@@ -66,7 +75,7 @@ def test_measured_bytes_are_within_5_percent_of_the_product_of_component_ratios(
     model, tok = tiny_gqa
     method, converted = _applied(model, tok, heads_params=dict(kv_heads=1, **SVD_FAST),
                                  layers_params=dict(norm=norm))  # svd 2->1 heads, minicache L/2, h2o 10%+10%
-    ratios = method.component_ratios(converted, _ids(300)[0].tolist(), model.config)
+    ratios = _component_ratios(method, converted, _ids(300)[0].tolist(), model.config)
     assert set(ratios) == {"svd_gqa", "minicache", "h2o", "product", "measured"}
     assert ratios["svd_gqa"] == 2.0 and 1.1 < ratios["minicache"] < 1.4 and 4 < ratios["h2o"] < 5
     assert ratios["product"] == pytest.approx(ratios["svd_gqa"] * ratios["minicache"] * ratios["h2o"])
@@ -99,11 +108,11 @@ def test_protocol_scores_deep_copied_continuations_and_generates_like_a_fresh_ca
 
 
 @pytest.mark.parametrize("axes,cache_type", [(dict(layers=None), H2OCache), (dict(tokens=None), MergedPairCache),
-                                             (dict(layers=None, tokens=None), DynamicCache)])
+                                             (dict(layers=None, tokens=None), PlainCache)])
 def test_a_null_axis_is_skipped(tiny_gqa, axes, cache_type):
     model, tok = tiny_gqa
     method, converted = _applied(model, tok, heads="meanpool_gqa", **axes)
-    assert set(method.components) == {"heads", "layers", "tokens"} - set(axes)
+    assert set(method.components()) == {"heads", "layers", "tokens"} - set(axes)
     cache = method.new_cache(converted)
     assert type(cache) is cache_type
     converted(input_ids=_ids(20), cache=cache)
@@ -139,26 +148,15 @@ def test_model_checks_name_the_component_parameter(tiny_gqa):
 
 
 def test_hydra_config_composes_and_overrides_reach_the_components(tiny_gqa):
-    from hydra import compose, initialize_config_dir
-
-    from kvbench.config import method_params, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        default = compose(config_name="method/combined")
-        cfg = compose(config_name="method/combined", overrides=[
-            "method.heads=meanpool_gqa", "method.tokens_params.heavy_ratio=0.2", "method.layers_params.norm=per_head"])
-        skipped = compose(config_name="method/combined", overrides=["method.layers=null"])
-    name, params = method_params(default.method)
-    method = build_method(name, **params)
+    method = method_from_config("method=combined")
     assert (method.heads, method.layers, method.tokens) == ("svd_gqa", "minicache", "h2o")
-    assert method.components["heads"].kv_heads == 1 and method.components["layers"].gamma == 0.05
-    assert method.components["tokens"].budget().heavy_ratio == 0.1
-    method = build_method(*method_params(cfg.method)[:1], **method_params(cfg.method)[1])
-    assert type(method.components["heads"]).__name__ == "MeanPoolGQA"
-    assert method.components["tokens"].heavy_ratio == 0.2 and method.components["layers"].norm == "per_head"
-    assert set(build_method(*method_params(skipped.method)[:1], **method_params(skipped.method)[1]).components) == {
-        "heads", "tokens"}
+    assert method.components()["heads"].kv_heads == 1 and method.components()["layers"].gamma == 0.05
+    assert method.components()["tokens"].budget().heavy_ratio == 0.1
+    method = method_from_config("method=combined", "method.heads=meanpool_gqa", "method.tokens_params.heavy_ratio=0.2",
+                                "method.layers_params.norm=per_head")
+    assert type(method.components()["heads"]).__name__ == "MeanPoolGQA"
+    assert method.components()["tokens"].heavy_ratio == 0.2 and method.components()["layers"].norm == "per_head"
+    assert set(method_from_config("method=combined", "method.layers=null").components()) == {"heads", "tokens"}
     model, tok = tiny_gqa
     method.check_model(model.config)
     converted = method.apply(model, tok)
@@ -176,7 +174,7 @@ def test_bundled_model_measured_bytes_match_the_product_of_component_ratios(smol
     converted = method.apply(model, tok)
     text = "The quick brown fox jumps over the lazy dog. " * 30
     ids = tok(text)["input_ids"][:160]
-    ratios = method.component_ratios(converted, ids, reference_config)
+    ratios = _component_ratios(method, converted, ids, reference_config)
     assert ratios["meanpool_gqa"] == 3.0
     assert ratios["measured"] == pytest.approx(ratios["product"], rel=0.05)
     assert ratios["measured"] > 15  # 3 (heads) x ~1.26 (layers) x ~4.8 (tokens)

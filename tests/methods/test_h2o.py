@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes
 from kvbench.methods import MethodConfigError, build_method
 
@@ -220,18 +221,7 @@ def test_new_cache_requires_apply(tiny_gqa):
 
 @pytest.mark.parametrize("config_name,heavy,recent", [("h2o", 5, 5), ("h2o_local", 0, 10)])
 def test_config_files_compose_into_working_methods(tiny_gqa, config_name, heavy, recent):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
-    from kvbench.config import method_params, register_configs
-
-    register_configs()
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name=f"method/{config_name}")
-    name, params = method_params(cfg.method)
-    method = build_method(name, **params)
+    method = method_from_config(f"method={config_name}")
     model, _ = tiny_gqa
     method.apply(model)
     cache = method.new_cache(model)

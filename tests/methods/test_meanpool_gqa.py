@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.methods import MethodConfigError, build_method
 from kvbench.models import tiny_llama_config
 from kvbench.surgery.heads import expand_kv_heads
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _ids(n, seed=0):
@@ -74,16 +74,8 @@ def test_kv_heads_that_do_not_fit_the_model_are_rejected_before_loading_weights(
 
 
 def test_hydra_config_composes_to_a_working_method(tiny_gqa):
-    from hydra import compose, initialize_config_dir
-
-    from kvbench.config import method_params, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="method/meanpool_gqa")
-    name, params = method_params(cfg.method)
-    method = build_method(name, **params)
-    assert (name, method.kv_heads) == ("meanpool_gqa", 1)
+    method = method_from_config("method=meanpool_gqa")
+    assert (method.name, method.kv_heads) == ("meanpool_gqa", 1)
     model, tok = tiny_gqa
     method.check_model(model.config)
     assert method.apply(model, tok).config.num_key_value_heads == 1

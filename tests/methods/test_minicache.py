@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.cache.minicache import MergedPairLayer
 from kvbench.methods.base import MethodConfigError, build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def ids(n, seed=0, vocab=256):
@@ -173,22 +173,11 @@ def test_start_layer_is_checked_against_the_model_and_defaults_to_half(tiny_gqa)
 
 
 def test_hydra_config_composes_to_the_method_defaults():
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from kvbench.config import method_params, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="method/minicache", overrides=["method.gamma=0.1", "method.start_layer=3"])
-    name, params = method_params(cfg.method)
-    method = build_method(name, **params)
+    method = method_from_config("method=minicache", "method.gamma=0.1", "method.start_layer=3")
     assert (method.gamma, method.start_layer, method.t, method.retention, method.norm) == (
         0.1, 3, 0.6, "top_fraction", "concat")
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        with pytest.raises(Exception, match="gamma"):
-            compose(config_name="method/minicache", overrides=["method.gamma=lots"])
-    assert OmegaConf.is_config(cfg)
+    with pytest.raises(Exception, match="gamma"):
+        method_from_config("method=minicache", "method.gamma=lots")
 
 
 def test_bundled_model_bytes_follow_the_formula_and_gamma_one_is_exact(smollm2_shared):
@@ -231,7 +220,7 @@ def test_gamma_one_matches_full_under_the_kvbench_protocol(tiny_gqa):
 def test_gamma_one_matches_full_through_lm_eval(tiny_gqa):
     from lm_eval import simple_evaluate
 
-    from kvbench.eval.harness import task_manager
+    from kvbench.suites.lm_eval import task_manager
     from kvbench.eval.lm import KvbenchLM
 
     model, tokenizer = tiny_gqa

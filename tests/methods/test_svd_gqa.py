@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.methods import MethodConfigError, build_method
 from kvbench.models import tiny_llama_config
@@ -16,7 +17,6 @@ from kvbench.surgery import calibration
 from kvbench.surgery.heads import expand_kv_heads
 from kvbench.surgery.svd_attention import SVDRopeAttention
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 FAST = dict(calibration_sequences=4, calibration_length=64)  # 256 calibration tokens >> head_dim 16
 
 
@@ -189,17 +189,8 @@ def test_calibration_on_a_local_jsonl_file(tiny_gqa, tmp_path):
 
 
 def test_hydra_config_composes_to_a_working_method(tiny_gqa):
-    from hydra import compose, initialize_config_dir
-
-    from kvbench.config import method_params, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="method/svd_gqa", overrides=["method.calibration_sequences=2",
-                                                                "method.calibration_length=32"])
-    name, params = method_params(cfg.method)
-    method = build_method(name, **params)
-    assert (name, method.kv_heads, method.calibration, method.rope) == ("svd_gqa", 1, "pydoc", "auto")  # default corpus
+    method = method_from_config("method=svd_gqa", "method.calibration_sequences=2", "method.calibration_length=32")
+    assert (method.name, method.kv_heads, method.calibration, method.rope) == ("svd_gqa", 1, "pydoc", "auto")  # default corpus
     model, tok = tiny_gqa
     method.check_model(model.config)
     assert method.apply(model, tok).config.num_key_value_heads == 1

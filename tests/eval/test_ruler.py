@@ -1,4 +1,4 @@
-"""RULER-style synthetic tasks: sizing with the tokenizer, context/question separation, answers, scoring."""
+"""RULER-style samples: sizing with the tokenizer, context/question separation, answers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from kvbench.config import SuiteConfig
-from kvbench.eval import synthetic as sy
+from kvbench.eval import ruler as sy
+from kvbench.eval.haystack import NOISE
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
 from kvbench.models import ModelConfig, byte_tokenizer
@@ -62,7 +62,7 @@ def test_single_needle_depth_is_spread_over_the_samples(tok):
 
 def test_prose_haystack_comes_from_the_local_python_docs(tok):
     s = sy.generate("niah_single_prose", tok, LENGTH, 1)[0]
-    assert sy.NOISE not in s.context and len(set(s.context.split())) > 100
+    assert NOISE not in s.context and len(set(s.context.split())) > 100
 
 
 def test_variable_tracking_chain_resolves_to_the_answer_variables(tok):
@@ -124,63 +124,6 @@ def test_passkey_sample_puts_the_key_at_the_requested_depth(tok):
 def test_too_short_length_is_an_error_naming_the_task(tok):
     with pytest.raises(sy.SyntheticError, match="cwe: length 256 is too short"):
         sy.generate("cwe", tok, 256, 1)
-
-
-# -- scoring --------------------------------------------------------------------------------------
-def test_string_match_all_and_part_by_hand():
-    preds = ["The numbers are 123 and ABC.", "nothing"]
-    refs = [["123", "abc", "456", "789"], ["x"]]
-    assert sy.string_match_all(preds, refs) == 25.0  # (2/4 + 0) / 2
-    assert sy.string_match_part(preds, refs) == 50.0  # (1 + 0) / 2
-    assert sy.string_match_all([""], [["1"]]) == 0.0
-    with pytest.raises(ValueError):
-        sy.string_match_all(["a"], [])
-
-
-# -- suite ----------------------------------------------------------------------------------------
-def test_run_suite_on_tiny_model_returns_a_metric_per_task_and_length(tiny_gqa, tmp_path):
-    model, tok_ = tiny_gqa
-    protocol = CompressionProtocol(model, build_method("full"))
-    suite = SuiteConfig(name="ruler", runner="ruler", tasks=["passkey", "fwe"], limit=1,
-                        options={"lengths": [1024], "samples_per_length": 3})
-    metrics = sy.run_suite(protocol, tok_, ModelConfig(max_length=1024, chat=False), suite, tmp_path)
-    assert set(metrics) == {"passkey_1024", "fwe_1024"}
-    assert set(metrics["passkey_1024"]) == {"string_match_all"}
-    assert set(metrics["fwe_1024"]) == {"string_match_all", "string_match_part"}
-    rows = [json.loads(x) for x in (tmp_path / "ruler" / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and protocol.stats.n_prefills == 2
-    assert all(r["context_tokens"] + r["query_tokens"] <= 1024 for r in rows)
-    assert sy.rescore(tmp_path / "ruler" / "predictions.jsonl") == metrics
-    assert json.loads((tmp_path / "ruler" / "result.json").read_text()) == metrics
-
-
-def test_validate_suite_names_bad_settings():
-    ok = dict(name="ruler", runner="ruler", tasks=["niah_single"])
-    sy.validate_suite(SuiteConfig(**ok, options={"lengths": [512]}))
-    with pytest.raises(sy.SyntheticError, match=r"'niah'.*choose from: niah_single"):
-        sy.validate_suite(SuiteConfig(**{**ok, "tasks": ["niah"]}))
-    with pytest.raises(sy.SyntheticError, match="lengths"):
-        sy.validate_suite(SuiteConfig(**ok, options={"lengths": [0]}))
-    with pytest.raises(sy.SyntheticError, match="lengths"):
-        sy.validate_suite(SuiteConfig(**ok, options={"lengths": []}))
-    with pytest.raises(sy.SyntheticError, match="samples_per_length"):
-        sy.validate_suite(SuiteConfig(**ok, options={"samples_per_length": 0}))
-    with pytest.raises(sy.SyntheticError, match="unknown key"):
-        sy.validate_suite(SuiteConfig(**ok, options={"length": [512]}))
-    with pytest.raises(sy.SyntheticError, match="exceed model.max_length=1024"):
-        sy.validate_suite(SuiteConfig(**ok, options={"lengths": [512, 4096]}), ModelConfig(max_length=1024))
-
-
-def test_ruler_suite_config_composes_and_validates():
-    from omegaconf import OmegaConf
-
-    from kvbench.runner import CONF_DIR
-
-    raw = OmegaConf.load(CONF_DIR / "suite" / "ruler.yaml")
-    cfg = OmegaConf.merge(OmegaConf.structured(SuiteConfig), {k: v for k, v in raw.items() if k != "defaults"})
-    assert cfg.runner == "ruler"
-    opts = sy.validate_suite(cfg, ModelConfig())
-    assert all(n <= ModelConfig().max_length for n in opts.lengths)
 
 
 def test_bundled_model_finds_a_short_passkey(smollm2_shared):

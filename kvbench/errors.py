@@ -1,0 +1,32 @@
+"""The one base class of every error a user can fix by changing an input.
+
+Every entry point (``kvbench``, ``kvbench-report``, ``lm_eval --model kvbench``) prints a
+:class:`KvbenchError` as one line, ``kvbench: error: <message>``, whose message names the bad
+value and the valid choices. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class KvbenchError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class ConfigError(KvbenchError, ValueError):
+    """A config value is invalid; the message names the value and the valid choices."""
+
+
+class MethodConfigError(ConfigError):
+    """A method parameter is invalid (or the method cannot run on this model)."""
+
+
+class SuiteConfigError(ConfigError):
+    """A suite setting, task name or data file is invalid."""
+
+
+class ModelLoadError(KvbenchError, RuntimeError):
+    """The model cannot be loaded; the message says why and what to do."""
+
+
+class CorpusError(ConfigError):
+    """A text corpus cannot be read; the message names it."""

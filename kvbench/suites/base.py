@@ -1,0 +1,132 @@
+"""The Suite interface and its registry: what turns a suite config into task results (ARCHITECTURE.md).
+
+A suite is one module in ``kvbench/suites/``:
+
+* ``Config``: a dataclass subclassing :class:`kvbench.config.SuiteConfig` whose ``options`` field is the
+  suite's own options dataclass. It is the Hydra schema of ``conf/suite/*.yaml`` files that start with
+  ``defaults: [/schema/suite/<runner>@_here_, _self_]``, so an unknown option fails at composition;
+* :meth:`Suite.validate` -- every check that needs no weights (task names, data files, lengths), run
+  before the model loads; it returns a *plan* (e.g. the parsed data) that :meth:`Suite.run` reuses;
+* :meth:`Suite.run` -- yields one :class:`TaskResult` per task as soon as it is done, each naming its
+  primary metric and whether higher is better.
+
+``@register`` makes a suite selectable as ``suite.runner=<runner>``; every module of this package is
+imported automatically, so a new suite edits no other file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kvbench.config import ModelConfig, SuiteConfig
+from kvbench.errors import SuiteConfigError
+
+SUITES: dict[str, type["Suite"]] = {}
+
+
+def register(cls: type["Suite"]) -> type["Suite"]:
+    """Class decorator: make ``cls`` selectable as ``suite.runner=<cls.runner>``."""
+    if cls.runner in SUITES and SUITES[cls.runner] is not cls:
+        raise RuntimeError(f"suite runner {cls.runner!r} registered twice")
+    SUITES[cls.runner] = cls
+    return cls
+
+
+@dataclass
+class TaskResult:
+    """One task's scores. ``primary`` names the metric a table shows; ``stderr`` and ``n`` where known."""
+
+    task: str
+    metrics: dict[str, float]
+    primary: str
+    higher_is_better: bool = True
+    stderr: dict[str, float] = field(default_factory=dict)
+    n: int | None = None
+
+
+@dataclass
+class RunContext:
+    """What :meth:`Suite.run` gets once the model is loaded and the method applied."""
+
+    protocol: Any  # kvbench.eval.protocol.CompressionProtocol: the model, the method, the measurements
+    tokenizer: Any
+    model_cfg: ModelConfig
+    output_dir: Path
+    seed: int = 0
+
+
+@dataclass
+class NoOptions:
+    """A suite without options: any ``suite.options.<key>`` is a composition error."""
+
+
+class Suite:
+    """Base class. Subclasses set ``runner`` and ``Config``, and implement :meth:`run` (and :meth:`validate`)."""
+
+    runner: ClassVar[str]
+    Config: ClassVar[type[SuiteConfig]] = SuiteConfig
+    #: The options dataclass (the type of ``Config.options``).
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.options = _options(cfg, self.Options)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.cfg.tasks)
+
+    def validate(self, model_cfg: ModelConfig | None = None) -> Any:
+        """Check what needs no weights; return the plan :meth:`run` reuses. Raise :class:`SuiteConfigError`."""
+        return None
+
+    def run(self, plan: Any, context: RunContext) -> Iterator[TaskResult]:
+        raise NotImplementedError
+
+
+def _options(cfg, options_cls: type):
+    """``cfg.options`` as an instance of the suite's options dataclass (also from a plain dict)."""
+    raw = getattr(cfg, "options", None)
+    if raw is None:
+        return options_cls()
+    if isinstance(raw, options_cls):
+        return raw
+    if not isinstance(raw, dict):
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.to_container(raw, resolve=True)
+    valid = [f.name for f in dataclasses.fields(options_cls)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise SuiteConfigError(f"suite.options has unknown key(s) {', '.join(unknown)} "
+                               f"(valid: {', '.join(valid) or 'none'})")
+    return options_cls(**raw)
+
+
+def check_common(cfg) -> None:
+    """The fields every suite shares: positive limits and chunk sizes, at least one task."""
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise SuiteConfigError(f"suite.limit={cfg.limit} must be a positive number of examples per task (or null for all)")
+    if cfg.stream_chunk <= 0:
+        raise SuiteConfigError(f"suite.stream_chunk={cfg.stream_chunk} must be a positive number of tokens")
+    if cfg.max_gen_toks is not None and cfg.max_gen_toks <= 0:
+        raise SuiteConfigError(f"suite.max_gen_toks={cfg.max_gen_toks} must be a positive number of tokens "
+                               "(or null for the task's own)")
+    if cfg.num_fewshot is not None and cfg.num_fewshot < 0:
+        raise SuiteConfigError(f"suite.num_fewshot={cfg.num_fewshot} must be >= 0 (or null for the task's own)")
+    if not cfg.tasks:
+        raise SuiteConfigError(f"suite={cfg.name} lists no tasks (set suite.tasks)")
+
+
+def build_suite(cfg) -> Suite:
+    """The registered suite for ``cfg.runner``, after the checks every suite shares."""
+    from kvbench import suites as _  # noqa: F401  (imports every suite module)
+
+    if cfg.runner not in SUITES:
+        raise SuiteConfigError(f"suite.runner={cfg.runner!r} is not valid (choose one of: {', '.join(sorted(SUITES))})")
+    check_common(cfg)
+    return SUITES[cfg.runner](cfg)

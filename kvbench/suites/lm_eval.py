@@ -1,0 +1,96 @@
+"""``suite.runner=lm_eval``: lm-evaluation-harness tasks through the kvbench model, one task at a time.
+
+Any task lm-eval knows works by name (the hub is then needed for its data); kvbench's offline tasks
+(``kvbench_*``, YAML + utils in ``kvbench/eval/tasks``) work offline. One ``simple_evaluate`` call per task,
+so each task's metrics reach the record as soon as it is done. Per-sample outputs are saved as
+``samples_<task>.jsonl`` in the run dir. The primary metric is the task's first, with lm-eval's own
+direction; lm-eval's standard errors come along where it computes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvbench.config import SuiteConfig
+from kvbench.errors import SuiteConfigError
+from kvbench.eval.lm import TASKS_DIR, KvbenchLM
+from kvbench.suites.base import NoOptions, RunContext, Suite, TaskResult, register
+
+
+def local_tasks() -> list[str]:
+    """kvbench's offline lm-eval tasks."""
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def task_manager(tasks, seed: int = 0):
+    """kvbench's offline tasks, plus lm-eval's own index only when a suite names other tasks."""
+    from lm_eval.tasks import TaskManager
+
+    include_defaults = any(t not in local_tasks() for t in tasks)
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults, metadata={"seed": seed})
+
+
+@dataclass
+class LmEvalConfig(SuiteConfig):
+    runner: str = "lm_eval"
+    options: NoOptions = field(default_factory=NoOptions)
+
+
+@register
+class LmEval(Suite):
+    runner = "lm_eval"
+    Config = LmEvalConfig
+
+    def validate(self, model_cfg=None) -> list[str]:
+        unknown = [t for t in self.tasks if t not in local_tasks()]
+        if unknown:
+            from lm_eval.tasks import TaskManager
+
+            known = set(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
+            missing = [t for t in unknown if t not in known]
+            if missing:
+                raise SuiteConfigError(
+                    f"unknown task(s) {', '.join(missing)}: kvbench's offline tasks are {', '.join(local_tasks())}; "
+                    "any lm-eval task name also works (see `lm_eval ls tasks`)")
+        return self.tasks
+
+    def run(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
+        from lm_eval import simple_evaluate
+        from lm_eval.utils import handle_non_serializable
+
+        protocol = context.protocol
+        lm = KvbenchLM(model=protocol.model, tokenizer=context.tokenizer, method_obj=protocol.method,
+                       max_length=context.model_cfg.max_length, stream_chunk=self.cfg.stream_chunk, protocol=protocol)
+        manager = task_manager(plan, context.seed)
+        gen_kwargs = {"max_gen_toks": self.cfg.max_gen_toks} if self.cfg.max_gen_toks else None
+        seed = context.seed
+        for task in plan:
+            results = simple_evaluate(
+                model=lm, tasks=[task], num_fewshot=self.cfg.num_fewshot, limit=self.cfg.limit, task_manager=manager,
+                bootstrap_iters=0, log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed, gen_kwargs=gen_kwargs,
+            )
+            samples = results.get("samples", {})
+            for name, scores in results["results"].items():
+                metrics = {k.split(",")[0]: v for k, v in scores.items()
+                           if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+                if not metrics:
+                    continue  # a group header
+                stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in scores.items()
+                          if "_stderr," in k and isinstance(v, (int, float))}
+                primary = next(iter(metrics))
+                higher = results.get("higher_is_better", {}).get(name, {})
+                n = (results.get("n-samples", {}).get(name) or {}).get("effective")
+                _write_samples(Path(context.output_dir) / f"samples_{name}.jsonl", samples.get(name, []),
+                               handle_non_serializable)
+                yield TaskResult(name, metrics, primary, bool(higher.get(primary, True)), stderr, n)
+
+
+def _write_samples(path: Path, samples, default) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample, default=default) + "\n")

@@ -1,0 +1,47 @@
+"""Everything about a run that can be checked without loading weights, checked before anything heavy.
+
+:func:`validate` builds the method (its dataclass checks its own parameters), the suite (its ``validate``
+reads task names, options and data files and returns the plan its ``run`` reuses), checks the model
+source, and lets the method check the model's config (not its weights). Every failure is a
+:class:`~kvbench.errors.KvbenchError` whose message names the value and the valid choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kvbench.config import WANDB_MODES
+from kvbench.errors import ConfigError
+from kvbench.methods import Method, build_method
+from kvbench.models import check_model_source, load_config
+from kvbench.suites import Suite, build_suite
+
+
+@dataclass
+class RunPlan:
+    """A validated run: the method object, the suite and the suite's plan."""
+
+    method: Method
+    suite: Suite
+    suite_plan: Any
+
+
+def build_method_from(method_cfg) -> Method:
+    """The method a ``method`` config node describes."""
+    params = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
+    return build_method(params.pop("name"), **params)
+
+
+def validate(cfg: DictConfig) -> RunPlan:
+    """Check the whole run before the model loads; return what the run needs."""
+    if cfg.logger.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not valid (choose one of: {', '.join(WANDB_MODES)})")
+    method = build_method_from(cfg.method)
+    suite = build_suite(cfg.suite)
+    check_model_source(cfg.model)
+    suite_plan = suite.validate(cfg.model)
+    method.check_model(load_config(cfg.model))
+    return RunPlan(method, suite, suite_plan)
