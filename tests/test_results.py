@@ -53,3 +53,21 @@ def test_load_records_flattens_primary_metrics_and_drops_duplicate_runs(tmp_path
     frame = results.load_records(tmp_path)
     assert sorted(frame["run_id"]) == ["1", "2"]
     assert dict(zip(frame["method"], frame["t/acc"])) == {"full": 0.25, "h2o": 0.75}
+
+
+def test_the_readme_record_table_is_the_one_generated_from_the_schema():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("<!-- record-fields:start -->\n", 1)[1].split("\n<!-- record-fields:end -->", 1)[0]
+    assert table == results.record_fields_markdown()
+
+
+def test_a_record_of_another_schema_version_or_with_unknown_fields_is_refused(tmp_path):
+    record = _record("1").to_dict()
+    for bad, message in ((dict(record, schema_version=1), "schema version 1; this kvbench reads version 2"),
+                         ({k: v for k, v in record.items() if k != "schema_version"}, "schema version 1"),
+                         (dict(record, colour="red"), "unknown field")):
+        results.atomic_write_text(tmp_path / "r.json", json.dumps(bad))
+        with pytest.raises(results.RecordError, match=message):
+            results.read_record(tmp_path / "r.json")

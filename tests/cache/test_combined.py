@@ -10,17 +10,16 @@ import torch
 from transformers import DynamicCache
 
 from kvbench.cache import cache_nbytes
-from tests.conftest import random_ids
 from kvbench.cache.attention_scores import use_scoring_attention
 from kvbench.cache.combined import CombinedCache, EvictingPairLayer, Eviction, Merging
 from kvbench.cache.h2o import H2OBudget, H2OCache, select_kept
 from kvbench.cache.merging import retained_count, slerp_merge, unflatten_index
+from tests.conftest import random_ids
 
 PAIR = (1, 2)  # start_layer=1 on the 4-layer tiny model: pair (1, 2), layers 0 and 3 plain H2O
 
 
 pytestmark = pytest.mark.usefixtures("no_grad")
-_ids = random_ids
 
 
 def _scored_peaky(kind: str = "llama-gqa", scale: float = 6.0):
@@ -70,7 +69,7 @@ def _as_dynamic(cache: CombinedCache) -> DynamicCache:
 @pytest.mark.parametrize("norm", ["concat", "per_head"])
 def test_pair_layers_keep_one_token_set_chosen_from_their_summed_scores(norm):
     model, scored = _scored_peaky()
-    prompt = _ids(32)
+    prompt = random_ids(32)
     ref = _reference(scored, prompt)
     cache = _cache(gamma=1.0, norm=norm)  # gamma 1: restored states are exact, so they can be compared
     scored(input_ids=prompt, cache=cache)
@@ -96,7 +95,7 @@ def test_pair_layers_keep_one_token_set_chosen_from_their_summed_scores(norm):
 @pytest.mark.parametrize("norm", ["concat", "per_head"])
 def test_retained_tokens_are_the_most_distant_kept_ones_and_the_rest_is_merged(norm):
     _, scored = _scored_peaky()
-    prompt = _ids(40, seed=1)
+    prompt = random_ids(40, seed=1)
     ref = _reference(scored, prompt)
     cache = _cache(heavy=8, recent=4, gamma=0.25, norm=norm)
     scored(input_ids=prompt, cache=cache)
@@ -122,11 +121,11 @@ def test_retained_tokens_are_the_most_distant_kept_ones_and_the_rest_is_merged(n
 def test_continuation_after_eviction_and_merging_attends_at_logical_positions():
     model, scored = _scored_peaky()
     cache = _cache(gamma=0.1)
-    scored(input_ids=_ids(40), cache=cache)
+    scored(input_ids=random_ids(40), cache=cache)
     cache.compress()
     assert [cache.stored_length(i) for i in range(4)] == [10] * 4 and cache.get_seq_length() == 40
     snapshot = _as_dynamic(cache)
-    continuation = _ids(5, seed=3)
+    continuation = random_ids(5, seed=3)
     got = scored(input_ids=continuation, cache=cache).logits
     want = model(input_ids=continuation, cache=copy.deepcopy(snapshot),
                  position_ids=torch.arange(40, 45)[None]).logits
@@ -139,7 +138,7 @@ def test_continuation_after_eviction_and_merging_attends_at_logical_positions():
 def test_decoding_keeps_the_budget_and_the_retained_count_and_matches_the_reduced_cache(norm):
     model, scored = _scored_peaky()
     cache = _cache(heavy=8, recent=4, gamma=0.25, norm=norm)
-    logits = scored(input_ids=_ids(30, seed=4), cache=cache).logits
+    logits = scored(input_ids=random_ids(30, seed=4), cache=cache).logits
     rows = 1 if norm == "concat" else 2
     for step in range(6):
         token = logits[:, -1:].argmax(-1)
@@ -157,7 +156,7 @@ def test_decoding_keeps_the_budget_and_the_retained_count_and_matches_the_reduce
 def test_streamed_chunks_keep_the_first_chunks_budget_and_logical_positions():
     _, scored = _scored_peaky()
     cache = CombinedCache(4, Eviction(H2OBudget(heavy_ratio=0.2, recent_ratio=0.1)), Merging(start_layer=1, gamma=0.05))
-    for chunk in _ids(60, seed=5).split(20, dim=1):
+    for chunk in random_ids(60, seed=5).split(20, dim=1):
         scored(input_ids=chunk, cache=cache)
         cache.compress()
         assert [cache.stored_length(i) for i in range(4)] == [6] * 4  # 4 heavy + 2 recent of 20
@@ -168,7 +167,7 @@ def test_streamed_chunks_keep_the_first_chunks_budget_and_logical_positions():
 def test_nbytes_counts_every_tensor_each_pair_once():
     _, scored = _scored_peaky()
     cache = _cache(heavy=8, recent=4, gamma=0.25, norm="per_head")
-    scored(input_ids=_ids(30), cache=cache)
+    scored(input_ids=random_ids(30), cache=cache)
     h, d, f, K = 2, 16, 4, 12  # KV heads, head dim, float32 bytes, kept tokens
     h2o_layer = K * h * (2 * d * f + 4 + 4)  # keys, values, float32 score, int32 position
     pair = cache.pairs[0]
@@ -181,4 +180,4 @@ def test_nbytes_counts_every_tensor_each_pair_once():
 def test_a_model_without_scored_attention_fails_with_a_clear_error():
     model, _ = _scored_peaky()
     with pytest.raises(RuntimeError, match="scored_sdpa"):  # a pair's upper layer notices the missing scores
-        model(input_ids=_ids(20), cache=_cache())
+        model(input_ids=random_ids(20), cache=_cache())

@@ -10,7 +10,6 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes
 from kvbench.cache.base import PlainCache
 from kvbench.eval.component_ratios import component_ratios
@@ -19,20 +18,14 @@ from kvbench.cache.h2o import H2OCache
 from kvbench.cache.minicache import MergedPairCache
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import MethodConfigError, build_method
+from tests.conftest import method_from_config, random_ids
 
 SVD_FAST = dict(calibration_sequences=2, calibration_length=64, reuse_calibration=False)
 NO_OP_LAYERS = dict(start_layer=1, gamma=1.0)
 NO_OP_TOKENS = dict(heavy_ratio=1.0, recent_ratio=1.0)  # budget 2x the prompt
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():
-        yield
-
-
-def _ids(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def _component_ratios(method, converted, ids, reference_config):
@@ -58,7 +51,7 @@ def test_no_op_components_reproduce_full_logits_and_greedy_tokens(kind, heads, n
     heads_params = dict(kv_heads=n_kv, **(SVD_FAST if heads == "svd_gqa" else {}))
     method, converted = _applied(model, tok, heads=heads, heads_params=heads_params,
                                  layers_params=dict(NO_OP_LAYERS, norm=norm), tokens_params=NO_OP_TOKENS)
-    tokens = _ids(40)
+    tokens = random_ids(40)
     cache = method.new_cache(converted)
     assert isinstance(cache, CombinedCache)
     got = converted(input_ids=tokens[:, :30], cache=cache).logits
@@ -75,21 +68,21 @@ def test_measured_bytes_are_within_5_percent_of_the_product_of_component_ratios(
     model, tok = tiny_gqa
     method, converted = _applied(model, tok, heads_params=dict(kv_heads=1, **SVD_FAST),
                                  layers_params=dict(norm=norm))  # svd 2->1 heads, minicache L/2, h2o 10%+10%
-    ratios = _component_ratios(method, converted, _ids(300)[0].tolist(), model.config)
+    ratios = _component_ratios(method, converted, random_ids(300)[0].tolist(), model.config)
     assert set(ratios) == {"svd_gqa", "minicache", "h2o", "product", "measured"}
     assert ratios["svd_gqa"] == 2.0 and 1.1 < ratios["minicache"] < 1.4 and 4 < ratios["h2o"] < 5
     assert ratios["product"] == pytest.approx(ratios["svd_gqa"] * ratios["minicache"] * ratios["h2o"])
     assert ratios["measured"] == pytest.approx(ratios["product"], rel=0.05)
     # "measured" is what the protocol records for the combined method
     protocol = CompressionProtocol(converted, method, model.config)
-    protocol.prefill(_ids(300)[0].tolist())
+    protocol.prefill(random_ids(300)[0].tolist())
     assert protocol.stats.full_bytes / protocol.stats.stored_bytes == ratios["measured"]
 
 
 def test_protocol_scores_deep_copied_continuations_and_generates_like_a_fresh_cache(tiny_gqa):
     model, tok = tiny_gqa
     method, converted = _applied(model, tok, heads="meanpool_gqa", layers_params=dict(start_layer=1, gamma=0.1))
-    context, continuations = _ids(50, seed=1)[0].tolist(), [[5, 6, 7, 8], [9, 10]]
+    context, continuations = random_ids(50, seed=1)[0].tolist(), [[5, 6, 7, 8], [9, 10]]
     scored = CompressionProtocol(converted, method, model.config).score_continuations(context, continuations)
     for continuation, (logprob, _) in zip(continuations, scored):
         fresh = CompressionProtocol(converted, method, model.config).score_continuations(context, [continuation])
@@ -115,7 +108,7 @@ def test_a_null_axis_is_skipped(tiny_gqa, axes, cache_type):
     assert set(method.components()) == {"heads", "layers", "tokens"} - set(axes)
     cache = method.new_cache(converted)
     assert type(cache) is cache_type
-    converted(input_ids=_ids(20), cache=cache)
+    converted(input_ids=random_ids(20), cache=cache)
     method.compress(cache)
     assert converted.config.num_key_value_heads == 1 and cache_nbytes(cache) > 0
 
@@ -161,7 +154,7 @@ def test_hydra_config_composes_and_overrides_reach_the_components(tiny_gqa):
     method.check_model(model.config)
     converted = method.apply(model, tok)
     cache = method.new_cache(converted)
-    converted(input_ids=_ids(30), cache=cache)
+    converted(input_ids=random_ids(30), cache=cache)
     method.compress(cache)
     assert cache.stored_length(3) == 9  # 6 heavy + 3 recent of 30
 

@@ -8,19 +8,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes
 from kvbench.methods import MethodConfigError, build_method
+from tests.conftest import method_from_config, random_ids
 
 
-@pytest.fixture(autouse=True)
-def _no_grad():
-    with torch.no_grad():  # as in evaluation; caches built under autograd cannot be deep-copied
-        yield
-
-
-def _ids(n: int, seed: int = 0, vocab: int = 256) -> torch.Tensor:
-    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+# as in evaluation; caches built under autograd cannot be deep-copied
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def _h2o_model(model, **params):
@@ -62,7 +56,7 @@ def test_budget_covering_all_tokens_reproduces_full_logits_and_greedy_tokens(kin
 
     model, _ = tiny_llama(kind, seed=0, attn_implementation=attn)
     method, scored = _h2o_model(model, heavy_ratio=1.0, recent_ratio=1.0)  # budget 2x the prompt
-    prompt, continuation = _ids(24), _ids(6, seed=1)
+    prompt, continuation = random_ids(24), random_ids(6, seed=1)
 
     full = DynamicCache(config=model.config)
     cache = method.new_cache(scored)
@@ -80,7 +74,7 @@ def test_budget_covering_all_tokens_reproduces_full_logits_and_greedy_tokens(kin
 def test_beam_search_reorders_the_cache_like_full(tiny_gqa):
     model, _ = tiny_gqa
     method, scored = _h2o_model(model, heavy_ratio=1.0, recent_ratio=1.0)
-    prompt = _ids(20)
+    prompt = random_ids(20)
     expected = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False)
     got = scored.generate(prompt, cache=method.new_cache(scored), max_new_tokens=6, num_beams=3,
                           do_sample=False)
@@ -95,14 +89,14 @@ def test_continuation_after_eviction_matches_hand_built_reduced_cache_at_logical
     model = _peaky(tiny_gqa[0])
     method, scored = _h2o_model(model, heavy_tokens=5, recent_tokens=4)
     cache = method.new_cache(scored)
-    scored(input_ids=_ids(40), cache=cache)
+    scored(input_ids=random_ids(40), cache=cache)
     method.compress(cache)
     assert cache.stored_length() == 9 and cache.get_seq_length() == 40
     # heads keep different token sets (per-head eviction really happened)
     kept = torch.stack([cache.kept_positions(i)[0] for i in range(4)]).flatten(0, 1)  # [layers*heads, 9]
     assert len({tuple(row.tolist()) for row in kept}) > 1
 
-    continuation = _ids(5, seed=3)
+    continuation = random_ids(5, seed=3)
     snapshot = copy.deepcopy(cache)
     got = scored(input_ids=continuation, cache=cache).logits
     expected = _reference_logits(model, snapshot, continuation)
@@ -116,7 +110,7 @@ def test_continuation_after_eviction_matches_hand_built_reduced_cache_at_logical
 def test_greedy_decoding_after_eviction_matches_reference_step_by_step(tiny_gqa, score_agg):
     model = _peaky(tiny_gqa[0])
     method, scored = _h2o_model(model, heavy_ratio=0.2, recent_ratio=0.1, score_agg=score_agg)
-    prompt = _ids(30)
+    prompt = random_ids(30)
     cache = method.new_cache(scored)
     logits = scored(input_ids=prompt, cache=cache).logits
     method.compress(cache)
@@ -142,14 +136,14 @@ def test_streamed_prefill_keeps_the_budget_of_the_first_chunk(tiny_gqa):
     model, _ = tiny_gqa
     method, scored = _h2o_model(model)  # defaults: 10% heavy + 10% recent of the first chunk
     cache = method.new_cache(scored)
-    text = _ids(60)
+    text = random_ids(60)
     for chunk in text.split(30, dim=1):
         scored(input_ids=chunk, cache=cache)
         method.compress(cache)
         assert cache.stored_length() == 6  # 3 heavy + 3 recent of the 30-token first chunk
     assert cache.get_seq_length() == 60
     assert cache.kept_positions(1)[0, :, -3:].tolist() == [[57, 58, 59]] * 2
-    snapshot, nxt = copy.deepcopy(cache), _ids(2, seed=9)
+    snapshot, nxt = copy.deepcopy(cache), random_ids(2, seed=9)
     assert torch.allclose(scored(input_ids=nxt, cache=cache).logits,
                           _reference_logits(model, snapshot, nxt), atol=1e-5)
 
@@ -161,7 +155,7 @@ def test_streamed_prefill_keeps_the_budget_of_the_first_chunk(tiny_gqa):
 def test_stored_bytes_after_prefill_are_budget_over_length_of_full(tiny_mha):
     model, _ = tiny_mha
     method, scored = _h2o_model(model)  # 20% of 50 tokens = 5 heavy + 5 recent
-    prompt = _ids(50)
+    prompt = random_ids(50)
     full = DynamicCache(config=model.config)
     model(input_ids=prompt, cache=full)
     cache = method.new_cache(scored)
@@ -225,7 +219,7 @@ def test_config_files_compose_into_working_methods(tiny_gqa, config_name, heavy,
     model, _ = tiny_gqa
     method.apply(model)
     cache = method.new_cache(model)
-    model(input_ids=_ids(50), cache=cache)
+    model(input_ids=random_ids(50), cache=cache)
     method.compress(cache)
     layer = cache.layers[0]
     assert (layer.heavy, layer.recent) == (heavy, recent)
@@ -271,7 +265,7 @@ def test_protocol_scores_equal_full_when_budget_covers_everything_and_respect_bu
     from kvbench.eval.protocol import CompressionProtocol
 
     model, _ = tiny_gqa
-    context, continuations = _ids(40)[0].tolist(), [_ids(5, seed=s)[0].tolist() for s in (1, 2)]
+    context, continuations = random_ids(40)[0].tolist(), [random_ids(5, seed=s)[0].tolist() for s in (1, 2)]
     full = CompressionProtocol(model, build_method("full"))
     method, scored = _h2o_model(model, heavy_ratio=1.0, recent_ratio=1.0)
     covering = CompressionProtocol(scored, method)

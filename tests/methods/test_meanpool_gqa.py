@@ -7,24 +7,19 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.methods import MethodConfigError, build_method
 from kvbench.models import tiny_llama_config
 from kvbench.surgery.heads import expand_kv_heads
-
-
-
-def _ids(n, seed=0):
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+from tests.conftest import method_from_config, random_ids
 
 
 @pytest.mark.parametrize("fixture, kv_heads", [("tiny_gqa", 2), ("tiny_mha", 4)])
 def test_kv_heads_equal_to_the_models_own_reproduces_logits(request, fixture, kv_heads):
     model, tok = request.getfixturevalue(fixture)
-    reference = model(_ids(30)).logits
+    reference = model(random_ids(30)).logits
     converted = build_method("meanpool_gqa", kv_heads=kv_heads).apply(copy.deepcopy(model), tok)
-    assert (converted(_ids(30)).logits - reference).abs().max() <= 1e-4
+    assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("rope", [True, False])
@@ -32,17 +27,17 @@ def test_duplicate_head_model_converted_back_reproduces_original_logits(tiny_gqa
     model, tok = tiny_gqa
     if not rope:
         model.model.rotary_emb.inv_freq.zero_()  # a position-free (NoPE) variant
-    reference = model(_ids(30)).logits
+    reference = model(random_ids(30)).logits
     mha = expand_kv_heads(copy.deepcopy(model))  # 4 KV heads, pairs of identical heads
     converted = build_method("meanpool_gqa", kv_heads=2).apply(mha, tok)
-    assert (converted(_ids(30)).logits - reference).abs().max() <= 1e-4
+    assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
 
 
 def test_generate_works_and_the_cache_holds_g_heads_per_layer(tiny_mha):
     model, tok = tiny_mha
     converted = build_method("meanpool_gqa", kv_heads=1).apply(model, tok)
     cache = DynamicCache(config=converted.config)
-    out = converted.generate(_ids(12), cache=cache, max_new_tokens=6, do_sample=False)
+    out = converted.generate(random_ids(12), cache=cache, max_new_tokens=6, do_sample=False)
     assert out.shape == (1, 18)
     assert all(layer.keys.shape == (1, 1, 17, 16) and layer.values.shape == (1, 1, 17, 16) for layer in cache.layers)
 
@@ -51,7 +46,7 @@ def test_chunked_forward_with_dynamic_cache_matches_one_forward_and_bytes_are_g_
     model, tok = tiny_mha
     full_bytes = full_cache_nbytes(model.config, 40, torch.float32)
     converted = build_method("meanpool_gqa", kv_heads=2).apply(model, tok)
-    ids = _ids(40)
+    ids = random_ids(40)
     one = converted(ids).logits
     cache = DynamicCache(config=converted.config)
     first = converted(input_ids=ids[:, :25], cache=cache, use_cache=True).logits

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.cache.minicache import MergedPairLayer
 from kvbench.methods.base import MethodConfigError, build_method
+from tests.conftest import method_from_config
 
 
 

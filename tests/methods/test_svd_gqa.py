@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from tests.conftest import method_from_config
 from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.methods import MethodConfigError, build_method
 from kvbench.models import tiny_llama_config
 from kvbench.surgery import calibration
 from kvbench.surgery.heads import expand_kv_heads
 from kvbench.surgery.svd_attention import SVDRopeAttention
+from tests.conftest import method_from_config, random_ids
 
 FAST = dict(calibration_sequences=4, calibration_length=64)  # 256 calibration tokens >> head_dim 16
 
@@ -36,10 +36,6 @@ def _calibration_cache_dir(tmp_path, monkeypatch, small_corpus):
     monkeypatch.setitem(FAST, "calibration", small_corpus)
 
 
-def _ids(n, seed=0):
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
-
-
 def _nope(model):
     """Turn the tiny Llama into a position-free variant: zero RoPE frequencies = identity rotation."""
     model.model.rotary_emb.inv_freq.zero_()
@@ -56,9 +52,9 @@ def test_kv_heads_equal_to_the_models_own_reproduces_logits(request, fixture, kv
     model, tok = request.getfixturevalue(fixture)
     if not rope:
         _nope(model)
-    reference = model(_ids(30)).logits
+    reference = model(random_ids(30)).logits
     converted = _svd(copy.deepcopy(model), tok, kv_heads)
-    assert (converted(_ids(30)).logits - reference).abs().max() <= 1e-4
+    assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("rope", [True, False])
@@ -66,21 +62,21 @@ def test_duplicate_head_model_converted_back_reproduces_original_logits(tiny_gqa
     model, tok = tiny_gqa
     if not rope:
         _nope(model)
-    reference = model(_ids(30)).logits
+    reference = model(random_ids(30)).logits
     mha = expand_kv_heads(copy.deepcopy(model))  # 4 KV heads, pairs of identical heads: rank <= d per group
     converted = _svd(mha, tok, 2)
     # rope: auto picked the replacement attention exactly when the model rotates keys
     assert isinstance(converted.model.layers[0].self_attn, SVDRopeAttention) == rope
-    assert (converted(_ids(30)).logits - reference).abs().max() <= 1e-4
+    assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
 
 
 def test_forced_rotary_path_on_a_position_free_model_is_also_exact(tiny_gqa):
     model, tok = tiny_gqa
     _nope(model)
-    reference = model(_ids(30)).logits
+    reference = model(random_ids(30)).logits
     converted = _svd(expand_kv_heads(copy.deepcopy(model)), tok, 2, rope="rotary")
     assert isinstance(converted.model.layers[0].self_attn, SVDRopeAttention)
-    assert (converted(_ids(30)).logits - reference).abs().max() <= 1e-4
+    assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
 
 
 def test_fused_path_stores_g_heads_in_k_proj_and_v_proj(tiny_mha):
@@ -98,11 +94,11 @@ def test_generate_works_and_the_cache_holds_g_heads_per_layer(tiny_mha, rope):
     converted = _svd(model, tok, 1)
     assert converted.config.num_key_value_heads == 1
     cache = DynamicCache(config=converted.config)
-    out = converted.generate(_ids(12), cache=cache, max_new_tokens=6, do_sample=False)
+    out = converted.generate(random_ids(12), cache=cache, max_new_tokens=6, do_sample=False)
     assert out.shape == (1, 18)
     assert all(layer.keys.shape == (1, 1, 17, 16) and layer.values.shape == (1, 1, 17, 16) for layer in cache.layers)
     # generate without a cache given builds its own from the updated config
-    assert converted.generate(_ids(12), max_new_tokens=3, do_sample=False).shape == (1, 15)
+    assert converted.generate(random_ids(12), max_new_tokens=3, do_sample=False).shape == (1, 15)
 
 
 @torch.no_grad()
@@ -110,7 +106,7 @@ def test_protocol_chunked_prefill_then_decoding_matches_one_forward_and_bytes_ar
     model, tok = tiny_mha
     full_bytes = full_cache_nbytes(model.config, 40, torch.float32)
     converted = _svd(model, tok, 2)
-    ids = _ids(40)
+    ids = random_ids(40)
     one = converted(ids).logits
     cache = DynamicCache(config=converted.config)
     pieces = [converted(input_ids=ids[:, :20], cache=cache, use_cache=True).logits,
@@ -120,7 +116,7 @@ def test_protocol_chunked_prefill_then_decoding_matches_one_forward_and_bytes_ar
     assert cache.get_seq_length() == 40
     assert cache_nbytes(cache) * 4 == full_bytes * 2
     copied = copy.deepcopy(cache)  # the evaluator deep-copies caches per continuation
-    nxt = _ids(1, seed=3)
+    nxt = random_ids(1, seed=3)
     torch.testing.assert_close(converted(input_ids=nxt, cache=copied).logits,
                                converted(input_ids=nxt, cache=cache).logits)
 
@@ -136,7 +132,7 @@ def test_second_apply_loads_projections_from_disk_and_skips_calibration(tiny_gqa
     with caplog.at_level(logging.INFO, logger="kvbench.surgery.calibration"):
         second = _svd(copy.deepcopy(model), tok, 1)
     assert any("calibration skipped" in r.getMessage() for r in caplog.records)
-    torch.testing.assert_close(second(_ids(20)).logits, first(_ids(20)).logits, atol=0, rtol=0)
+    torch.testing.assert_close(second(random_ids(20)).logits, first(random_ids(20)).logits, atol=0, rtol=0)
     with pytest.raises(AssertionError, match="must not run twice"):  # other settings: a new calibration
         _svd(copy.deepcopy(model), tok, 1, seed=1)
 
@@ -152,11 +148,11 @@ def test_svd_initialisation_beats_mean_pooling_on_a_low_rank_group(tiny_mha):
                 mix = torch.randn(4, 16, 16, generator=gen) / 4  # head k = M_k · W_(group's first head)
                 w.copy_(torch.einsum("kab,kbD->kaD", mix, w[[0, 0, 2, 2]]))
     _nope(model)  # with RoPE the rotation breaks this shared subspace; fused keys are exact here
-    reference = model(_ids(30)).logits
+    reference = model(random_ids(30)).logits
     svd = _svd(copy.deepcopy(model), tok, 2)
     mean = build_method("meanpool_gqa", kv_heads=2).apply(copy.deepcopy(model), tok)
-    assert (svd(_ids(30)).logits - reference).abs().max() <= 1e-4
-    assert (mean(_ids(30)).logits - reference).abs().max() > 1e-2
+    assert (svd(random_ids(30)).logits - reference).abs().max() <= 1e-4
+    assert (mean(random_ids(30)).logits - reference).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("params, message", [
@@ -185,7 +181,7 @@ def test_calibration_on_a_local_jsonl_file(tiny_gqa, tmp_path):
                               for i in range(60)))
     converted = _svd(model, tok, 1, calibration=str(path), calibration_length=32)
     assert converted.config.num_key_value_heads == 1
-    assert torch.isfinite(converted(_ids(10)).logits).all()
+    assert torch.isfinite(converted(random_ids(10)).logits).all()
 
 
 def test_hydra_config_composes_to_a_working_method(tiny_gqa):

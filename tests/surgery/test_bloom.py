@@ -10,6 +10,7 @@ from kvbench.methods import build_method
 from kvbench.models import byte_tokenizer
 from kvbench.surgery.bloom import BloomGroupedAttention, unfuse_qkv
 from kvbench.surgery.svd_attention import has_rope
+from tests.conftest import random_ids
 
 FAST = dict(calibration_sequences=4, calibration_length=64)
 
@@ -22,10 +23,6 @@ def tiny_bloom():
         torch.manual_seed(0)
         model = BloomForCausalLM(config).eval()
     return model, byte_tokenizer()
-
-
-def _ids(n):
-    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(0))
 
 
 def _duplicate_kv_heads(model):
@@ -41,10 +38,10 @@ def _duplicate_kv_heads(model):
 
 def test_unfused_attention_reproduces_bloom_exactly(tiny_bloom):
     model, _ = tiny_bloom
-    reference = model(_ids(25)).logits
+    reference = model(random_ids(25)).logits
     unfused = unfuse_qkv(copy.deepcopy(model))
     assert isinstance(unfused.transformer.h[0].self_attention, BloomGroupedAttention)
-    torch.testing.assert_close(unfused(_ids(25)).logits, reference, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(unfused(random_ids(25)).logits, reference, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["meanpool_gqa", "svd_gqa"])
@@ -54,16 +51,16 @@ def test_duplicate_head_bloom_converted_to_half_the_heads_reproduces_logits(tiny
     model, tok = tiny_bloom
     assert not has_rope(model)  # ALiBi: rope=auto takes the fused path
     _duplicate_kv_heads(model)
-    reference = model(_ids(25)).logits
+    reference = model(random_ids(25)).logits
     params = FAST if method == "svd_gqa" else {}
     converted = build_method(method, kv_heads=2, **params).apply(copy.deepcopy(model), tok)
     cache = DynamicCache(config=converted.config)
-    assert (converted(_ids(25), cache=cache).logits - reference).abs().max() <= 1e-4
+    assert (converted(random_ids(25), cache=cache).logits - reference).abs().max() <= 1e-4
     assert all(layer.keys.shape == (1, 2, 25, 16) for layer in cache.layers)
-    assert converted.generate(_ids(10), max_new_tokens=4, do_sample=False).shape == (1, 14)
+    assert converted.generate(random_ids(10), max_new_tokens=4, do_sample=False).shape == (1, 14)
     # without duplicated heads the same conversion is lossy (the check above can fail)
     lossy = build_method(method, kv_heads=1, **params).apply(copy.deepcopy(model), tok)
-    assert (lossy(_ids(25)).logits - reference).abs().max() > 1e-3
+    assert (lossy(random_ids(25)).logits - reference).abs().max() > 1e-3
 
 
 def test_forcing_the_rotary_path_on_an_alibi_model_is_a_clear_error(tiny_bloom):
