@@ -8,10 +8,13 @@ its defaults list, so registering a method or a suite is all it takes to make it
 
 from __future__ import annotations
 
+import re
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from kvbench.config import CONF_DIR, LoggerConfig, ModelConfig, RunConfig
+from kvbench.errors import ConfigError
 from kvbench.methods import METHODS
 from kvbench.suites import SUITES
 
@@ -28,13 +31,90 @@ def register_configs() -> None:
         cs.store(group="schema/suite", name=runner, node=suite.Config)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """Compose kvbench's config from Hydra overrides outside a Hydra app (lm-eval's CLI, tests, scripts)."""
+def compose_config(overrides: list[str], explain_errors: bool = True) -> DictConfig:
+    """Compose kvbench's config from Hydra overrides outside a Hydra app (lm-eval's CLI, tests, scripts).
+
+    A composition error (unknown option, typo, wrong type) raises :class:`~kvbench.errors.ConfigError`
+    with one line naming the value and the valid choices (Hydra's own error is its ``__cause__``)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     register_configs()
-    if GlobalHydra.instance().is_initialized():
-        return compose("config", overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose("config", overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    except HydraException as error:
+        if not explain_errors:
+            raise
+        raise ConfigError(explain(error, list(overrides))) from error
+
+
+# -- one line for every composition error ----------------------------------------------------------------
+def check_overrides(overrides: list[str]) -> None:
+    """Compose every job the overrides describe (sweeps expanded one key at a time) and raise
+    :class:`~kvbench.errors.ConfigError` with one line for the first that Hydra rejects.
+
+    ``hydra.*`` and ``hydra/...`` overrides are Hydra's own and are left to it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except OverrideParseException as error:
+            raise ConfigError(f"cannot parse the override {text!r}: {str(error).splitlines()[0]} "
+                              "(Hydra override syntax: key=value, +key=value, key=a,b for a sweep)") from None
+        if not override.is_hydra_override():
+            parsed.append(override)
+    base = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+            for o in parsed]
+    compose_config(base)
+    for i, override in enumerate(parsed):
+        if override.is_sweep_override():
+            for value in list(override.sweep_string_iterator())[1:]:
+                compose_config([*base[:i], f"{override.get_key_element()}={value}", *base[i + 1:]])
+
+
+def explain(error: Exception, overrides: list[str]) -> str:
+    """Hydra's multi-line composition error as kvbench's one line: the bad value and the valid choices."""
+    from hydra.errors import MissingConfigException
+
+    text = str(error)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if isinstance(error, MissingConfigException) and missing:
+        group, name = missing.groups()
+        options = [line.strip() for line in text.split("Config search path:")[0].splitlines() if line.startswith("\t")]
+        return f"{group}={name} is not a kvbench {group} config (choose one of: {', '.join(options)})"
+    override = re.search(r"Could not override '([^']+)'", text)
+    if override:
+        key = override.group(1)
+        parent, _, leaf = key.rpartition(".")
+        keys, name = _keys_at(parent, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")])
+        where = f"{parent}={name}" if parent in ("method", "model", "suite", "logger") and name else parent or "the config"
+        return f"{key}: {where} has no setting {leaf!r} (valid: {', '.join(k for k in keys if k != 'name') or 'none'})"
+    merging = re.search(r"Error merging override (\S+)", text)
+    if merging and error.__cause__ is not None:
+        reason = str(error.__cause__).splitlines()[0]
+        return f"{merging.group(1)}: {reason}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(
+        ("full_key", "object_type", "reference_type", "Config search path", "provider=", "See https"))]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _keys_at(path: str, overrides: list[str]) -> tuple[list[str], str | None]:
+    """The keys of the config node at ``path`` (and its config's ``name``), composed without the bad override."""
+    from omegaconf import OmegaConf
+
+    try:
+        node = compose_config(overrides, explain_errors=False)
+        node = OmegaConf.select(node, path) if path else node
+    except Exception:
+        return [], None
+    if node is None or not OmegaConf.is_dict(node):
+        return [], None
+    return sorted(str(k) for k in node.keys()), node.get("name") if "name" in node else None

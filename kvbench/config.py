@@ -9,12 +9,19 @@ schemas are the method dataclasses, suite schemas the suites' ``Config`` classes
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
 #: Hydra's config directory, shipped inside the package.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def cache_root() -> Path:
+    """kvbench's cache (calibration projections, generated task data, downloaded LongBench):
+    ``$KVBENCH_CACHE_DIR``, default ``~/.cache/kvbench``."""
+    return Path(os.environ.get("KVBENCH_CACHE_DIR") or Path.home() / ".cache" / "kvbench").expanduser()
 
 
 @dataclass

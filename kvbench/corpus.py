@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from kvbench.errors import CorpusError
@@ -34,8 +35,15 @@ def pydoc_documents(split: str = "all") -> list[str]:
 
 
 def check_source(source: str) -> None:
-    """Fail early (before any model work) if ``source`` is a path that does not exist."""
-    if source == PYDOC or not _looks_like_path(source):
+    """Fail early (before any model work) if ``source`` is a path that does not exist, or a hub dataset
+    while the hub is switched off."""
+    if source == PYDOC:
+        return
+    if not _looks_like_path(source):
+        offline = [k for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(k, "").lower() in ("1", "true", "yes")]
+        if offline:
+            raise CorpusError(f"corpus {source!r} is a hub dataset, but {offline[0]}=1 (give '{PYDOC}' for the local "
+                              "Python-docs prose or a local .txt/.jsonl path)")
         return
     if not Path(source).expanduser().exists():
         raise CorpusError(f"corpus file {source!r} does not exist (give an existing .txt/.jsonl path, "
@@ -81,4 +89,5 @@ def corpus_fingerprint(source: str, split: str = "calibration") -> str:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.endswith((".txt", ".jsonl", ".json", ".md")) or "/" in source and Path(source).suffix != ""
+    return (source.startswith(("/", "./", "../", "~")) or source.endswith((".txt", ".jsonl", ".json", ".md"))
+            or "/" in source and Path(source).suffix != "")

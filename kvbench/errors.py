@@ -7,6 +7,9 @@ value and the valid choices. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class KvbenchError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -30,3 +33,16 @@ class ModelLoadError(KvbenchError, RuntimeError):
 
 class CorpusError(ConfigError):
     """A text corpus cannot be read; the message names it."""
+
+
+def debug_mode() -> bool:
+    """``KVBENCH_DEBUG=1``: user errors keep their full traceback."""
+    return os.environ.get("KVBENCH_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def fail(error: BaseException, prog: str = "kvbench") -> None:
+    """Print ``error`` as kvbench's one line on stderr and exit 2 (re-raise it under ``KVBENCH_DEBUG=1``)."""
+    if debug_mode():
+        raise error
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    sys.exit(2)

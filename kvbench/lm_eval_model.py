@@ -9,6 +9,7 @@ than ``model``/``method`` is a Hydra override of kvbench's config (``method.<par
 from __future__ import annotations
 
 from kvbench.compose import compose_config
+from kvbench.errors import KvbenchError, fail
 from kvbench.eval.lm import KvbenchLM
 from kvbench.models import check_model_source, load_config
 from kvbench.runner import load_and_apply
@@ -16,14 +17,20 @@ from kvbench.validation import build_method_from
 
 
 class KvbenchCLIModel(KvbenchLM):
+    """A user error in ``--model_args`` (unknown name, typo, out-of-range value, a model that cannot load) is
+    one line on stderr and exit code 2, as on ``kvbench``; ``KVBENCH_DEBUG=1`` shows the traceback."""
+
     def __init__(self, model: str = "smollm2_135m", method: str = "full", batch_size=1, device=None,
                  max_batch_size=None, max_length=None, **overrides):
         # ``device``/``max_batch_size`` come from lm-eval's CLI defaults; placement is the model config's
         # ``device_map`` (model_args ``model.device_map=cuda``), batching is 1.
-        cfg = compose_config([f"model={model}", f"method={method}", *(f"{k}={v}" for k, v in overrides.items())])
-        method_obj = build_method_from(cfg.method)
-        check_model_source(cfg.model)
-        method_obj.check_model(load_config(cfg.model))
-        loaded, tokenizer, reference_config = load_and_apply(cfg, method_obj)
+        try:
+            cfg = compose_config([f"model={model}", f"method={method}", *(f"{k}={v}" for k, v in overrides.items())])
+            method_obj = build_method_from(cfg.method)
+            check_model_source(cfg.model)
+            method_obj.check_model(load_config(cfg.model))
+            loaded, tokenizer, reference_config = load_and_apply(cfg, method_obj)
+        except KvbenchError as error:
+            fail(error)
         super().__init__(loaded, tokenizer, method_obj, reference_config, max_length=max_length or cfg.model.max_length,
                          stream_chunk=cfg.suite.stream_chunk, batch_size=batch_size)

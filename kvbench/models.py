@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -41,32 +42,71 @@ def resolve_pretrained(pretrained: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]))
 
 
+def attention_implementations() -> list[str]:
+    """The attention implementations transformers knows (plus kvbench's scoring wrappers)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    names = {"eager", *ALL_ATTENTION_FUNCTIONS.keys()}
+    return sorted(n for n in names if "|" not in n)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~"))
+
+
 def check_model_source(cfg: ModelConfig) -> None:
-    """Cheap checks before anything heavy is loaded (missing package, missing GGUF file, bad dtype)."""
+    """Cheap checks before anything heavy is loaded (missing package, path or GGUF file, bad dtype or
+    attention implementation)."""
     if cfg.dtype not in DTYPES:
         raise ModelLoadError(f"model.dtype={cfg.dtype!r} is not supported (choose one of: {', '.join(DTYPES)})")
     if cfg.max_length <= 0:
         raise ModelLoadError(f"model.max_length={cfg.max_length} must be a positive number of tokens")
+    impl = cfg.attn_implementation
+    if impl is not None and "/" not in impl and impl not in attention_implementations():  # "org/repo": a hub kernel
+        raise ModelLoadError(f"model.attn_implementation={impl!r} is not an attention implementation "
+                             f"(choose one of: {', '.join(attention_implementations())}, or null for the model's default)")
     if cfg.pretrained.startswith("tiny:"):
         kind = cfg.pretrained.split(":", 1)[1]
         if kind not in TINY_MODELS:
             raise ModelLoadError(f"model.pretrained={cfg.pretrained!r}: unknown tiny model (choose one of: "
                                  + ", ".join(f"tiny:{k}" for k in TINY_MODELS) + ")")
         return
+    if _looks_like_path(cfg.pretrained) and not Path(cfg.pretrained).expanduser().exists():
+        raise ModelLoadError(f"model.pretrained={cfg.pretrained!r}: no such directory (give an existing local "
+                             "model directory or a hub id)")
     path = resolve_pretrained(cfg.pretrained)
     if cfg.gguf_file and Path(path).is_dir() and not (Path(path) / cfg.gguf_file).exists():
         raise ModelLoadError(f"model.gguf_file={cfg.gguf_file!r} not found in {path}")
 
 
+def _load_error(cfg: ModelConfig, what: str, error: Exception) -> ModelLoadError:
+    """One line for a failed hub or disk load: the model, what failed, and what to do."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    hint = (" HF_HUB_OFFLINE is set: a hub model must already be in the local cache (download it online first, "
+            "or point model.pretrained at a local directory)" if offline else
+            " (check the hub id, your network and, for gated models, `huggingface-cli login`)")
+    return ModelLoadError(f"model={cfg.name}: could not load the {what} of {cfg.pretrained!r}: {first}.{hint}")
+
+
 def load_config(cfg: ModelConfig):
     """The model's transformers config, without loading weights (for method checks)."""
     if cfg.pretrained.startswith("tiny:"):
-        return tiny_llama_config(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
+        config = tiny_llama_config(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
+        if cfg.attn_implementation:
+            config._attn_implementation = cfg.attn_implementation
+        return config
     from transformers import AutoConfig
 
     kwargs = dict(gguf_file=cfg.gguf_file) if cfg.gguf_file else {}
-    return AutoConfig.from_pretrained(resolve_pretrained(cfg.pretrained), revision=cfg.revision,
-                                      trust_remote_code=cfg.trust_remote_code, **kwargs)
+    try:
+        config = AutoConfig.from_pretrained(resolve_pretrained(cfg.pretrained), revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code, **kwargs)
+    except (OSError, ValueError, ImportError) as error:  # not found, offline, gated, unknown architecture
+        raise _load_error(cfg, "config", error) from None
+    if cfg.attn_implementation:  # what the model will run with, so method checks see kvbench's setting
+        config._attn_implementation = cfg.attn_implementation
+    return config
 
 
 def load_model(cfg: ModelConfig):
@@ -83,14 +123,20 @@ def load_model(cfg: ModelConfig):
     if cfg.gguf_file:
         common["gguf_file"] = cfg.gguf_file
     # The tokenizer of a GGUF model must come through gguf_file (EVALUATION.md).
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or path, **common)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or path, **common)
+    except (OSError, ValueError, ImportError) as error:
+        raise _load_error(cfg, "tokenizer", error) from None
     dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     model_kwargs = dict(common, dtype=dtype, **cfg.extra)
     if cfg.device_map:
         model_kwargs["device_map"] = cfg.device_map
     if cfg.attn_implementation:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    except (OSError, ValueError, ImportError) as error:  # missing weights, offline, unsupported attention
+        raise _load_error(cfg, "weights", error) from None
     model.eval()
     return model, tokenizer
 

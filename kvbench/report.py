@@ -9,24 +9,41 @@ run of the same model, suite, task list and limit (blank when there is none), an
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from kvbench.results import iter_records, load_records
+from kvbench.errors import KvbenchError
+from kvbench.results import load_records
 
 ID_COLUMNS = ["model", "method", "params"]
 
 
-def comparison_table(root: str | Path) -> pd.DataFrame:
-    """The comparison table of every complete record under ``root``."""
-    frame = load_records(root)
+class ReportError(KvbenchError):
+    """Nothing to report (no readable record)."""
+
+
+def collect(root: str | Path) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """Every readable record under ``root`` as a frame, and the record files that could not be read
+    (corrupt, or another schema version) with the reason. No readable record is a :class:`ReportError`."""
+    if not Path(root).is_dir():
+        raise ReportError(f"{root} is not a directory")
+    skipped: list[tuple[Path, str]] = []
+    frame = load_records(root, skipped)
     if frame.empty:
-        return frame
-    frame = frame[frame["status"] == "complete"].copy()
+        reasons = f" ({len(skipped)} unreadable: {skipped[0][1]})" if skipped else ""
+        raise ReportError(f"no readable kvbench record under {root}{reasons}")
+    return frame, skipped
+
+
+def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """One row per run under ``root`` (or of a frame from :func:`collect`): complete runs first, then failed
+    ones with their error and blank metrics."""
+    frame = (root if isinstance(root, pd.DataFrame) else collect(root)[0]).copy()
     frame["params"] = frame["method_params"].map(_short_params)
-    metric_cols = [c for c in frame.columns if "/" in c]
-    higher = _higher_is_better(root)
+    metric_cols = [c for c in frame.columns if "/" in c and not c.startswith("_")]
+    higher = frame.attrs.get("higher_is_better", {})
     avg_cols = [c for c in metric_cols if higher.get(c, True)]
     table = frame[ID_COLUMNS + metric_cols].copy()
     table["avg"] = frame[avg_cols].mean(axis=1, skipna=False) if avg_cols else float("nan")
@@ -35,16 +52,18 @@ def comparison_table(root: str | Path) -> pd.DataFrame:
         table["kv_ratio_expected"] = frame["kv_expected_ratio"]
     table["kv_vs_full"] = frame["kv_stored_bytes"] / _full_stored_bytes(frame)
     table["decode_tok_s"] = frame["decode_tok_s"]
-    table["_baseline_last"] = table["method"] != "full"  # full first, then methods by name
-    table = table.sort_values(["model", "_baseline_last", "method", "params"]).drop(columns="_baseline_last")
-    return table.reset_index(drop=True)
+    failed = frame["status"] != "complete"
+    if failed.any():
+        table.loc[failed, metric_cols + ["avg", "kv_ratio", "kv_vs_full", "decode_tok_s"]] = float("nan")
+        table["error"] = frame["error"].where(failed, None)
+    table["_failed"], table["_baseline_last"] = failed, table["method"] != "full"  # full first, then by name
+    table = table.sort_values(["_failed", "model", "_baseline_last", "method", "params"])
+    return table.drop(columns=["_failed", "_baseline_last"]).reset_index(drop=True)
 
 
-def lock_warning(root: str | Path) -> str | None:
+def lock_warning(root: str | Path | pd.DataFrame) -> str | None:
     """A warning when the complete records under ``root`` come from different lock files (package sets)."""
-    frame = load_records(root)
-    if frame.empty:
-        return None
+    frame = root if isinstance(root, pd.DataFrame) else collect(root)[0]
     digests = sorted(frame.loc[frame["status"] == "complete", "lock_sha256"].dropna().unique())
     if len(digests) < 2:
         return None
@@ -65,9 +84,13 @@ def _full_stored_bytes(frame: pd.DataFrame) -> pd.Series:
 
 
 def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports") -> dict[str, Path]:
-    """Write ``<reports_dir>/<name>.md``, ``.csv`` and ``.png``; return their paths."""
-    table = comparison_table(root)
-    warning = lock_warning(root)
+    """Write ``<reports_dir>/<name>.md``, ``.csv`` and ``.png``; return their paths. Unreadable record files
+    are named in a warning and skipped; no readable record at all is a :class:`ReportError`."""
+    frame, skipped = collect(root)
+    table = comparison_table(frame)
+    warning = lock_warning(frame)
+    for path, reason in skipped:
+        print(f"kvbench-report: warning: skipped {path}: {reason}", file=sys.stderr)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": reports_dir / f"{name}.md", "csv": reports_dir / f"{name}.csv"}
@@ -80,12 +103,11 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports
     shown = table.astype(object).where(table.notna(), None)  # blank, not "nan", where a column does not apply
     paths["md"].write_text(header + (shown.to_markdown(index=False, floatfmt=".4g") if not table.empty else "_no complete records_") + "\n",
                            encoding="utf-8")
-    if not table.empty and len(table) > 1:
+    plotted = table[table["kv_ratio"].notna()]
+    if len(plotted) > 1:
         paths["png"] = reports_dir / f"{name}.png"
-        plot_tradeoff(table, paths["png"])
+        plot_tradeoff(plotted, paths["png"])
     if warning:
-        import sys
-
         print(f"kvbench-report: {warning}", file=sys.stderr)
     return paths
 
@@ -113,11 +135,3 @@ def plot_tradeoff(table: pd.DataFrame, path: Path) -> None:
 def _short_params(params_json: str) -> str:
     params = json.loads(params_json)
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
-
-
-def _higher_is_better(root) -> dict[str, bool]:
-    out = {}
-    for _, record in iter_records(root):
-        for task, primary in record.primary_metrics.items():
-            out[f"{task}/{primary['name']}"] = bool(primary.get("higher_is_better", True))
-    return out

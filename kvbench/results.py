@@ -114,9 +114,17 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _file_mode() -> int:
+    """The mode a new file gets under the user's umask (``mkstemp`` would leave 0600 through the rename)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` atomically: a temp file in the same directory, then rename over ``path``.
-    A failure leaves the previous file (if any) untouched and no temp file behind."""
+    A failure leaves the previous file (if any) untouched and no temp file behind. The file gets the
+    permissions of any other file the user creates (umask), so colleagues can read shared results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -125,6 +133,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -136,6 +145,42 @@ def write_record(path: str | os.PathLike, record: RunRecord | dict) -> Path:
     """Write ``record`` as JSON atomically (serialised first, so a bad value never touches the file)."""
     data = record.to_dict() if isinstance(record, RunRecord) else record
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+
+
+def rescue_dir() -> Path:
+    """Where a record goes when neither the run dir nor the records dir can be written (e.g. a full disk)."""
+    return Path(tempfile.gettempdir()) / "kvbench-rescued-records"
+
+
+class RecordStore:
+    """Writes one run's record to the run dir and to the records dir, after every change.
+
+    A write that fails (full disk, a directory gone) never costs the result: the other copy is still
+    written, and if both fail the record goes to :func:`rescue_dir`, named in one warning line.
+    """
+
+    def __init__(self, *paths: str | os.PathLike):
+        self.paths = [Path(p) for p in paths]
+        self.failed: dict[Path, str] = {}
+
+    def save(self, record: "RunRecord") -> list[Path]:
+        import logging
+
+        written = []
+        for path in self.paths:
+            try:
+                written.append(write_record(path, record))
+            except OSError as error:
+                if path not in self.failed:
+                    logging.getLogger(__name__).warning("could not write the record to %s (%s)", path, error)
+                self.failed[path] = f"{type(error).__name__}: {error}"
+        if not written:
+            rescued = rescue_dir() / f"{record.run_id}.json"
+            write_record(rescued, record)
+            logging.getLogger(__name__).warning("kvbench: the record could not be written where configured; "
+                                                "saved to %s", rescued)
+            written.append(rescued)
+        return written
 
 
 def read_record(path: str | os.PathLike) -> RunRecord:
@@ -187,7 +232,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
     """All records under ``root`` as one flat DataFrame (one row per run, duplicates by run_id dropped)."""
     import pandas as pd
 
-    rows = []
+    rows, higher = [], {}
     for path, record in iter_records(root, skipped):
         suite = record.suite or {}
         row = {
@@ -201,13 +246,16 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
             "kv_expected_ratio": (record.kv.get("components") or {}).get("product"),
             "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
             "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
+            "error": record.error,
         }
         for task, primary in record.primary_metrics.items():
             row[f"{task}/{primary['name']}"] = record.primary_value(task)
+            higher[f"{task}/{primary['name']}"] = bool(primary.get("higher_is_better", True))
         rows.append(row)
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame = frame.sort_values("created_at").drop_duplicates("run_id", keep="last").reset_index(drop=True)
+    frame.attrs["higher_is_better"] = higher  # per metric column: its direction
     return frame
 
 

@@ -1,8 +1,10 @@
 """One kvbench run: validate → record → logger → model + method → suite → record (ARCHITECTURE.md).
 
-Everything that needs no weights is checked first (:mod:`kvbench.validation`). The record is written
-before anything else starts, rewritten atomically after every task (a failure later loses nothing already
-computed), and a complete record for the same resolved config is reused unless ``force``.
+Everything that needs no weights is checked first (:mod:`kvbench.validation`), the places the run writes
+to included; a run rejected there still leaves a ``failed`` record saying why. The record is written
+before the logger starts, rewritten atomically after every task (a failure later loses nothing already
+computed; a failed write falls back, see :class:`~kvbench.results.RecordStore`), and a complete record
+for the same resolved config is reused unless ``force``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from kvbench.environment import environment
 from kvbench.eval.component_ratios import component_ratios
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.models import describe_model, load_base_model, private_copy
-from kvbench.results import RECORD_NAME, RunRecord, config_hash, find_complete_record, read_record, write_record
+from kvbench.errors import KvbenchError
+from kvbench.results import (RECORD_NAME, RecordStore, RunRecord, config_hash, find_complete_record, read_record,
+                             write_record)
 from kvbench.suites import RunContext
 from kvbench.tracking import Tracker
-from kvbench.validation import RunPlan, validate
+from kvbench.validation import RunPlan, check_destinations, validate
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
     output_dir = Path(output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     digest = config_hash(resolved)
+    check_destinations(cfg, output_dir)
     if not cfg.force and (existing := find_complete_record(cfg.records_dir, digest)):
         record = read_record(existing)
         write_record(output_dir / RECORD_NAME, record)
@@ -43,17 +48,20 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         return record
 
     started = time.perf_counter()
-    plan = validate(cfg)
+    store = RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json")
+    try:
+        plan = validate(cfg)
+    except KvbenchError as error:  # rejected before anything ran: the record says why (a sweep's table shows it)
+        store.save(rejected_record(cfg, resolved, digest, output_dir, error))
+        raise
     record = new_record(cfg, resolved, digest, plan, output_dir)
-    stored = Path(cfg.records_dir) / f"{digest}.json"
 
     def save() -> None:
-        write_record(output_dir / RECORD_NAME, record)
-        write_record(stored, record)
+        store.save(record)
 
     save()
     tracker = Tracker(cfg.logger, resolved, run_name=f"{cfg.model.name}-{plan.method.name}", run_id=record.run_id)
-    record.outputs["wandb_dir"] = tracker.run_dir
+    record.outputs.update(wandb=tracker.status, wandb_dir=tracker.run_dir)
     exit_code = 0
     try:
         t0 = time.perf_counter()
@@ -83,6 +91,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         record.timing["wall_s"] = time.perf_counter() - started
         save()
         tracker.finish(record, exit_code=exit_code)
+        if record.outputs.get("wandb") != tracker.status:  # logging or finishing W&B failed: say so
+            record.outputs["wandb"] = tracker.status
+            save()
     return record
 
 
@@ -93,6 +104,19 @@ def load_and_apply(cfg: DictConfig, method, reuse_loaded: bool = False):
     if method.changes_model and reuse_loaded:
         model = private_copy(model)
     return method.apply(model, tokenizer), tokenizer, reference_config
+
+
+def rejected_record(cfg: DictConfig, resolved: dict, digest: str, output_dir: Path, error: Exception) -> RunRecord:
+    """The ``failed`` record of a run that validation rejected: its config and the one-line reason."""
+    method = resolved.get("method") or {}
+    return RunRecord(
+        run_id=uuid.uuid4().hex[:12], created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        status="failed", config_hash=digest, config=resolved, model={"name": cfg.model.name},
+        method={"name": method.get("name"), "params": {k: v for k, v in method.items() if k != "name"},
+                "changed_params": {}},
+        suite={"name": cfg.suite.name, "runner": cfg.suite.runner, "tasks": list(cfg.suite.tasks), "limit": cfg.suite.limit},
+        error=f"{type(error).__name__}: {error}", outputs={"dir": str(output_dir)},
+    )
 
 
 def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, output_dir: Path) -> RunRecord:

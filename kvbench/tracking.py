@@ -11,28 +11,68 @@ from kvbench.results import RunRecord
 log = logging.getLogger(__name__)
 
 
-class Tracker:
-    """One W&B run for one kvbench run. ``mode="disabled"`` makes every call a no-op."""
+#: Bounds on W&B's network calls, in seconds: starting a run (the connection attempts included) and
+#: finishing it. A logger that cannot reach its server costs at most this, then the run goes on.
+INIT_TIMEOUT_S = 30
+FINISH_TIMEOUT_S = 30
 
-    def __init__(self, logger_cfg, config: dict, run_name: str, run_id: str):
+
+class Tracker:
+    """One W&B run for one kvbench run. ``mode="disabled"`` makes every call a no-op.
+
+    W&B is never allowed to cost a result: the record is written before the tracker starts, a run that
+    fails to start online falls back to offline (synced later with ``wandb sync``), and one that cannot
+    start at all, or fails while logging or finishing, becomes a warning. :attr:`status` says which
+    (the record keeps it as ``outputs.wandb``).
+    """
+
+    def __init__(self, logger_cfg, config: dict, run_name: str, run_id: str, group: str | None = None,
+                 job_type: str | None = None):
         self.run = None
+        self.status = "disabled"
         if logger_cfg.mode == "disabled":
             return
+        kwargs = dict(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
+                      job_type=job_type, tags=list(logger_cfg.tags), dir=logger_cfg.dir, name=run_name, id=run_id,
+                      config=config)
+        try:
+            self.run, self.status = self._start(logger_cfg.mode, kwargs), logger_cfg.mode
+        except Exception as error:  # no key, server unreachable, bad entity...: the run goes on
+            reason = _one_line(error)
+            if logger_cfg.mode == "online":
+                log.warning("W&B could not start online (%s); logging offline instead (sync later with `wandb sync`)",
+                            reason)
+                try:  # a new id: wandb keeps the failed online run's id reserved in this process
+                    kwargs["id"] = f"{run_id}-offline"
+                    self.run, self.status = self._start("offline", kwargs), f"offline (online failed: {reason})"
+                    return
+                except Exception as offline_error:
+                    reason = f"{reason}; offline: {_one_line(offline_error)}"
+            log.warning("W&B could not start (%s); the run goes on without it (the record is written as usual)", reason)
+            self.status = f"none (W&B failed to start: {reason})"
+
+    @staticmethod
+    def _start(mode: str, kwargs: dict):
         import wandb
 
-        Path(logger_cfg.dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
-            tags=list(logger_cfg.tags), mode=logger_cfg.mode, dir=logger_cfg.dir, name=run_name,
-            id=run_id, config=config, reinit="create_new",
-        )
+        Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings(init_timeout=INIT_TIMEOUT_S, finish_timeout=FINISH_TIMEOUT_S, x_graphql_retry_max=2,
+                                  x_graphql_timeout_seconds=10, silent=True)
+        return wandb.init(mode=mode, reinit="create_new", settings=settings, **kwargs)
+
+    def _guard(self, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as error:
+            log.warning("W&B failed to %s (%s); the record is unaffected", what, _one_line(error))
+            self.status += f"; {what} failed"
 
     def log_task(self, task: str, metrics: dict) -> None:
         if self.run is None:
             return
         flat = {f"{task}/{k}": v for k, v in metrics.items() if _is_number(v)}
         if flat:
-            self.run.log(flat)
+            self._guard("log", lambda: self.run.log(flat))
 
     def finish(self, record: RunRecord, exit_code: int = 0) -> None:
         """Write the record's KV bytes, timings and metrics to the run summary and close it."""
@@ -44,17 +84,20 @@ class Tracker:
             summary.update({f"{task}/{k}": v for k, v in metrics.items() if _is_number(v)})
         summary["status"] = record.status
         run_dir = self.run_dir
-        try:
-            self.run.summary.update(summary)
-        finally:
-            self.run.finish(exit_code=exit_code)
-            if self.run.settings.mode == "offline":
-                _wait_for_offline_log(run_dir)
-            log.info("W&B run %s finished (%s)", self.run.id, getattr(self.run.settings, "mode", ""))
+        self._guard("write the summary", lambda: self.run.summary.update(summary))
+        self._guard("finish", lambda: self.run.finish(exit_code=exit_code))
+        if self.run.settings.mode == "offline":
+            _wait_for_offline_log(run_dir)
+        log.info("W&B run %s finished (%s)", self.run.id, self.status)
 
     @property
     def run_dir(self) -> str | None:
         return None if self.run is None else str(Path(self.run.dir).parent)
+
+
+def _one_line(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _wait_for_offline_log(run_dir: str, timeout_s: float = 10.0) -> None:

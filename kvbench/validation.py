@@ -8,12 +8,14 @@ source, and lets the method check the model's config (not its weights). Every fa
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kvbench.config import WANDB_MODES
+from kvbench.config import WANDB_MODES, cache_root
 from kvbench.errors import ConfigError
 from kvbench.methods import Method, build_method
 from kvbench.models import check_model_source, load_config
@@ -45,3 +47,29 @@ def validate(cfg: DictConfig) -> RunPlan:
     suite_plan = suite.validate(cfg.model)
     method.check_model(load_config(cfg.model))
     return RunPlan(method, suite, suite_plan)
+
+
+def check_writable(path, what: str) -> None:
+    """``path`` (a directory, created later if missing) can be written; else one line naming it.
+
+    Nothing is created: the nearest existing ancestor must be a directory that takes a file."""
+    target = Path(path).expanduser()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}={str(path)!r} is not writable: {existing} is a file, not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".kvbench-write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{what}={str(path)!r} is not writable ({error.strerror or type(error).__name__} in "
+                          f"{existing}); choose a directory you can write to") from None
+
+
+def check_destinations(cfg: DictConfig, output_dir) -> None:
+    """Every place the run writes to, checked before anything is computed."""
+    check_writable(output_dir, "the run dir (hydra.run.dir)")
+    check_writable(cfg.records_dir, "records_dir")
+    check_writable(cfg.reports_dir, "reports_dir")
+    check_writable(cache_root(), "the cache dir (KVBENCH_CACHE_DIR)")

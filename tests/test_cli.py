@@ -59,3 +59,46 @@ def test_lm_eval_cli_finds_the_kvbench_model(tmp_path):
                   cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "kvbench_recall_mc" in result.stdout and "acc" in result.stdout
+
+
+def test_a_sweep_killed_mid_job_is_resumed_without_redoing_finished_jobs(tmp_path):
+    """SIGKILL during the second job: the first job's record is complete and reused on re-run, no record is
+    half-written (atomic writes), and the killed job runs again."""
+    import json
+    import signal
+    import time
+
+    from kvbench.results import read_record
+
+    args = ["-m", "model=tiny_llama", "method=full,h2o", "logger=none", "suite.limit=1",
+            "suite.tasks=[kvbench_recall_mc]", f"records_dir={tmp_path / 'records'}",
+            f"reports_dir={tmp_path / 'reports'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    # the h2o job hangs inside its evaluation, so the kill lands mid-job
+    slow = ("import sys, time; import kvbench.suites.lm_eval as m; run = m.LmEval.run\n"
+            "def hang(self, plan, context):\n"
+            "    if context.protocol.method.name == 'h2o': time.sleep(300)\n"
+            "    yield from run(self, plan, context)\n"
+            "m.LmEval.run = hang; sys.argv = ['kvbench', *sys.argv[1:]]\n"
+            "from kvbench.cli import main; main()\n")
+    env = ENV | {"KVBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", slow, *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_record = tmp_path / "sweep" / "1_h2o" / "record.json"
+    deadline = time.monotonic() + 120
+    while not killed_record.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert killed_record.exists(), "the second job never started"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for path in (tmp_path / "sweep").rglob("*.json"):
+        json.loads(path.read_text())  # every record on disk is whole
+    assert read_record(killed_record).status == "running"
+    first = read_record(tmp_path / "sweep" / "0_full" / "record.json")
+    assert first.status == "complete"
+
+    again = _run([BIN / "kvbench", *args], cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_record(tmp_path / "sweep" / "0_full" / "record.json").run_id == first.run_id  # reused, not redone
+    assert read_record(killed_record).status == "complete"
+    assert not list((tmp_path / "sweep").rglob(".*.tmp")) and not list((tmp_path / "records").glob(".*.tmp"))

@@ -23,13 +23,19 @@ def _record(run_id, method, params, acc, ppl, stored, decode, status="complete",
 def sweep(tmp_path):
     write_record(tmp_path / "0" / "record.json", _record("1", "full", {}, 0.8, 10.0, 1000, 30.0))
     write_record(tmp_path / "1" / "record.json", _record("2", "h2o", {"heavy_ratio": 0.1, "recent_ratio": 0.1}, 0.6, 12.0, 200, 28.0))
-    write_record(tmp_path / "2" / "record.json", _record("3", "minicache", {}, 0.1, 99.0, 700, 20.0, status="failed"))
+    failed = _record("3", "minicache", {}, 0.1, 99.0, 700, 20.0, status="failed")
+    failed.error = "MethodConfigError: method.gamma=1.5 must be in [0, 1]"
+    write_record(tmp_path / "2" / "record.json", failed)
     return tmp_path
 
 
-def test_table_has_one_row_per_complete_method_with_ratios_against_full(sweep):
+def test_table_has_one_row_per_complete_method_with_ratios_against_full_and_failed_rows_last(sweep):
     table = comparison_table(sweep)
-    assert list(table["method"]) == ["full", "h2o"]
+    assert list(table["method"]) == ["full", "h2o", "minicache"]
+    failed = table.set_index("method").loc["minicache"]
+    assert failed["error"] == "MethodConfigError: method.gamma=1.5 must be in [0, 1]"
+    assert pd.isna(failed["mc/acc"]) and pd.isna(failed["kv_ratio"])  # a failed run shows no number
+    assert pd.isna(table.set_index("method").loc["h2o", "error"])
     h2o = table.set_index("method").loc["h2o"]
     assert h2o["params"] == "heavy_ratio=0.1, recent_ratio=0.1"
     assert h2o["mc/acc"] == 0.6 and h2o["ppl/word_perplexity"] == 12.0
@@ -40,9 +46,9 @@ def test_table_has_one_row_per_complete_method_with_ratios_against_full(sweep):
 
 def test_write_report_writes_markdown_csv_and_plot(sweep, tmp_path):
     paths = write_report(sweep, "demo", tmp_path / "reports")
-    assert paths["md"].read_text().count("\n| ") == 3  # header + separator + 2 rows... (rows start with '| ')
+    assert paths["md"].read_text().count("\n| ") == 4  # header + separator + 3 rows (rows start with '| ')
     csv = pd.read_csv(paths["csv"])
-    assert list(csv["method"]) == ["full", "h2o"]
+    assert list(csv["method"]) == ["full", "h2o", "minicache"]
     assert paths["png"].stat().st_size > 1000
 
 

@@ -71,3 +71,41 @@ def test_a_record_of_another_schema_version_or_with_unknown_fields_is_refused(tm
         results.atomic_write_text(tmp_path / "r.json", json.dumps(bad))
         with pytest.raises(results.RecordError, match=message):
             results.read_record(tmp_path / "r.json")
+
+
+def test_records_are_written_with_the_users_umask_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = results.write_record(tmp_path / "r.json", _record("1"))
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_a_record_that_cannot_be_written_where_configured_goes_to_the_rescue_dir(tmp_path, monkeypatch, caplog):
+    import errno
+
+    monkeypatch.setattr(results.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    real = results.write_record
+
+    def full_disk(path, record):
+        if "kvbench-rescued-records" not in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, record)
+
+    monkeypatch.setattr(results, "write_record", full_disk)
+    store = results.RecordStore(tmp_path / "run" / "record.json", tmp_path / "records" / "h.json")
+    written = store.save(_record("abc", acc=0.9))
+    assert written == [tmp_path / "tmp" / "kvbench-rescued-records" / "abc.json"]
+    assert results.read_record(written[0]).metrics == {"t": {"acc": 0.9}}
+    assert "saved to" in caplog.text and "No space left on device" in caplog.text
+
+
+def test_one_copy_failing_still_writes_the_other(tmp_path, monkeypatch):
+    real = results.write_record
+    monkeypatch.setattr(results, "write_record",
+                        lambda path, record: (_ for _ in ()).throw(OSError("gone")) if "records" in str(path)
+                        else real(path, record))
+    store = results.RecordStore(tmp_path / "run" / "record.json", tmp_path / "records" / "h.json")
+    assert store.save(_record("1")) == [tmp_path / "run" / "record.json"]
+    assert list(store.failed) == [tmp_path / "records" / "h.json"]

@@ -97,8 +97,10 @@ def gather_rows(x: torch.Tensor, b: torch.Tensor, g: torch.Tensor, n: torch.Tens
 
 
 def retained_count(gamma: float, n_tokens: int) -> int:
-    """⌈γ·N⌉, robust to float noise (0.07·100 must give 7, not 8)."""
-    return min(n_tokens, math.ceil(round(gamma * n_tokens, 6)))
+    """⌈γ·N⌉ exactly for the decimal γ the user typed (0.07·100 is 7, not 8 from 7.000000000000001)."""
+    from fractions import Fraction
+
+    return min(n_tokens, math.ceil(Fraction(str(gamma)) * n_tokens))
 
 
 def range_threshold(distance: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from kvbench.config import cache_root
 from kvbench.errors import SuiteConfigError
 
 #: The official per-dataset prompts (``config/dataset2prompt.json`` of THUDM/LongBench).
@@ -135,8 +136,7 @@ def hub_data_dir() -> Path:
     from huggingface_hub import hf_hub_download
 
     archive = Path(hf_hub_download(HUB_REPO, "data.zip", repo_type="dataset"))
-    cache = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench"))
-    target = cache / "longbench"
+    target = cache_root() / "longbench"
     if not (target / "data").is_dir():
         with zipfile.ZipFile(archive) as z:
             z.extractall(target)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from kvbench.config import cache_root
 from kvbench.corpus import corpus_fingerprint, load_texts
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class CalibrationSpec:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KVBENCH_CACHE_DIR") or Path.home() / ".cache" / "kvbench").expanduser() / "calibration"
+    return cache_root() / "calibration"
 
 
 def calibration_ids(tokenizer, spec: CalibrationSpec) -> torch.Tensor:

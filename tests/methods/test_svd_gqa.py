@@ -159,7 +159,7 @@ def test_svd_initialisation_beats_mean_pooling_on_a_low_rank_group(tiny_mha):
     (dict(kv_heads=0), "method.kv_heads=0 must be a positive"),
     (dict(kv_heads=-2), "method.kv_heads=-2 must be a positive"),
     (dict(calibration="/no/such/corpus.txt"), "does not exist"),
-    (dict(calibration="./no/such/corpus_dir"), "no such file or directory"),
+    (dict(calibration="./no/such/corpus_dir"), "corpus file './no/such/corpus_dir' does not exist"),
     (dict(calibration_sequences=0), "method.calibration_sequences=0"),
     (dict(rope="alibi"), "method.rope='alibi' is not valid"),
 ])

@@ -17,7 +17,6 @@ returns them as a ``datasets.Dataset``. Same seed → same file, byte for byte.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -32,8 +31,9 @@ CITIES = ["Paris", "Tokyo", "Lima", "Cairo", "Oslo", "Delhi", "Quito", "Seoul", 
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("KVBENCH_CACHE_DIR", Path.home() / ".cache" / "kvbench"))
-    path = root / "tasks"
+    from kvbench.config import cache_root
+
+    path = cache_root() / "tasks"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
