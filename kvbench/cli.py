@@ -80,7 +80,9 @@ def _run_job(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        record = run(cfg, hydra_cfg.runtime.output_dir, reuse_loaded=multirun)
+        record = run(cfg, hydra_cfg.runtime.output_dir, reuse_loaded=multirun,
+                     job_num=hydra_cfg.job.num if multirun else 0,
+                     sweep_id=Path(hydra_cfg.sweep.dir).name if multirun else None)
     except KvbenchError as error:
         if not multirun:
             fail(error)
@@ -91,6 +93,8 @@ def _run_job(cfg) -> None:
             raise
         log.exception("job %s (%s) failed; its record says why, and the sweep goes on", hydra_cfg.job.num,
                       cfg.method.name)
+        return
+    if os.environ.get("RANK", "0") != "0":  # a data-parallel rank other than 0: rank 0 reports
         return
     log.info("%s on %s: %s | kv ratio %s | record %s/record.json", record.method["name"], record.suite["name"],
              {t: round(record.primary_value(t), 4) for t in record.metrics}, record.kv.get("ratio"),

@@ -31,7 +31,7 @@ def register_configs() -> None:
         cs.store(group="schema/suite", name=runner, node=suite.Config)
 
 
-def compose_config(overrides: list[str], explain_errors: bool = True) -> DictConfig:
+def compose_config(overrides: list[str], explain_errors: bool = True, with_hydra: bool = False) -> DictConfig:
     """Compose kvbench's config from Hydra overrides outside a Hydra app (lm-eval's CLI, tests, scripts).
 
     A composition error (unknown option, typo, wrong type) raises :class:`~kvbench.errors.ConfigError`
@@ -43,9 +43,9 @@ def compose_config(overrides: list[str], explain_errors: bool = True) -> DictCon
     register_configs()
     try:
         if GlobalHydra.instance().is_initialized():
-            return compose("config", overrides=list(overrides))
+            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
     except HydraException as error:
         if not explain_errors:
             raise
@@ -55,9 +55,8 @@ def compose_config(overrides: list[str], explain_errors: bool = True) -> DictCon
 # -- one line for every composition error ----------------------------------------------------------------
 def check_overrides(overrides: list[str]) -> None:
     """Compose every job the overrides describe (sweeps expanded one key at a time) and raise
-    :class:`~kvbench.errors.ConfigError` with one line for the first that Hydra rejects.
-
-    ``hydra.*`` and ``hydra/...`` overrides are Hydra's own and are left to it."""
+    :class:`~kvbench.errors.ConfigError` with one line for the first that Hydra rejects. Hydra's own
+    overrides (``hydra/launcher=...``, ``hydra.launcher.n_jobs=...``) are checked with the first job."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -69,15 +68,22 @@ def check_overrides(overrides: list[str]) -> None:
         except OverrideParseException as error:
             raise ConfigError(f"cannot parse the override {text!r}: {str(error).splitlines()[0]} "
                               "(Hydra override syntax: key=value, +key=value, key=a,b for a sweep)") from None
-        if not override.is_hydra_override():
-            parsed.append(override)
+        parsed.append(override)
     base = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
             for o in parsed]
-    compose_config(base)
+    check_launcher(compose_config(base, with_hydra=True).hydra.launcher)
     for i, override in enumerate(parsed):
         if override.is_sweep_override():
             for value in list(override.sweep_string_iterator())[1:]:
                 compose_config([*base[:i], f"{override.get_key_element()}={value}", *base[i + 1:]])
+
+
+def check_launcher(launcher) -> None:
+    """Parallelism settings of Hydra's launchers must be positive (joblib reads n_jobs <= 0 as 'all but ...')."""
+    for key, what in (("n_jobs", "parallel workers"), ("array_parallelism", "jobs running at once")):
+        value = launcher.get(key) if hasattr(launcher, "get") else None
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"hydra.launcher.{key}={value} must be a positive number of {what}")
 
 
 def explain(error: Exception, overrides: list[str]) -> str:

@@ -97,3 +97,6 @@ class RunConfig:
     #: Where roll-up tables and plots go, and the name of a sweep's table.
     reports_dir: str = "reports"
     report_name: Optional[str] = None
+    #: Where each job of a parallel sweep puts its model: null = ``model.device_map``; ``round_robin`` = job k
+    #: on GPU k mod n (joblib workers on a multi-GPU box). Not part of the config hash.
+    job_device: Optional[str] = None

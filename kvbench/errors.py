@@ -44,5 +44,6 @@ def fail(error: BaseException, prog: str = "kvbench") -> None:
     """Print ``error`` as kvbench's one line on stderr and exit 2 (re-raise it under ``KVBENCH_DEBUG=1``)."""
     if debug_mode():
         raise error
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # data-parallel ranks all fail alike: rank 0 says it once
+        print(f"{prog}: error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -15,7 +15,7 @@ import copy
 import importlib.util
 import json
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 from kvbench.config import ModelConfig
@@ -167,6 +167,27 @@ def _config_key(cfg) -> str:
 
         data = OmegaConf.to_container(cfg, resolve=True)
     return json.dumps(data, sort_keys=True, default=str)
+
+
+JOB_DEVICES = ("round_robin",)
+
+
+def placed(cfg, job_device: str | None = None, job_num: int = 0, local_rank: int | None = None):
+    """``cfg`` with the device this job's model goes to, when the job should not use ``cfg.device_map``:
+    a data-parallel rank takes GPU ``local_rank``; ``job_device=round_robin`` puts job k of a sweep on GPU
+    k mod n (parallel local workers, one GPU each). Without CUDA nothing changes."""
+    import torch
+
+    if not torch.cuda.is_available() or (local_rank is None and job_device is None):
+        return cfg
+    index = local_rank if local_rank is not None else job_num % torch.cuda.device_count()
+    if is_dataclass(cfg):
+        return replace(cfg, device_map=f"cuda:{index}")
+    from omegaconf import OmegaConf
+
+    placed_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    placed_cfg.device_map = f"cuda:{index}"
+    return placed_cfg
 
 
 def private_copy(model):

@@ -23,7 +23,7 @@ from kvbench.errors import KvbenchError
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 2
 #: Config keys that do not change what a run measures (excluded from the hash).
-UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name")
+UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device")
 
 
 class RecordError(KvbenchError):
@@ -166,6 +166,8 @@ class RecordStore:
     def save(self, record: "RunRecord") -> list[Path]:
         import logging
 
+        if not self.paths:  # a store that keeps nothing (a data-parallel rank other than 0)
+            return []
         written = []
         for path in self.paths:
             try:

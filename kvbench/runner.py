@@ -20,9 +20,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from kvbench.environment import environment
+from kvbench.eval import distributed
 from kvbench.eval.component_ratios import component_ratios
 from kvbench.eval.protocol import CompressionProtocol
-from kvbench.models import describe_model, load_base_model, private_copy
+from kvbench.models import describe_model, load_base_model, placed, private_copy
 from kvbench.errors import KvbenchError
 from kvbench.results import (RECORD_NAME, RecordStore, RunRecord, config_hash, find_complete_record, read_record,
                              write_record)
@@ -33,10 +34,13 @@ from kvbench.validation import RunPlan, check_destinations, validate
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = False) -> RunRecord:
+def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = False, job_num: int = 0,
+        sweep_id: str | None = None) -> RunRecord:
     """Run one configuration and return its record (also written to ``output_dir/record.json``).
 
-    ``reuse_loaded`` keeps the base model in memory for the next job of a sweep."""
+    ``reuse_loaded`` keeps the base model in memory for the next job of a sweep; ``job_num`` places the job
+    (``job_device=round_robin``); ``sweep_id`` groups the sweep's W&B runs. Under ``accelerate launch`` every
+    rank evaluates its share and only rank 0 writes the record and logs (:mod:`kvbench.eval.distributed`)."""
     output_dir = Path(output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     digest = config_hash(resolved)
@@ -48,7 +52,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         return record
 
     started = time.perf_counter()
-    store = RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json")
+    main = distributed.is_main_process()
+    store = RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json") if main else RecordStore()
     try:
         plan = validate(cfg)
     except KvbenchError as error:  # rejected before anything ran: the record says why (a sweep's table shows it)
@@ -60,12 +65,14 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         store.save(record)
 
     save()
-    tracker = Tracker(cfg.logger, resolved, run_name=f"{cfg.model.name}-{plan.method.name}", run_id=record.run_id)
+    tracker = Tracker(cfg.logger if main else OmegaConf.create({"mode": "disabled"}), resolved,
+                      run_name=f"{cfg.model.name}-{plan.method.name}", run_id=record.run_id, group=sweep_id,
+                      job_type=plan.method.name)
     record.outputs.update(wandb=tracker.status, wandb_dir=tracker.run_dir)
     exit_code = 0
     try:
         t0 = time.perf_counter()
-        model, tokenizer, reference_config = load_and_apply(cfg, plan.method, reuse_loaded)
+        model, tokenizer, reference_config = load_and_apply(cfg, plan.method, reuse_loaded, job_num)
         record.timing["load_apply_s"] = time.perf_counter() - t0
         record.model = describe_model(cfg.model.name, model, reference_config)
         protocol = CompressionProtocol(model, plan.method, reference_config)
@@ -77,8 +84,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
             tracker.log_task(result.task, result.metrics)
             save()
         record.timing["eval_s"] = time.perf_counter() - t0
+        protocol.stats = distributed.combined_stats(protocol.stats)
         record.kv = protocol.stats.kv_summary()
-        if (components := component_ratios(protocol)) is not None:
+        if main and (components := component_ratios(protocol)) is not None:
             record.kv["components"] = components
         record.timing.update(protocol.stats.speed_summary())
         record.status = "complete"
@@ -97,9 +105,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
     return record
 
 
-def load_and_apply(cfg: DictConfig, method, reuse_loaded: bool = False):
+def load_and_apply(cfg: DictConfig, method, reuse_loaded: bool = False, job_num: int = 0):
     """``(model after the method, tokenizer, the model's config before it)``; a kept model is never modified."""
-    model, tokenizer = load_base_model(cfg.model, keep_loaded=reuse_loaded)
+    model_cfg = placed(cfg.model, cfg.get("job_device"), job_num, distributed.local_rank() if distributed.world_size() > 1 else None)
+    model, tokenizer = load_base_model(model_cfg, keep_loaded=reuse_loaded)
     reference_config = copy.deepcopy(model.config)
     if method.changes_model and reuse_loaded:
         model = private_copy(model)

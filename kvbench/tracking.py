@@ -122,59 +122,38 @@ def _is_number(value) -> bool:
 
 
 # -- reading an offline run back ----------------------------------------------------------------
-_BLOCK = 32768
-_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte), then LevelDB-style log records
+_HEADER = 7  # bytes of the transaction log's header: a log longer than this holds records
 
 
 def read_offline_run(run_dir: str | Path) -> dict:
-    """What an offline W&B run holds: ``{"config", "history" (list of dicts), "summary"}``.
+    """What an offline W&B run holds: ``{"run": {id, name, group, job_type}, "config", "history" (list of
+    dicts), "summary"}``, so offline results can be checked or reused without uploading.
 
-    Parses the run's ``run-<id>.wandb`` transaction log (LevelDB log framing of W&B's
-    protobuf ``Record``s), so offline results can be checked or re-used without uploading.
-    """
-    import json as _json
+    Read with W&B's own reader of the run's ``.wandb`` transaction log (``wandb leet inspect --json``),
+    not a parser of kvbench's: the binary format is W&B's to change."""
+    import json
+    import subprocess
+    import sys
 
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    data = path.read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B transaction log")
-    out = {"config": {}, "history": [], "summary": {}}
-    for payload in _log_payloads(data):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            out["history"].append({i.key or "/".join(i.nested_key): _json.loads(i.value_json) for i in record.history.item})
-        elif kind == "summary":
-            for item in record.summary.update:
-                out["summary"][item.key or "/".join(item.nested_key)] = _json.loads(item.value_json)
+    result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"wandb could not read the offline run in {run_dir}: {result.stderr.strip()[-300:]}")
+    out: dict = {"run": {}, "config": {}, "history": [], "summary": {}}
+    for line in result.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        kind = entry.get("type")
+        if kind == "run":
+            run = entry["run"]
+            out["run"] = {"id": run.get("run_id"), "name": run.get("display_name"), "group": run.get("run_group"),
+                          "job_type": run.get("job_type")}
+            out["config"].update({k: v for k, v in run.get("config", {}).get("update", {}).items() if k != "_wandb"})
         elif kind == "config":
-            for item in record.config.update:
-                out["config"][item.key or "/".join(item.nested_key)] = _json.loads(item.value_json)
+            out["config"].update(entry["config"].get("update", {}))
+        elif kind == "history":
+            out["history"].append({k: v for k, v in entry["history"]["item"].items() if not k.startswith("_")})
+        elif kind == "summary":
+            out["summary"].update(entry["summary"].get("update", {}))
     return out
-
-
-def _log_payloads(data: bytes):
-    pos, pending = _HEADER, b""
-    while pos + 7 <= len(data):
-        left_in_block = _BLOCK - pos % _BLOCK
-        if left_in_block < 7:
-            pos += left_in_block
-            continue
-        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
-        kind = data[pos + 6]
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:  # full record
-            yield chunk
-        elif kind == 2:  # first fragment
-            pending = chunk
-        elif kind == 3:  # middle
-            pending += chunk
-        elif kind == 4:  # last
-            yield pending + chunk
-            pending = b""
-        elif kind == 0 and length == 0:
-            continue

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kvbench.config import WANDB_MODES, cache_root
 from kvbench.errors import ConfigError
+from kvbench.eval import distributed
 from kvbench.methods import Method, build_method
-from kvbench.models import check_model_source, load_config
+from kvbench.models import JOB_DEVICES, check_model_source, load_config
 from kvbench.suites import Suite, build_suite
 
 
@@ -41,8 +42,14 @@ def validate(cfg: DictConfig) -> RunPlan:
     """Check the whole run before the model loads; return what the run needs."""
     if cfg.logger.mode not in WANDB_MODES:
         raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not valid (choose one of: {', '.join(WANDB_MODES)})")
+    if cfg.get("job_device") not in (None, *JOB_DEVICES):
+        raise ConfigError(f"job_device={cfg.job_device!r} is not valid (choose one of: {', '.join(JOB_DEVICES)}, or null)")
     method = build_method_from(cfg.method)
     suite = build_suite(cfg.suite)
+    if distributed.world_size() > 1 and not suite.supports_data_parallel:
+        raise ConfigError(f"suite.runner={cfg.suite.runner} cannot be split over {distributed.world_size()} "
+                          "data-parallel processes (lm_eval suites can); run it in one process, or spread a "
+                          "sweep's jobs over devices with a launcher (README: Scaling out)")
     check_model_source(cfg.model)
     suite_plan = suite.validate(cfg.model)
     method.check_model(load_config(cfg.model))

@@ -66,7 +66,9 @@ def run_in(tmp_path, monkeypatch):
     (["method=minicache", "method.gamma=lots"], "method.gamma=lots: Value 'lots' of type 'str' could not be converted"),
     (["method.heavy_ratio=[1,2"], "cannot parse the override 'method.heavy_ratio=[1,2'"),
     (["-m", "method=full,nope"], "method=nope is not a kvbench method config"),
-    (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: force, logger, method, model"),
+    (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: force, job_device, logger, method, model"),
+    (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
+    (["-m", "hydra/launcher=workers", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be a positive number"),
 ])
 def test_composition_errors_are_one_line_with_the_valid_choices(tmp_path, args, expected):
     result = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
@@ -97,6 +99,7 @@ def test_composition_error_translation_keeps_hydras_error_as_the_cause():
     (["method=svd_gqa", "method.calibration=allenai/c4"],
      "method.calibration: corpus 'allenai/c4' is a hub dataset, but HF_DATASETS_OFFLINE=1"),
     (["model=llama2_7b"], "model=llama2_7b: could not load the config of 'meta-llama/Llama-2-7b-hf'"),
+    (["job_device=gpu0"], "job_device='gpu0' is not valid (choose one of: round_robin, or null)"),
     (["method=minicache", "method.start_layer=7"], "method.start_layer=7 must be in [1, 2] for this 4-layer model"),
 ])
 def test_bad_values_fail_before_the_model_loads_and_leave_a_failed_record(run_in, no_model_loading, tmp_path,

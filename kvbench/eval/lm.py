@@ -25,6 +25,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
+from kvbench.eval import distributed
 from kvbench.eval.protocol import CompressionProtocol
 
 #: kvbench's offline lm-eval tasks (YAML + utils), usable with ``--include_path``.
@@ -42,6 +43,20 @@ class KvbenchLM(HFLM):
         self.method = method_obj
         self.stream_chunk = int(stream_chunk)
         self.protocol = protocol if protocol is not None else CompressionProtocol(model, method_obj, reference_config)
+        if distributed.world_size() > 1:  # accelerate launch: lm-eval splits requests by rank, gathers to rank 0
+            self.accelerator = distributed.accelerator()
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+
+    # lm-eval pads the ranks to equal request counts by repeating a rank's last request object: evaluate
+    # each distinct request once, so a padded (or repeated) request costs nothing and is measured once.
+    def loglikelihood(self, requests, disable_tqdm=False):
+        return _once_each(requests, lambda unique: super(KvbenchLM, self).loglikelihood(unique, disable_tqdm))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        return _once_each(requests, lambda unique: self._rolling(unique, disable_tqdm))
+
+    def generate_until(self, requests, disable_tqdm=False):
+        return _once_each(requests, lambda unique: self._generate(unique, disable_tqdm))
 
     # -- loglikelihood ------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
@@ -68,7 +83,7 @@ class KvbenchLM(HFLM):
             context = context[overflow:]
         return context, continuation
 
-    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+    def _rolling(self, requests, disable_tqdm=False):
         results = []
         for (string,) in tqdm([r.args for r in requests], disable=disable_tqdm or self.rank != 0,
                               desc=f"kvbench rolling loglikelihood (stream_chunk={self.stream_chunk})"):
@@ -81,7 +96,7 @@ class KvbenchLM(HFLM):
         return results
 
     # -- generation ---------------------------------------------------------------------------
-    def generate_until(self, requests, disable_tqdm=False):
+    def _generate(self, requests, disable_tqdm=False):
         results = []
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm or self.rank != 0,
@@ -110,3 +125,15 @@ class KvbenchLM(HFLM):
         info = super().get_model_info()
         info["kvbench_method"] = getattr(self.method, "name", None)
         return info
+
+
+def _once_each(requests, evaluate):
+    """``evaluate`` on the distinct request objects, results expanded back to every position."""
+    position: dict[int, int] = {}
+    unique = []
+    for request in requests:
+        if id(request) not in position:
+            position[id(request)] = len(unique)
+            unique.append(request)
+    results = evaluate(unique)
+    return [results[position[id(request)]] for request in requests]

@@ -71,6 +71,8 @@ class Suite:
     Config: ClassVar[type[SuiteConfig]] = SuiteConfig
     #: The options dataclass (the type of ``Config.options``).
     Options: ClassVar[type] = NoOptions
+    #: Whether ``accelerate launch`` can split the suite's requests over processes.
+    supports_data_parallel: ClassVar[bool] = False
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -43,6 +43,7 @@ class LmEvalConfig(SuiteConfig):
 class LmEval(Suite):
     runner = "lm_eval"
     Config = LmEvalConfig
+    supports_data_parallel = True  # lm-eval shards requests by rank and gathers the samples to rank 0
 
     def validate(self, model_cfg=None) -> list[str]:
         unknown = [t for t in self.tasks if t not in local_tasks()]
@@ -73,6 +74,8 @@ class LmEval(Suite):
                 bootstrap_iters=0, log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                 fewshot_random_seed=seed, gen_kwargs=gen_kwargs,
             )
+            if results is None:  # a data-parallel rank other than 0: rank 0 holds the gathered results
+                continue
             samples = results.get("samples", {})
             for name, scores in results["results"].items():
                 metrics = {k.split(",")[0]: v for k, v in scores.items()
