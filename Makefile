@@ -1,7 +1,8 @@
 # The two commands of the README. Both create .venv (if missing) and install from the committed lock.
-#   make quickstart   set up, then run every method on the bundled model (table in reports/quickstart.md)
+#   make quickstart   set up, then run every method on the bundled model (table in outputs/reports/quickstart.md)
 #   make test         set up, then run the test suite (what CI runs)
 # Maintenance:
+#   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
 #   make test-latest  install the newest allowed versions, ignoring the lock, and run the tests (upstream drift)
@@ -18,7 +19,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup quickstart test lock test-latest
+.PHONY: setup quickstart test lock test-latest examples
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
@@ -33,6 +34,9 @@ setup: $(VENV)/.installed
 
 quickstart: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart
+
+examples: setup
+	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart reports_dir=reports
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q

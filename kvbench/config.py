@@ -95,7 +95,7 @@ class RunConfig:
     #: Where every run's record is also stored as ``<config_hash>.json`` (used to skip finished jobs).
     records_dir: str = "outputs/records"
     #: Where roll-up tables and plots go, and the name of a sweep's table.
-    reports_dir: str = "reports"
+    reports_dir: str = "outputs/reports"
     report_name: Optional[str] = None
     #: Where each job of a parallel sweep puts its model: null = ``model.device_map``; ``round_robin`` = job k
     #: on GPU k mod n (joblib workers on a multi-GPU box). Not part of the config hash.

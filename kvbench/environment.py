@@ -94,7 +94,16 @@ def environment() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "lm_eval": lm_eval.__version__, "kvbench": kvbench.__version__, "device": device, "git_commit": commit,
-            "torch_threads": torch.get_num_threads(), "lock_sha256": lock_sha256(), "lock_drift": lock_drift()}
+            "torch_threads": torch.get_num_threads(), "load_avg_1m": _load_average(), "lock_sha256": lock_sha256(),
+            "lock_drift": lock_drift()}
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (context for timings on a shared machine)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,11 @@ than ``model``/``method`` is a Hydra override of kvbench's config (``method.<par
 
 from __future__ import annotations
 
+import sys
+
 from kvbench.compose import compose_config
 from kvbench.errors import KvbenchError, fail
-from kvbench.eval.lm import KvbenchLM
+from kvbench.eval.lm import KvbenchLM, quiet_lm_eval
 from kvbench.models import check_model_source, load_config
 from kvbench.runner import load_and_apply
 from kvbench.validation import build_method_from
@@ -32,5 +34,17 @@ class KvbenchCLIModel(KvbenchLM):
             loaded, tokenizer, reference_config = load_and_apply(cfg, method_obj)
         except KvbenchError as error:
             fail(error)
+        quiet_lm_eval()
         super().__init__(loaded, tokenizer, method_obj, reference_config, max_length=max_length or cfg.model.max_length,
                          stream_chunk=cfg.suite.stream_chunk, batch_size=batch_size)
+
+    def get_model_info(self) -> dict:
+        """Also prints the KV cache figures on the lm-eval CLI (they are saved in the results JSON's ``config``)."""
+        info = super().get_model_info()
+        kv = info["kvbench_kv"]
+        if self.rank == 0 and kv["stored_bytes"]:
+            print(f"kvbench: {info['kvbench_method']}: the KV cache held {kv['stored_bytes'] / 2**20:.2f} MiB where an "
+                  f"uncompressed one holds {kv['full_bytes'] / 2**20:.2f} MiB (ratio {kv['ratio']:.2f}x, summed over "
+                  "requests after context compression); saved as config.kvbench_kv in lm-eval's results JSON",
+                  file=sys.stderr)
+        return info

@@ -1,23 +1,33 @@
-"""Roll-up of result records into comparison tables (markdown + CSV) and a plot under ``reports/``.
+"""Roll-up of run records into a comparison table (markdown, CSV, LaTeX) and a Pareto plot.
 
-One row per method configuration: the parameters it changed from the method's defaults, each task's primary metric, the
-average of the higher-is-better metrics, the KV compression measured on the run's own
-sequences (``full_bytes / stored_bytes``), the ratio of stored bytes to the ``full``
-run of the same model, suite, task list and limit (blank when there is none), and decode speed.
+One row per method configuration: its label (a variant config reports its own name, ``h2o_local``) and the
+parameters changed from that config's defaults in a short form (``heavy_ratio=0.2``); per task, the
+primary metric with its 95% interval and ``n`` (bootstrapped over samples by the suite), marked ``▼``/``▲``
+when it is *significantly* worse/better than the ``full`` run of the same workload (model, suite, tasks,
+limit): the two 95% intervals do not overlap. ``mean_rank`` summarises every primary metric, perplexities
+included: per task the rows are ranked (1 = best, in the metric's own direction; ties share the average
+rank), and the ranks are averaged. ``kv_ratio`` is the compression measured on the run's own sequences
+(uncompressed bytes / bytes the cache held); ``kv_ratio_expected`` (``combined`` only) the product of each
+component's ratio measured alone. Decode speed is reported with the device and machine load it ran on.
+Failed runs are listed last with their error and no numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from kvbench.errors import KvbenchError
-from kvbench.results import load_records
+from kvbench.results import load_records, short_params
 
 ID_COLUMNS = ["model", "method", "params"]
+#: A row is compared with the ``full`` record that ran the same workload.
+PAIRING = ["model", "suite", "tasks", "limit"]
+FORMATS = ("md", "csv", "png", "tex")
 
 
 class ReportError(KvbenchError):
@@ -37,33 +47,78 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
     return frame, skipped
 
 
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """``task/metric`` columns in the suites' own task order (not alphabetical)."""
+    order: list[str] = []
+    for tasks in frame["tasks"]:
+        for task in json.loads(tasks or "[]") or []:
+            if task not in order:
+                order.append(task)
+    columns = [c for c in frame.columns if "/" in c and ":" not in c]
+
+    def position(column: str) -> tuple[int, str]:
+        task = column.split("/")[0]
+        base = next((i for i, t in enumerate(order) if task == t or task.startswith(f"{t}_")), len(order))
+        return base, column
+
+    return sorted(columns, key=position)
+
+
 def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """One row per run under ``root`` (or of a frame from :func:`collect`): complete runs first, then failed
-    ones with their error and blank metrics."""
+    """The table as numbers: per metric column its value, ``:low``/``:high`` (95% interval), ``:n`` and
+    ``:vs_full`` (``worse``/``better``/``same``/blank); then ``mean_rank``, the KV ratios, decode speed."""
     frame = (root if isinstance(root, pd.DataFrame) else collect(root)[0]).copy()
-    frame["params"] = frame["method_params"].map(_short_params)
-    metric_cols = [c for c in frame.columns if "/" in c and not c.startswith("_")]
     higher = frame.attrs.get("higher_is_better", {})
-    avg_cols = [c for c in metric_cols if higher.get(c, True)]
-    table = frame[ID_COLUMNS + metric_cols].copy()
-    table["avg"] = frame[avg_cols].mean(axis=1, skipna=False) if avg_cols else float("nan")
-    table["kv_ratio"] = frame["kv_ratio"]
-    if frame["kv_expected_ratio"].notna().any():  # combined: product of the components' own ratios
-        table["kv_ratio_expected"] = frame["kv_expected_ratio"]
-    table["kv_vs_full"] = frame["kv_stored_bytes"] / _full_stored_bytes(frame)
-    table["decode_tok_s"] = frame["decode_tok_s"]
+    metrics = metric_columns(frame)
     failed = frame["status"] != "complete"
+    table = pd.DataFrame({"model": frame["model"], "method": frame["label"],
+                          "params": frame["label_params"].map(_short)})
+    keys = _pairing_keys(frame)
+    full = frame[(frame["method"] == "full") & ~failed].assign(_key=keys).sort_values("created_at")
+    full_by_key = full.groupby("_key").last()
+    for column in metrics:
+        value = frame[column].where(~failed)
+        table[column] = value
+        table[f"{column}:low"] = frame.get(f"{column}:low")
+        table[f"{column}:high"] = frame.get(f"{column}:high")
+        table[f"{column}:n"] = frame.get(f"{column}:n")
+        table[f"{column}:vs_full"] = [
+            _versus(row, full_by_key.loc[key] if key in full_by_key.index else None, column, higher.get(column, True))
+            if not bad and method != "full" else None
+            for (_, row), key, bad, method in zip(frame.iterrows(), keys, failed, frame["method"])]
+    ranks = pd.DataFrame({c: table[c].rank(ascending=not higher.get(c, True), method="average") for c in metrics})
+    table["mean_rank"] = ranks.mean(axis=1, skipna=True).where(~failed)
+    table["kv_ratio"] = frame["kv_ratio"].where(~failed)
+    if frame["kv_expected_ratio"].notna().any():
+        table["kv_ratio_expected"] = frame["kv_expected_ratio"].where(~failed)
+    table["decode_tok_s"] = frame["decode_tok_s"].where(~failed)
     if failed.any():
-        table.loc[failed, metric_cols + ["avg", "kv_ratio", "kv_vs_full", "decode_tok_s"]] = float("nan")
         table["error"] = frame["error"].where(failed, None)
-    table["_failed"], table["_baseline_last"] = failed, table["method"] != "full"  # full first, then by name
-    table = table.sort_values(["_failed", "model", "_baseline_last", "method", "params"])
+    table["_failed"], table["_baseline_last"] = failed.values, (frame["method"] != "full").values
+    table = table.sort_values(["_failed", "model", "_baseline_last", "method", "params"], kind="stable")
+    table.attrs = {"higher_is_better": higher, "metrics": metrics}
     return table.drop(columns=["_failed", "_baseline_last"]).reset_index(drop=True)
 
 
-def lock_warning(root: str | Path | pd.DataFrame) -> str | None:
-    """A warning when the complete records under ``root`` come from different lock files (package sets)."""
-    frame = root if isinstance(root, pd.DataFrame) else collect(root)[0]
+def _pairing_keys(frame: pd.DataFrame) -> pd.Series:
+    return pd.Series(["|".join(map(str, row)) for row in frame[PAIRING].itertuples(index=False)], index=frame.index)
+
+
+def _versus(row, full, column: str, higher_is_better: bool) -> str | None:
+    """``worse``/``better`` when the row's and full's 95% intervals do not overlap, else ``same``."""
+    if full is None or pd.isna(row.get(f"{column}:low")) or pd.isna(full.get(f"{column}:low")):
+        return None
+    low, high = row[f"{column}:low"], row[f"{column}:high"]
+    full_low, full_high = full[f"{column}:low"], full[f"{column}:high"]
+    if high < full_low:
+        return "worse" if higher_is_better else "better"
+    if low > full_high:
+        return "better" if higher_is_better else "worse"
+    return "same"
+
+
+def lock_warning(frame: pd.DataFrame) -> str | None:
+    """A warning when the complete records come from different lock files (package sets)."""
     digests = sorted(frame.loc[frame["status"] == "complete", "lock_sha256"].dropna().unique())
     if len(digests) < 2:
         return None
@@ -71,21 +126,57 @@ def lock_warning(root: str | Path | pd.DataFrame) -> str | None:
             f"(sha256 {', '.join(d[:12] for d in digests)}): its figures may come from different package versions")
 
 
-#: A row is compared with the ``full`` record that ran the same workload.
-PAIRING = ["model", "suite", "tasks", "limit"]
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text cells: ``value [low, high]`` with ``▼``/``▲`` against full, blanks where nothing applies."""
+    metrics = table.attrs.get("metrics", [])
+    higher = table.attrs.get("higher_is_better", {})
+    shown = table[ID_COLUMNS].copy()
+    for column in metrics:
+        ns = table[f"{column}:n"].dropna().unique()
+        title = f"{column} ({'↑' if higher.get(column, True) else '↓'}{', n=' + str(int(ns[0])) if len(ns) == 1 else ''})"
+        shown[title] = [_cell(row, column, len(ns) > 1) for _, row in table.iterrows()]
+    for column in ("mean_rank", "kv_ratio", "kv_ratio_expected", "decode_tok_s"):
+        if column in table:
+            shown[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{v:.3g}" if column != "mean_rank" else f"{v:.2f}")
+    if "error" in table:
+        shown["error"] = table["error"].fillna("")
+    return shown
 
 
-def _full_stored_bytes(frame: pd.DataFrame) -> pd.Series:
-    """Per row, the stored bytes of the latest ``full`` record with the same model, suite, tasks and limit."""
-    keys = pd.Series(["|".join(map(str, row)) for row in frame[PAIRING].itertuples(index=False)], index=frame.index)
-    full = frame["method"] == "full"
-    latest = frame[full].assign(_key=keys[full]).sort_values("created_at").groupby("_key")["kv_stored_bytes"].last()
-    return keys.map(latest).astype(float)
+def _cell(row, column: str, with_n: bool) -> str:
+    value = row[column]
+    if pd.isna(value):
+        return ""
+    text = _fmt(value)
+    if not pd.isna(row.get(f"{column}:low")):
+        text += f" [{_fmt(row[f'{column}:low'])}, {_fmt(row[f'{column}:high'])}]"
+    if with_n and not pd.isna(row.get(f"{column}:n")):
+        text += f" n={int(row[f'{column}:n'])}"
+    return text + {"worse": " ▼", "better": " ▲"}.get(row.get(f"{column}:vs_full"), "")
 
 
-def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports") -> dict[str, Path]:
-    """Write ``<reports_dir>/<name>.md``, ``.csv`` and ``.png``; return their paths. Unreadable record files
-    are named in a warning and skipped; no readable record at all is a :class:`ReportError`."""
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
+
+
+def context_line(frame: pd.DataFrame) -> str:
+    """Where the numbers come from: model, suite, limit, and the device and load decode speed was measured on."""
+    done = frame[frame["status"] == "complete"]
+    parts = []
+    for column, name in (("model", "model"), ("suite", "suite"), ("limit", "limit"), ("device", "device")):
+        values = sorted({str(v) for v in done[column].dropna()}) if column in done else []
+        if values:
+            parts.append(f"{name} {', '.join(values)}")
+    loads = done["load_avg_1m"].dropna() if "load_avg_1m" in done else pd.Series(dtype=float)
+    if not loads.empty:
+        parts.append(f"1-min load average {loads.min():.1f}-{loads.max():.1f} at the runs' ends")
+    return "; ".join(parts)
+
+
+def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs/reports",
+                 formats: tuple[str, ...] = ("md", "csv", "png")) -> dict[str, Path]:
+    """Write ``<reports_dir>/<name>.<format>`` for each of ``formats`` (md, csv, png, tex); return the paths.
+    Unreadable record files are named in a warning and skipped; no readable record is a :class:`ReportError`."""
     frame, skipped = collect(root)
     table = comparison_table(frame)
     warning = lock_warning(frame)
@@ -93,45 +184,121 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "reports
         print(f"kvbench-report: warning: skipped {path}: {reason}", file=sys.stderr)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"md": reports_dir / f"{name}.md", "csv": reports_dir / f"{name}.csv"}
-    table.to_csv(paths["csv"], index=False)
-    header = (f"# {name}\n\nRecords under `{root}`. Metric columns are `task/primary metric` "
-              "(higher is better except perplexities); `avg` averages the higher-is-better columns; "
-              "`kv_ratio` = uncompressed bytes / bytes the cache held, measured after context compression "
-              "on the run's own sequences; `kv_vs_full` = stored bytes relative to the `full` run.\n\n"
-              + (f"**{warning}**\n\n" if warning else ""))
-    shown = table.astype(object).where(table.notna(), None)  # blank, not "nan", where a column does not apply
-    paths["md"].write_text(header + (shown.to_markdown(index=False, floatfmt=".4g") if not table.empty else "_no complete records_") + "\n",
-                           encoding="utf-8")
+    paths: dict[str, Path] = {}
+    shown = display_table(table)
+    context = context_line(frame)
+    if "csv" in formats:
+        paths["csv"] = reports_dir / f"{name}.csv"
+        table.to_csv(paths["csv"], index=False)
+    if "md" in formats:
+        paths["md"] = reports_dir / f"{name}.md"
+        header = (f"# {name}\n\n{context}. Records under `{root}`.\n\n"
+                  "Each metric cell is the primary metric with its 95% interval (bootstrap over the task's samples); "
+                  "↑/↓ in the header: higher/lower is better. ▼/▲: significantly worse/better than `full` on the "
+                  "same workload (the 95% intervals do not overlap). `mean_rank`: the rows ranked per task "
+                  "(1 = best, perplexities lowest-first, ties averaged), averaged over every task. `kv_ratio`: "
+                  "uncompressed bytes / bytes the cache held, measured on the run's own sequences"
+                  + ("; `kv_ratio_expected`: the product of each component's ratio measured alone" if
+                     "kv_ratio_expected" in table else "") + ".\n\n" + (f"**{warning}**\n\n" if warning else ""))
+        paths["md"].write_text(header + shown.to_markdown(index=False) + "\n", encoding="utf-8")
+    if "tex" in formats:
+        paths["tex"] = reports_dir / f"{name}.tex"
+        paths["tex"].write_text(shown.to_latex(index=False, escape=True, column_format="l" * len(shown.columns))
+                                .replace("▼", r"$\blacktriangledown$").replace("▲", r"$\blacktriangle$")
+                                .replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$"), encoding="utf-8")
     plotted = table[table["kv_ratio"].notna()]
-    if len(plotted) > 1:
+    if "png" in formats and len(plotted) > 1:
         paths["png"] = reports_dir / f"{name}.png"
-        plot_tradeoff(plotted, paths["png"])
+        plot_pareto(plotted, paths["png"], title=context)
     if warning:
         print(f"kvbench-report: {warning}", file=sys.stderr)
     return paths
 
 
-def plot_tradeoff(table: pd.DataFrame, path: Path) -> None:
-    """Average score against KV compression ratio, one point per method configuration."""
+def plot_pareto(table: pd.DataFrame, path: Path, title: str = "") -> None:
+    """One panel per task: the primary metric (with its 95% interval) against the measured KV compression
+    ratio (log scale), one labelled point per method configuration; perplexity axes are logarithmic."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for _, row in table.iterrows():
-        ax.scatter(row["kv_ratio"], row["avg"])
-        label = row["method"] + (f" ({row['params']})" if row["params"] else "")
-        ax.annotate(label, (row["kv_ratio"], row["avg"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("KV compression ratio (measured, x)")
-    ax.set_ylabel("average score (higher-is-better tasks)")
-    ax.grid(alpha=0.3)
+    metrics = table.attrs.get("metrics", [])
+    higher = table.attrs.get("higher_is_better", {})
+    columns = min(3, max(1, len(metrics)))
+    rows = math.ceil(len(metrics) / columns) if metrics else 1
+    # drawn at the dpi it is saved at, so the label placement measured on screen is the one in the file
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False, dpi=130)
+    labels = [(m if not p else f"{m}\n{p}") for m, p in zip(table["method"], table["params"])]
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(dict.fromkeys(table["method"]))}
+    for ax, column in zip(axes.flat, metrics):
+        x, y = table["kv_ratio"].astype(float), table[column].astype(float)
+        low = (y - table[f"{column}:low"].astype(float)).clip(lower=0).fillna(0)
+        high = (table[f"{column}:high"].astype(float) - y).clip(lower=0).fillna(0)
+        for i in range(len(table)):
+            if pd.isna(y.iloc[i]):
+                continue
+            ax.errorbar(x.iloc[i], y.iloc[i], yerr=[[low.iloc[i]], [high.iloc[i]]], fmt="o", capsize=3,
+                        color=colors[table["method"].iloc[i]])
+        ax.set_xscale("log")
+        if not higher.get(column, True) and (y.dropna() > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("KV compression (measured, ×, log scale)")
+        ax.set_ylabel(f"{column} ({'higher' if higher.get(column, True) else 'lower'} is better)")
+        ax.set_title(column.split("/")[0], fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.25, y=0.2)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for ax, column in zip(axes.flat, metrics):  # after the layout, so label boxes are where they will be drawn
+        _label_points(ax, table["kv_ratio"].astype(float), table[column].astype(float), labels)
+    fig.savefig(path, dpi=fig.dpi)
     plt.close(fig)
 
 
-def _short_params(params_json: str) -> str:
-    params = json.loads(params_json)
-    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
+def _label_points(ax, x, y, labels) -> None:
+    """Labels beside their points (left of points in the right half, so nothing leaves the panel), pushed
+    apart vertically in display space so none overlap."""
+    points = [(xi, yi, label) for xi, yi, label in zip(x, y, labels) if not (pd.isna(xi) or pd.isna(yi))]
+    if not points:
+        return
+    from matplotlib.transforms import Bbox
+
+    ax.figure.canvas.draw()
+    bbox = ax.get_window_extent()
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []  # display-space boxes labels must avoid: every marker, then the labels drawn so far
+    for xi, yi, _ in points:
+        px, py = ax.transData.transform((xi, yi))
+        placed.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    for xi, yi, label in sorted(points, key=lambda p: p[1]):
+        dx, dy = ax.transData.transform((xi, yi))
+        left = dx > (bbox.x0 + bbox.x1) / 2
+        side, lift = (-8 if left else 8), 0
+        text = ax.annotate(label, (xi, yi), xytext=(side, lift), textcoords="offset pixels", fontsize=7,
+                           va="center", ha="right" if left else "left",
+                           arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5"))
+        box = _text_box(text, renderer)
+        step = 0
+        while any(box.overlaps(other) for other in placed) and step < 400:
+            step += 1
+            lift = 3 * ((step + 1) // 2) * (1 if step % 2 else -1)  # 3 px up, 3 down, 6 up, ...
+            text.xyann = (side, lift)
+            box = _text_box(text, renderer)
+        placed.append(box)
+
+
+def _text_box(annotation, renderer):
+    """The display box of an annotation's text alone (its own extent includes the arrow)."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _short(params) -> str:
+    if isinstance(params, str):
+        params = json.loads(params or "{}")
+    return short_params(params or {})

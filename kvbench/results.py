@@ -47,13 +47,17 @@ class RunRecord:
     config: dict = _doc("the resolved config", factory=dict)
     model: dict = _doc("`name`; once loaded `n_params`, `n_layers`, `n_heads`, `n_kv_heads`, `head_dim` (the "
                        "original model), `kv_heads_after_method`, `dtype`", factory=dict)
-    method: dict = _doc("`name`, `params`, `changed_params` (those differing from the method's defaults: "
-                        "the report's label)", factory=dict)
+    method: dict = _doc("`name`, `label` (the method's config name: `h2o_local` is a variant of `h2o`), "
+                        "`label_params` (the parameters changed from that config's defaults: the report's label), "
+                        "`params` (defaults resolved), `changed_params` (those differing from the method's defaults)",
+                        factory=dict)
     suite: dict = _doc("`name`, `runner`, `tasks`, `limit`", factory=dict)
     metrics: dict = _doc("`{task: {metric: value}}`, written as each task finishes", factory=dict)
     primary_metrics: dict = _doc("`{task: {name, higher_is_better}}`: the column a table shows", factory=dict)
     stderr: dict = _doc("`{task: {metric: standard error}}` where the evaluator computes one", factory=dict)
     n_samples: dict = _doc("`{task: examples scored}`", factory=dict)
+    intervals: dict = _doc("`{task: [low, high]}`: 95% interval of the primary metric, bootstrapped over the task's "
+                           "samples (1000 resamples, seed 0, the task's own aggregation)", factory=dict)
     kv: dict = _doc("`full_bytes`, `stored_bytes` (summed over requests, after context compression), `ratio`, "
                     "`peak_stored_bytes`, `peak_full_bytes`; for a method with components (`combined`) also "
                     "`components`: each component's ratio measured alone on the run's longest context, their "
@@ -61,7 +65,7 @@ class RunRecord:
     timing: dict = _doc("`wall_s`, `load_apply_s`, `eval_s`, `prefill_tok_s`, `decode_tok_s`, "
                         "`decode_ms_per_token`", factory=dict)
     env: dict = _doc("`python`, `torch`, `transformers`, `lm_eval`, `kvbench`, `device`, `git_commit`, "
-                     "`torch_threads`, `lock_sha256` (sha256 of the `requirements.lock` the package was installed "
+                     "`torch_threads`, `load_avg_1m` (the machine's load when the run started), `lock_sha256` (sha256 of the `requirements.lock` the package was installed "
                      "from), `lock_drift` (pinned packages installed at another version; empty in a locked "
                      "environment)", factory=dict)
     error: str | None = _doc("`<ErrorType>: <message>` of a failed run, else null")
@@ -70,13 +74,15 @@ class RunRecord:
 
     # -- results of a run ---------------------------------------------------------------------------
     def add_task(self, task: str, metrics: dict, primary: str, higher_is_better: bool = True,
-                 stderr: dict | None = None, n: int | None = None) -> None:
+                 stderr: dict | None = None, n: int | None = None, interval=None) -> None:
         self.metrics[task] = dict(metrics)
         self.primary_metrics[task] = {"name": primary, "higher_is_better": bool(higher_is_better)}
         if stderr:
             self.stderr[task] = dict(stderr)
         if n is not None:
             self.n_samples[task] = int(n)
+        if interval is not None:
+            self.intervals[task] = [float(interval[0]), float(interval[1])]
 
     def primary_value(self, task: str):
         return self.metrics.get(task, {}).get(self.primary_metrics[task]["name"])
@@ -98,6 +104,22 @@ class RunRecord:
         if unknown:
             raise RecordError(f"{source} has unknown field(s) {', '.join(unknown)} for schema version {version}")
         return cls(**data)
+
+
+def short_params(params: dict, prefix: str = "") -> str:
+    """``{"heavy_ratio": 0.1, "tokens_params": {"gamma": 1}}`` -> ``heavy_ratio=0.1 tokens.gamma=1``: a short,
+    stable label (keys sorted, nested keys dotted, never a Python dict)."""
+    parts = []
+    for key in sorted(params):
+        value = params[key]
+        name = f"{prefix}{key.removesuffix('_params')}" if isinstance(value, dict) else f"{prefix}{key}"
+        if isinstance(value, dict):
+            inner = short_params(value, f"{name}.")
+            if inner:
+                parts.append(inner)
+        else:
+            parts.append(f"{name}={'null' if value is None else format(value, 'g') if isinstance(value, float) else value}")
+    return " ".join(parts)
 
 
 def record_fields_markdown() -> str:
@@ -240,18 +262,25 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
         row = {
             "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
             "model": record.model.get("name"), "method": record.method.get("name"),
+            "label": record.method.get("label") or record.method.get("name"),
             "method_params": json.dumps(record.method.get("changed_params", record.method.get("params", {})),
                                         sort_keys=True, default=str),
+            "label_params": json.dumps(record.method.get("label_params", record.method.get("changed_params", {})),
+                                       sort_keys=True, default=str),
             "suite": suite.get("name"), "tasks": json.dumps(suite.get("tasks")), "limit": suite.get("limit"),
             "kv_full_bytes": record.kv.get("full_bytes"), "kv_stored_bytes": record.kv.get("stored_bytes"),
             "kv_ratio": record.kv.get("ratio"),
             "kv_expected_ratio": (record.kv.get("components") or {}).get("product"),
             "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
             "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
-            "error": record.error,
+            "device": record.env.get("device"), "load_avg_1m": record.env.get("load_avg_1m"), "error": record.error,
         }
         for task, primary in record.primary_metrics.items():
-            row[f"{task}/{primary['name']}"] = record.primary_value(task)
+            column = f"{task}/{primary['name']}"
+            row[column] = record.primary_value(task)
+            low_high = record.intervals.get(task) or [None, None]
+            row[f"{column}:low"], row[f"{column}:high"] = low_high
+            row[f"{column}:n"] = record.n_samples.get(task)
             higher[f"{task}/{primary['name']}"] = bool(primary.get("higher_is_better", True))
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -35,31 +35,37 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = False, job_num: int = 0,
-        sweep_id: str | None = None) -> RunRecord:
+        sweep_id: str | None = None, method_config: str | None = None) -> RunRecord:
     """Run one configuration and return its record (also written to ``output_dir/record.json``).
 
     ``reuse_loaded`` keeps the base model in memory for the next job of a sweep; ``job_num`` places the job
-    (``job_device=round_robin``); ``sweep_id`` groups the sweep's W&B runs. Under ``accelerate launch`` every
-    rank evaluates its share and only rank 0 writes the record and logs (:mod:`kvbench.eval.distributed`)."""
+    (``job_device=round_robin``); ``sweep_id`` groups the sweep's W&B runs; ``method_config`` is the name of the
+    method's config (``h2o_local``), the record's label. Under ``accelerate launch`` every rank evaluates its share
+    and only rank 0 writes the record and logs (:mod:`kvbench.eval.distributed`). The config hash uses the
+    method's parameters with their defaults resolved, so ``heavy_ratio=null`` (meaning 0.1) and 0.1 are one run."""
     output_dir = Path(output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    digest = config_hash(resolved)
     check_destinations(cfg, output_dir)
-    if not cfg.force and (existing := find_complete_record(cfg.records_dir, digest)):
-        record = read_record(existing)
-        write_record(output_dir / RECORD_NAME, record)
-        log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
-        return record
-
     started = time.perf_counter()
     main = distributed.is_main_process()
-    store = RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json") if main else RecordStore()
     try:
         plan = validate(cfg)
     except KvbenchError as error:  # rejected before anything ran: the record says why (a sweep's table shows it)
-        store.save(rejected_record(cfg, resolved, digest, output_dir, error))
+        digest = config_hash(resolved)
+        if main:
+            RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json").save(
+                rejected_record(cfg, resolved, digest, output_dir, error))
         raise
-    record = new_record(cfg, resolved, digest, plan, output_dir)
+    resolved["method"] = {"name": plan.method.name, **plan.method.params()}
+    digest = config_hash(resolved)
+    if not cfg.force and (existing := find_complete_record(cfg.records_dir, digest)):
+        record = read_record(existing)
+        if main:
+            write_record(output_dir / RECORD_NAME, record)
+        log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
+        return record
+    store = RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json") if main else RecordStore()
+    record = new_record(cfg, resolved, digest, plan, output_dir, method_config)
 
     def save() -> None:
         store.save(record)
@@ -80,8 +86,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         t0 = time.perf_counter()
         for result in plan.suite.run(plan.suite_plan, context):
             record.add_task(result.task, result.metrics, result.primary, result.higher_is_better, result.stderr,
-                            result.n)
-            tracker.log_task(result.task, result.metrics)
+                            result.n, result.interval)
+            tracker.log_task(result.task, result.metrics, result.samples)
             save()
         record.timing["eval_s"] = time.perf_counter() - t0
         protocol.stats = distributed.combined_stats(protocol.stats)
@@ -128,13 +134,32 @@ def rejected_record(cfg: DictConfig, resolved: dict, digest: str, output_dir: Pa
     )
 
 
-def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, output_dir: Path) -> RunRecord:
+def method_label(method, method_config: str | None) -> tuple[str, dict]:
+    """``(label, params shown with it)``: a variant config (``h2o_local``) reports its own name and the
+    parameters changed from *its* defaults; otherwise the method's name and those changed from the method's."""
+    if method_config and method_config != method.name:
+        from kvbench.compose import compose_config
+        from kvbench.validation import build_method_from
+
+        try:
+            variant = build_method_from(compose_config([f"method={method_config}"]).method)
+        except KvbenchError:
+            variant = None
+        if variant is not None and variant.name == method.name:
+            return method_config, method.changed_params(variant)
+    return method.name, method.changed_params()
+
+
+def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, output_dir: Path,
+               method_config: str | None = None) -> RunRecord:
     method, suite = plan.method, cfg.suite
+    label, label_params = method_label(method, method_config)
     return RunRecord(
         run_id=uuid.uuid4().hex[:12],
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         config_hash=digest, config=resolved, model={"name": cfg.model.name},
-        method={"name": method.name, "params": method.params(), "changed_params": method.changed_params()},
+        method={"name": method.name, "label": label, "label_params": label_params, "params": method.params(),
+                "changed_params": method.changed_params()},
         suite={"name": suite.name, "runner": suite.runner, "tasks": list(suite.tasks), "limit": suite.limit},
         env=environment(), outputs={"dir": str(output_dir)},
     )

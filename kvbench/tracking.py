@@ -67,10 +67,16 @@ class Tracker:
             log.warning("W&B failed to %s (%s); the record is unaffected", what, _one_line(error))
             self.status += f"; {what} failed"
 
-    def log_task(self, task: str, metrics: dict) -> None:
+    def log_task(self, task: str, metrics: dict, samples: list[dict] | None = None) -> None:
+        """The task's metrics, and a ``wandb.Table`` of its first per-sample outputs (``<task>/samples``)."""
         if self.run is None:
             return
         flat = {f"{task}/{k}": v for k, v in metrics.items() if _is_number(v)}
+        if samples:
+            import wandb
+
+            columns = list(samples[0])
+            flat[f"{task}/samples"] = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in samples])
         if flat:
             self._guard("log", lambda: self.run.log(flat))
 
@@ -93,6 +99,32 @@ class Tracker:
     @property
     def run_dir(self) -> str | None:
         return None if self.run is None else str(Path(self.run.dir).parent)
+
+
+def log_rollup(logger_cfg, sweep_id: str, table, image_path: str | None, name: str) -> str:
+    """The sweep's roll-up in W&B: a run of ``job_type="rollup"`` in the sweep's group, holding the table
+    (``rollup/table``) and the Pareto plot (``rollup/pareto``). Returns a status line; never raises."""
+    if logger_cfg.mode == "disabled":
+        return "disabled"
+    tracker = Tracker(logger_cfg, {"report_name": name}, run_name=f"{name}-rollup", run_id=f"{sweep_id}-rollup",
+                      group=sweep_id, job_type="rollup")
+    if tracker.run is None:
+        return tracker.status
+
+    def log() -> None:
+        import wandb
+
+        payload = {"rollup/table": wandb.Table(dataframe=table.astype(str))}
+        if image_path:
+            payload["rollup/pareto"] = wandb.Image(str(image_path))
+        tracker.run.log(payload)
+
+    tracker._guard("log the roll-up", log)
+    run_dir = tracker.run_dir
+    tracker._guard("finish", lambda: tracker.run.finish())
+    if tracker.run.settings.mode == "offline":
+        _wait_for_offline_log(run_dir)
+    return tracker.status
 
 
 def _one_line(error: BaseException) -> str:

@@ -102,3 +102,26 @@ def test_a_sweep_killed_mid_job_is_resumed_without_redoing_finished_jobs(tmp_pat
     assert read_record(tmp_path / "sweep" / "0_full" / "record.json").run_id == first.run_id  # reused, not redone
     assert read_record(killed_record).status == "complete"
     assert not list((tmp_path / "sweep").rglob(".*.tmp")) and not list((tmp_path / "records").glob(".*.tmp"))
+
+
+def test_a_single_run_is_quiet_and_ends_with_a_short_table(tmp_path):
+    result = _run([BIN / "kvbench", "model=tiny_llama", "suite.limit=3", "logger=wandb_offline",
+                   f"logger.dir={tmp_path}", f"records_dir={tmp_path / 'records'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                  cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line for line in (result.stdout + result.stderr).replace("\r", "\n").splitlines()
+               if line.strip() and "%|" not in line and "Left truncation" not in line]  # progress bars aside
+    assert len(printed) < 15, printed
+    assert result.stdout.splitlines()[0].startswith(f"kvbench: full on quick (tiny_llama), record {tmp_path / 'run'}")
+    table = result.stdout
+    assert "95% interval" in table and "kvbench_prose_ppl" in table and "word_perplexity" in table
+    assert "KV cache: 1.00x smaller than uncompressed" in table and "tok/s on cpu" in table
+
+
+def test_help_says_what_kvbench_is_with_examples_and_the_user_facing_groups(tmp_path):
+    result = _run([BIN / "kvbench", "--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    text = result.stdout
+    assert text.startswith("kvbench: benchmark KV-cache compression in LLMs")
+    assert "kvbench -m method=full,h2o,minicache" in text and "method:" in text and "h2o_local" in text
+    assert "schema" not in text and "powered by Hydra" not in text

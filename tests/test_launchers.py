@@ -55,9 +55,14 @@ def test_launchers_give_the_basic_launchers_records_table_and_grouped_wandb_runs
     table = (out / "reports" / "t.md").read_text()  # the roll-up, written by the submitting process
     assert all(f"| {m} " in table for m in ("full", "h2o", "minicache"))
     runs = [read_offline_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
-    assert len(runs) == 3
+    assert len(runs) == 4  # three jobs and the sweep's roll-up
     assert {r["run"]["group"] for r in runs} == {"sweep"}  # the sweep's id (its directory's name)
-    assert sorted(r["run"]["job_type"] for r in runs) == ["full", "h2o", "minicache"]
+    assert sorted(r["run"]["job_type"] for r in runs) == ["full", "h2o", "minicache", "rollup"]
+    jobs = [r for r in runs if r["run"]["job_type"] != "rollup"]
+    logged = [{key.split(".")[0] for row in r["history"] for key in row} for r in jobs]
+    assert all("kvbench_recall_mc/samples" in keys for keys in logged)  # per-sample tables (wandb.Table)
+    rollup = next(r for r in runs if r["run"]["job_type"] == "rollup")
+    assert {"rollup/table", "rollup/pareto"} <= {key.split(".")[0] for row in rollup["history"] for key in row}
 
 
 def test_a_killed_joblib_sweep_redoes_nothing_that_finished(tmp_path):

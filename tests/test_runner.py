@@ -153,3 +153,21 @@ def test_a_method_whose_cache_stays_empty_yields_a_failed_record_never_a_complet
     assert record.error.startswith("CacheNotWrittenError: method=full: after prefilling")
     assert "holds 0 bytes" in record.error
     assert read_record(tmp_path / "records" / f"{record.config_hash}.json").status == "failed"
+
+
+def test_records_carry_intervals_and_a_resolved_default_is_one_configuration(cfg_for, tmp_path, monkeypatch):
+    first = runner.run(cfg_for("method=h2o", "suite.limit=3"), tmp_path / "a")
+    for task, (low, high) in first.intervals.items():
+        assert low <= first.primary_value(task) <= high and first.n_samples[task] == 3
+    monkeypatch.setattr(models, "load_model", lambda *a: pytest.fail("the same configuration was run twice"))
+    again = runner.run(cfg_for("method=h2o", "suite.limit=3", "method.heavy_ratio=0.1"), tmp_path / "b")
+    assert again.run_id == first.run_id  # null (meaning 0.1) and an explicit 0.1 hash alike
+
+
+def test_a_variant_config_is_labelled_by_its_own_name_and_its_own_changes():
+    from kvbench.methods import build_method
+
+    local = build_method("h2o", heavy_ratio=0.0, recent_ratio=0.3)
+    assert runner.method_label(local, "h2o_local") == ("h2o_local", {"recent_ratio": 0.3})
+    assert runner.method_label(local, None) == ("h2o", {"heavy_ratio": 0.0, "recent_ratio": 0.3})
+    assert runner.method_label(build_method("combined"), "combined") == ("combined", {})

@@ -17,6 +17,8 @@ This class takes a loaded model (library use: ``KvbenchLM(model=..., tokenizer=.
 
 from __future__ import annotations
 
+import logging
+import subprocess
 from collections import OrderedDict
 from pathlib import Path
 
@@ -30,6 +32,39 @@ from kvbench.eval.protocol import CompressionProtocol
 
 #: kvbench's offline lm-eval tasks (YAML + utils), usable with ``--include_path``.
 TASKS_DIR = Path(__file__).parent / "tasks"
+
+#: lm-eval messages that say nothing to a kvbench user: kvbench passes a loaded model on purpose and its
+#: offline tasks take no metadata. Anything else lm-eval says (a task download, a metric fallback) stays.
+IRRELEVANT_MESSAGES = (
+    "`pretrained` model kwarg is not of type `str`",
+    "Passed an already-initialized model through `pretrained`",
+    "Custom kwargs can be passed to `--metadata`",
+)
+
+
+class _DropIrrelevant(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in IRRELEVANT_MESSAGES)
+
+
+def _git_hash_quietly() -> str | None:
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def quiet_lm_eval() -> None:
+    """Drop lm-eval's irrelevant warnings (above) at kvbench's entry points, and let lm-eval look up the
+    current directory's git commit without git printing ``fatal: not a git repository`` for every task run
+    outside a repository (kvbench records its own commit in ``env.git_commit``). Idempotent."""
+    import lm_eval.evaluator
+
+    for name in ("lm_eval.models.huggingface", "lm_eval.api.task", "lm_eval.evaluator"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropIrrelevant) for f in logger.filters):
+            logger.addFilter(_DropIrrelevant())
+    lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
 
 
 class KvbenchLM(HFLM):
@@ -122,8 +157,11 @@ class KvbenchLM(HFLM):
         return stop
 
     def get_model_info(self) -> dict:
+        """lm-eval asks after the evaluation and stores this in its results JSON (``config``): the method, and
+        the KV cache measured over the requests (``kvbench_kv``: bytes held vs uncompressed, ratio)."""
         info = super().get_model_info()
         info["kvbench_method"] = getattr(self.method, "name", None)
+        info["kvbench_kv"] = distributed.combined_stats(self.protocol.stats).kv_summary()
         return info
 
 

@@ -12,11 +12,17 @@ def _hits(prediction: str, references: Sequence[str]) -> list[bool]:
     return [ref.lower() in low for ref in references]
 
 
+def sample_match_all(prediction: str, references: Sequence[str]) -> float:
+    """One sample's fraction of references found, in [0, 1]."""
+    hits = _hits(prediction, references)
+    return sum(hits) / len(hits)
+
+
 def string_match_all(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """x100 mean over samples of the fraction of references found (case-insensitive substring)."""
     if len(predictions) != len(references) or not predictions:
         raise ValueError("string_match_all needs as many reference lists as predictions (at least one)")
-    per = [sum(h) / len(h) for h in (_hits(p, r) for p, r in zip(predictions, references))]
+    per = [sample_match_all(p, r) for p, r in zip(predictions, references)]
     return round(100 * sum(per) / len(per), 2)
 
 

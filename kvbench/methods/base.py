@@ -82,22 +82,29 @@ class Method:
         """``{axis: method}`` for a composite method (``combined``); empty for a single method."""
         return {}
 
-    def changed_params(self) -> dict[str, Any]:
-        """The parameters that differ from the method's defaults (how reports label a configuration)."""
-        changed = {}
-        for f in dataclasses.fields(self):
-            if f.name == "name":
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            value = getattr(self, f.name)
-            if default is dataclasses.MISSING or value != default:
-                changed[f.name] = value
-        return changed
+    def changed_params(self, base: "Method | None" = None) -> dict[str, Any]:
+        """The parameters that differ from ``base`` (default: the method with its default parameters), with
+        defaults resolved on both sides (a null meaning 0.1 equals an explicit 0.1). How reports label a
+        configuration; nested parameters (``combined``'s components) are compared key by key."""
+        base = type(self)() if base is None else base
+        return _diff(self.params(), base.params())
 
     def params(self) -> dict[str, Any]:
         """The method's parameters (everything but ``name``), for records and reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+
+def _diff(mine: dict, base: dict) -> dict:
+    out = {}
+    for key, value in mine.items():
+        other = base.get(key, dataclasses.MISSING)
+        if isinstance(value, dict) and isinstance(other, dict):
+            nested = _diff(value, other)
+            if nested:
+                out[key] = nested
+        elif value != other:
+            out[key] = value
+    return out
 
 
 def build_method(name: str, **params: Any) -> Method:

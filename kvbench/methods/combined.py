@@ -95,16 +95,21 @@ class Combined(Method):
             component = _component(axis, getattr(self, axis), getattr(self, f"{axis}_params"))
             if component is not None:
                 self._components[axis] = component
+                setattr(self, f"{axis}_params", component.params())  # defaults resolved: one config, one hash
 
     def components(self) -> dict[str, Method]:
         return dict(self._components)
 
-    def changed_params(self) -> dict:
-        """Axes that differ from the defaults, and each component's own changed parameters."""
-        changed = {k: v for k, v in super().changed_params().items() if not k.endswith("_params")}
+    def changed_params(self, base: Method | None = None) -> dict:
+        """Axes that differ from ``base`` (default: the default combination), and each component's parameters
+        that differ from that component's own defaults."""
+        base = type(self)() if base is None else base
+        changed = {k: v for k, v in super().changed_params(base).items() if not k.endswith("_params")}
         for axis, component in self._components.items():
-            if component.changed_params():
-                changed[f"{axis}_params"] = component.changed_params()
+            other = base.components().get(axis)
+            own = component.changed_params(other if other is not None and other.name == component.name else None)
+            if own:
+                changed[f"{axis}_params"] = own
         return changed
 
     def check_model(self, config) -> None:

@@ -61,18 +61,15 @@ class H2O(Method):
         if self.heavy_tokens == 0 and self.recent_tokens == 0:
             raise MethodConfigError("method.heavy_tokens=0 and method.recent_tokens=0 leave no cache: "
                                     "at least one of them must be >= 1")
+        for what in ("heavy", "recent"):  # resolve the default (both null = 10%), so 0.1 and null are one config
+            if getattr(self, f"{what}_ratio") is None and getattr(self, f"{what}_tokens") is None:
+                setattr(self, f"{what}_ratio", DEFAULT_RATIO)
 
     def budget(self):
         """The resolved :class:`~kvbench.cache.h2o.H2OBudget` (defaults: 10% heavy, 10% recent)."""
         from kvbench.cache.h2o import H2OBudget
 
-        def pick(what):
-            ratio, count = getattr(self, f"{what}_ratio"), getattr(self, f"{what}_tokens")
-            return (DEFAULT_RATIO if ratio is None and count is None else ratio), count
-
-        heavy_ratio, heavy_tokens = pick("heavy")
-        recent_ratio, recent_tokens = pick("recent")
-        return H2OBudget(heavy_ratio, heavy_tokens, recent_ratio, recent_tokens)
+        return H2OBudget(self.heavy_ratio, self.heavy_tokens, self.recent_ratio, self.recent_tokens)
 
     def check_model(self, config) -> None:
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config

@@ -26,6 +26,19 @@ from kvbench.config import ModelConfig, SuiteConfig
 from kvbench.errors import SuiteConfigError
 
 SUITES: dict[str, type["Suite"]] = {}
+#: How many per-sample outputs of a task reach W&B (the run dir keeps them all).
+SAMPLES_LOGGED = 100
+
+
+def sample_rows(ids, predictions, targets, scores) -> list[dict]:
+    """Per-sample rows for W&B's samples table, capped at :data:`SAMPLES_LOGGED`."""
+    rows = []
+    for sample_id, prediction, target, score in zip(ids, predictions, targets, scores):
+        if len(rows) == SAMPLES_LOGGED:
+            break
+        rows.append({"id": str(sample_id), "prediction": str(prediction)[:500], "target": str(target)[:500],
+                     "score": None if score is None else float(score) if not isinstance(score, (list, tuple)) else str(score)})
+    return rows
 
 
 def register(cls: type["Suite"]) -> type["Suite"]:
@@ -46,6 +59,23 @@ class TaskResult:
     higher_is_better: bool = True
     stderr: dict[str, float] = field(default_factory=dict)
     n: int | None = None
+    #: 95% interval ``(low, high)`` of the primary metric (bootstrap over samples, :mod:`kvbench.eval.intervals`).
+    interval: tuple[float, float] | None = None
+    #: Per-sample outputs for dashboards (the first :data:`SAMPLES_LOGGED`): ``{id, prediction, target, score}``.
+    samples: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_samples(cls, task: str, metrics: dict, primary: str, items, aggregate, higher_is_better: bool = True,
+                     scale: float = 1.0) -> "TaskResult":
+        """A result whose primary metric's stderr and interval are bootstrapped from its per-sample ``items``."""
+        from kvbench.eval.intervals import bootstrap
+
+        found = bootstrap(items, aggregate)
+        if found is None:
+            return cls(task, metrics, primary, higher_is_better, n=len(items))
+        low, high, stderr = found
+        return cls(task, metrics, primary, higher_is_better, {primary: stderr * scale}, len(items),
+                   (low * scale, high * scale))
 
 
 @dataclass

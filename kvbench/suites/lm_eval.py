@@ -16,8 +16,8 @@ from pathlib import Path
 
 from kvbench.config import SuiteConfig
 from kvbench.errors import SuiteConfigError
-from kvbench.eval.lm import TASKS_DIR, KvbenchLM
-from kvbench.suites.base import NoOptions, RunContext, Suite, TaskResult, register
+from kvbench.eval.lm import TASKS_DIR, KvbenchLM, quiet_lm_eval
+from kvbench.suites.base import NoOptions, RunContext, Suite, TaskResult, register, sample_rows
 
 
 def local_tasks() -> list[str]:
@@ -62,6 +62,7 @@ class LmEval(Suite):
         from lm_eval import simple_evaluate
         from lm_eval.utils import handle_non_serializable
 
+        quiet_lm_eval()
         protocol = context.protocol
         lm = KvbenchLM(model=protocol.model, tokenizer=context.tokenizer, method_obj=protocol.method,
                        max_length=context.model_cfg.max_length, stream_chunk=self.cfg.stream_chunk, protocol=protocol)
@@ -85,11 +86,32 @@ class LmEval(Suite):
                 stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in scores.items()
                           if "_stderr," in k and isinstance(v, (int, float))}
                 primary = next(iter(metrics))
-                higher = results.get("higher_is_better", {}).get(name, {})
-                n = (results.get("n-samples", {}).get(name) or {}).get("effective")
-                _write_samples(Path(context.output_dir) / f"samples_{name}.jsonl", samples.get(name, []),
-                               handle_non_serializable)
-                yield TaskResult(name, metrics, primary, bool(higher.get(primary, True)), stderr, n)
+                higher = bool(results.get("higher_is_better", {}).get(name, {}).get(primary, True))
+                task_samples = samples.get(name, [])
+                _write_samples(Path(context.output_dir) / f"samples_{name}.jsonl", task_samples, handle_non_serializable)
+                items = [s[primary] for s in task_samples if primary in s]
+                aggregate = _aggregation(results.get("configs", {}).get(name, {}), primary)
+                result = TaskResult.from_samples(name, metrics, primary, items, aggregate, higher)
+                result.stderr = {**stderr, **result.stderr}
+                result.samples = sample_rows([s.get("doc_id") for s in task_samples],
+                                             [s.get("filtered_resps") for s in task_samples],
+                                             [s.get("target") for s in task_samples], items)
+                yield result
+
+
+def _aggregation(task_config: dict, metric: str):
+    """The task's aggregation of ``metric`` over samples (e.g. ``mean``, ``weighted_perplexity``)."""
+    from lm_eval.api.registry import get_aggregation, get_metric_aggregation
+
+    for entry in task_config.get("metric_list") or []:
+        if entry.get("metric") == metric and isinstance(entry.get("aggregation"), str):
+            return get_aggregation(entry["aggregation"])
+    try:
+        return get_metric_aggregation(metric)
+    except Exception:  # a task-defined metric without a registered aggregation: the mean of its samples
+        from kvbench.eval.intervals import mean
+
+        return mean
 
 
 def _write_samples(path: Path, samples, default) -> None:

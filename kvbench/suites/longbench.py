@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvbench.config import SuiteConfig
-from kvbench.eval.longbench import jsonl, predict_dataset, score_rows
+from kvbench.eval.intervals import mean
+from kvbench.eval.longbench import jsonl, predict_dataset, sample_score, score_rows
 from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, check_datasets, data_file, hub_data_dir,
                                          load_records, offline)
 from kvbench.eval.prompts import resolve_chat
 from kvbench.results import atomic_write_text
-from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,12 @@ class LongBench(Suite):
             rows = predict_dataset(context.protocol, tokenizer, dataset, records, max_length, chat, self.cfg.max_gen_toks)
             atomic_write_text(out_dir / f"{dataset}.jsonl", jsonl(rows))
             scores[dataset] = score_rows(dataset, rows, opts.e)
-            yield TaskResult(dataset, scores[dataset], primary=next(iter(scores[dataset])), n=len(rows))
+            per_sample = [sample_score(dataset, r["pred"], r["answers"], rows[-1].get("all_classes")) for r in rows]
+            result = TaskResult.from_samples(dataset, scores[dataset], next(iter(scores[dataset])), per_sample, mean,
+                                             scale=100)
+            result.samples = sample_rows([r["_id"] for r in rows], [r["pred"] for r in rows],
+                                         [" | ".join(r["answers"]) for r in rows], per_sample)
+            yield result
         if len(scores) > 1:
             scores["average"] = {"score": round(statistics.fmean(next(iter(m.values())) for m in scores.values()), 2)}
             yield TaskResult("average", scores["average"], primary="score", n=len(plan))

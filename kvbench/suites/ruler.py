@@ -20,9 +20,10 @@ from kvbench.config import SuiteConfig
 from kvbench.eval.prompts import eos_ids, resolve_chat
 from kvbench.eval.ruler import SyntheticError, generate
 from kvbench.eval.ruler_tasks import TASK_NAMES, TASKS
-from kvbench.eval.string_match import string_match_all, string_match_part
+from kvbench.eval.intervals import mean
+from kvbench.eval.string_match import sample_match_all, string_match_all, string_match_part
 from kvbench.results import atomic_write_text
-from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
 
 log = logging.getLogger(__name__)
 #: conf/suite/ruler.yaml; chosen from measurements in experiments/ruler/README.md.
@@ -91,7 +92,10 @@ class Ruler(Suite):
             if TASKS[task].multi_reference:
                 metrics[key]["string_match_part"] = string_match_part(preds, refs)
             log.info("%s: %s (%.1fs)", key, metrics[key], time.perf_counter() - start)
-            yield TaskResult(key, metrics[key], primary="string_match_all", n=len(samples))
+            per_sample = [sample_match_all(p, r) for p, r in zip(preds, refs)]
+            result = TaskResult.from_samples(key, metrics[key], "string_match_all", per_sample, mean, scale=100)
+            result.samples = sample_rows([s.index for s in samples], preds, [", ".join(r) for r in refs], per_sample)
+            yield result
         out_dir = Path(context.output_dir) / self.cfg.name
         atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         atomic_write_text(out_dir / "result.json", json.dumps(metrics, indent=2) + "\n")

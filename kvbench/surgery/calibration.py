@@ -68,7 +68,7 @@ def calibration_ids(tokenizer, spec: CalibrationSpec) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kv_covariances(model, input_ids: torch.Tensor, groups: int, batch_size: int = 4):
+def kv_covariances(model, input_ids: torch.Tensor, groups: int, batch_size: int = 4, desc: str | None = None):
     """Per layer, ``(C_K, C_V)`` each ``[g, t·d, t·d]`` float64: sums over all calibration tokens of
     the outer products of a group's concatenated (cached, i.e. post-RoPE) keys and values."""
     from transformers import DynamicCache
@@ -76,7 +76,11 @@ def kv_covariances(model, input_ids: torch.Tensor, groups: int, batch_size: int 
     device = next(model.parameters()).device
     cov_k: list[torch.Tensor] = []
     cov_v: list[torch.Tensor] = []
-    for start in range(0, len(input_ids), batch_size):
+    from tqdm import tqdm
+
+    # a progress bar: calibrating a 7B model takes minutes (SmolLM2 on 2 CPU cores: about a minute)
+    for start in tqdm(range(0, len(input_ids), batch_size), desc=desc or "calibration", unit="batch",
+                      disable=desc is None):
         batch = input_ids[start:start + batch_size].to(device)
         cache = DynamicCache(config=model.config)
         model(input_ids=batch, cache=cache, use_cache=True, logits_to_keep=1)
@@ -134,7 +138,8 @@ def calibrate(model, tokenizer, spec: CalibrationSpec, groups: int, head_dim: in
     """Run calibration: per layer ``(Ψ, Ω)``, each ``[g, d, t·d]`` float64 (top-d eigenvectors as rows)."""
     t0 = time.perf_counter()
     ids = calibration_ids(tokenizer, spec)
-    covs = kv_covariances(model, ids, groups, spec.batch_size)
+    desc = f"svd_gqa: calibrating on {ids.shape[0]}x{ids.shape[1]} tokens of {spec.source!r}"
+    covs = kv_covariances(model, ids, groups, spec.batch_size, desc=desc)
     bases = [(top_eigenvectors(ck, head_dim).cpu(), top_eigenvectors(cv, head_dim).cpu()) for ck, cv in covs]
     log.info("svd_gqa: calibrated on %d tokens (%d x %d) of %r in %.1f s",
              ids.numel(), *ids.shape, spec.source, time.perf_counter() - t0)

@@ -74,6 +74,16 @@ def passkey_dataset(**metadata):
     return _materialise("kvbench_passkey", passkey_records(seed=int(metadata.get("seed", 0))))
 
 
+#: Lengths at which the bundled SmolLM2-135M finds the key reliably uncompressed (EVALUATION.md), so a
+#: method's losses show: the quickstart's retrieval task.
+SHORT_PASSKEY_LENGTHS = (256, 384)
+
+
+def passkey_short_dataset(**metadata):
+    return _materialise("kvbench_passkey_short", passkey_records(n_per_length=16, lengths=SHORT_PASSKEY_LENGTHS,
+                                                                 seed=int(metadata.get("seed", 0))))
+
+
 def passkey_process_results(doc, results):
     found = re.findall(r"\d+", results[0])
     return {"acc": float(doc["answer"] in found)}
