@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -45,6 +45,8 @@ class ProtocolStats:
     stored_bytes: int = 0
     peak_stored_bytes: int = 0
     peak_full_bytes: int = 0
+    #: What the caches had to adapt (e.g. PyramidKV's clamped budgets): ``{note: prefills it applied to}``.
+    notes: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -52,8 +54,11 @@ class ProtocolStats:
 
     def kv_summary(self) -> dict:
         """The record's ``kv`` field: bytes measured from the cache, and the compression ratio."""
-        return {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
-                "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
+        summary = {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
+                   "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
+        if self.notes:
+            summary["notes"] = dict(self.notes)
+        return summary
 
     def speed_summary(self) -> dict:
         """Prefill and decode speed over the run (prefill includes compression)."""
@@ -114,6 +119,8 @@ class CompressionProtocol:
             self.forward(cache, token_ids[i : i + step], last_logits_only=True)
             self.method.compress(cache)
         self.stats.prefill_s += time.perf_counter() - start
+        for note in cache.notes() if hasattr(cache, "notes") else ():
+            self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
         self.stats.prefill_tokens += len(token_ids)
         self.stats.n_prefills += 1
         stored, full = self.measure(cache, len(token_ids))
