@@ -102,6 +102,7 @@ def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, outp
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         config_hash=digest, config=resolved, model={"name": cfg.model.name},
         method={"name": method.name, "params": method.params(), "changed_params": method.changed_params()},
-        suite={"name": suite.name, "runner": suite.runner, "tasks": list(suite.tasks), "limit": suite.limit},
+        suite={"name": suite.name, "runner": suite.runner, "tasks": list(suite.tasks), "limit": suite.limit,
+               "query_aware": bool(suite.get("query_aware", False))},
         env=environment(), outputs={"dir": str(output_dir)},
     )

@@ -9,6 +9,11 @@ compression, so every scored or generated token sees only what the method kept.
 over its tensors, next to what an uncompressed cache would hold for the same tokens)
 and times prefill and decoding. The lm-eval model, LongBench and the synthetic tasks
 all go through it, so a method is measured the same way everywhere.
+
+Query-agnostic vs query-aware (:meth:`CompressionProtocol.generate`): by default a question kept apart
+from its document is fed *after* compression (the method never sees it when choosing what to keep, as
+kvpress does); ``query_aware=True`` puts it inside the compressed prompt, the setting SnapKV and PyramidKV
+assume. Suites pass their ``suite.query_aware``; records and reports carry it.
 """
 
 from __future__ import annotations
@@ -170,16 +175,19 @@ class CompressionProtocol:
         stop: Callable[[list[int]], bool] | None = None,
         eos_token_ids: Sequence[int] = (),
         query: Sequence[int] = (),
+        query_aware: bool = False,
     ) -> list[int]:
         """Greedy decoding after a compressed context.
 
         ``query`` tokens (e.g. a question kept apart from the document, as RULER and
         LongBench-style tasks want) are fed after compression, uncompressed by design of
-        the protocol, followed by greedy decoding. Stops at ``max_new_tokens``, an EOS id,
-        or when ``stop(generated_ids)`` is true.
+        the protocol, followed by greedy decoding (query-agnostic). With ``query_aware``
+        they are part of the compressed prompt instead: everything but the prompt's last
+        token is prefilled and compressed. Stops at ``max_new_tokens``, an EOS id, or when
+        ``stop(generated_ids)`` is true.
         """
         prompt = list(context) + list(query)
-        split = len(context) - 1 if not query else len(context)
+        split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
         pending = prompt[split:]
         generated: list[int] = []
