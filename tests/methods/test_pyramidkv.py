@@ -48,8 +48,8 @@ def test_layers_keep_their_budgets_and_the_clamping_is_reported(tiny_gqa):
     model, _ = tiny_gqa
     method, scored = applied(model, "pyramidkv", budget_tokens=16, window=4)
     for n, expected, notes in [(1000, [27, 20, 12, 5], []), (20, [20, 17, 15, 12], [
-            "pyramidkv: per-layer budgets clamped to the prompt (20 tokens, budget_tokens=16): layers keep 20 down "
-            "to 12 tokens (uniform 16, beta=20)"])]:
+            "pyramidkv: per-layer budgets clamped to a 20-token prompt: layers keep 20 down to 12 tokens "
+            "(mean 16: budget_tokens=16, beta=20)"])]:
         cache = method.new_cache(scored)
         scored(input_ids=random_ids(n), cache=cache)
         method.compress(cache)
@@ -144,3 +144,17 @@ def test_attention_implementations_that_cannot_be_scored_are_refused_before_load
 def test_config_file_composes_into_the_papers_defaults():
     method = method_from_config("method=pyramidkv")
     assert (method.window, method.kernel_size, method.pooling, method.beta) == (32, 5, "avg", 20)
+
+
+def test_clamped_budgets_reach_the_record_through_the_protocol(tiny_gqa):
+    from kvbench.eval.protocol import CompressionProtocol
+
+    model, _ = tiny_gqa
+    method, scored = applied(model, "pyramidkv", budget_tokens=16, window=4)
+    protocol = CompressionProtocol(scored, method)
+    for n in (21, 21, 200):  # two 20-token prefills clamp, a 200-token one does not
+        protocol.prefill(random_ids(n)[0].tolist()[:-1])
+    assert protocol.stats.kv_summary()["notes"] == {
+        "pyramidkv: per-layer budgets clamped to a 20-token prompt: layers keep 20 down to 12 tokens "
+        "(mean 16: budget_tokens=16, beta=20)": 2}
+    assert "notes" not in CompressionProtocol(model, build_method("full")).stats.kv_summary()
