@@ -67,8 +67,8 @@ class PyramidKVLayer(SnapKVLayer):
             return uniform  # nothing to evict anywhere
         budgets, clamped = pyramid_budgets(uniform, self.observed, prompt_length, self.n_layers, self.beta)
         if clamped and self.note is None:
-            self.note = (f"pyramidkv: per-layer budgets clamped to a {prompt_length}-token prompt: layers keep "
-                         f"{budgets[0]} down to {budgets[-1]} tokens (mean {uniform}: {self.budget}, beta={self.beta})")
+            self.note = (f"pyramidkv: per-layer budgets clamped to the prompt ({self.budget}, beta={self.beta}): the "
+                         f"first layer keeps the whole prompt, the others a flatter pyramid with the same mean")
         return budgets[self.layer_idx]
 
     def reset(self) -> None:

@@ -37,8 +37,8 @@ class SnapKVLayer(BudgetLayer):
         capacity = super().resolve_capacity(prompt_length)
         self.observed = min(self.window, capacity, prompt_length)
         if capacity < min(self.window, prompt_length):
-            self.note = (f"{self.method}: a budget of {capacity} tokens ({self.budget} of a {prompt_length}-token "
-                         f"prompt) cannot hold window={self.window}; kept the last {capacity} tokens")
+            self.note = (f"{self.method}: {self.budget} gave a budget smaller than window={self.window} (short "
+                         f"prompt): the window was cut to the budget, only the last tokens kept")
         return capacity
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:

@@ -34,9 +34,8 @@ class StreamingLLMLayer(BudgetLayer):
         capacity = super().resolve_capacity(prompt_length)
         self.sinks = min(self.sink_tokens, capacity - 1)
         if self.sinks < self.sink_tokens:
-            self.note = (f"streaming_llm: a budget of {capacity} tokens ({self.budget} of a {prompt_length}-token "
-                         f"prompt) leaves no recent window beside sink_tokens={self.sink_tokens}; "
-                         f"kept {self.sinks} sink(s)")
+            self.note = (f"streaming_llm: {self.budget} gave a budget of at most sink_tokens={self.sink_tokens} "
+                         f"(short prompt): fewer sinks kept, so the newest token stays")
         return capacity
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:

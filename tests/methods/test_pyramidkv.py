@@ -15,6 +15,8 @@ from tests.conftest import (applied, assert_lm_eval_matches_full, assert_protoco
                             random_ids, reference_logits)
 
 pytestmark = pytest.mark.usefixtures("no_grad")
+CLAMPED = ("pyramidkv: per-layer budgets clamped to the prompt (budget_tokens=16, beta=20): the first layer keeps the "
+           "whole prompt, the others a flatter pyramid with the same mean")
 
 
 def test_budgets_fall_linearly_and_sum_to_the_uniform_total():
@@ -47,9 +49,7 @@ def test_a_top_budget_beyond_the_prompt_is_clamped_keeping_the_mean():
 def test_layers_keep_their_budgets_and_the_clamping_is_reported(tiny_gqa):
     model, _ = tiny_gqa
     method, scored = applied(model, "pyramidkv", budget_tokens=16, window=4)
-    for n, expected, notes in [(1000, [27, 20, 12, 5], []), (20, [20, 17, 15, 12], [
-            "pyramidkv: per-layer budgets clamped to a 20-token prompt: layers keep 20 down to 12 tokens "
-            "(mean 16: budget_tokens=16, beta=20)"])]:
+    for n, expected, notes in [(1000, [27, 20, 12, 5], []), (20, [20, 17, 15, 12], [CLAMPED])]:
         cache = method.new_cache(scored)
         scored(input_ids=random_ids(n), cache=cache)
         method.compress(cache)
@@ -152,9 +152,7 @@ def test_clamped_budgets_reach_the_record_through_the_protocol(tiny_gqa):
     model, _ = tiny_gqa
     method, scored = applied(model, "pyramidkv", budget_tokens=16, window=4)
     protocol = CompressionProtocol(scored, method)
-    for n in (21, 21, 200):  # two 20-token prefills clamp, a 200-token one does not
+    for n in (21, 24, 200):  # 20- and 23-token prefills clamp, a 199-token one does not
         protocol.prefill(random_ids(n)[0].tolist()[:-1])
-    assert protocol.stats.kv_summary()["notes"] == {
-        "pyramidkv: per-layer budgets clamped to a 20-token prompt: layers keep 20 down to 12 tokens "
-        "(mean 16: budget_tokens=16, beta=20)": 2}
+    assert protocol.stats.kv_summary()["notes"] == {CLAMPED: 2}
     assert "notes" not in CompressionProtocol(model, build_method("full")).stats.kv_summary()

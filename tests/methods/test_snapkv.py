@@ -107,8 +107,8 @@ def test_ratio_budget_too_small_for_the_window_cuts_the_window_and_says_so(tiny_
     cache = method.new_cache(scored)
     scored(input_ids=random_ids(60), cache=cache)
     assert cache.kept_positions(2)[0].tolist() == [list(range(54, 60))] * 2
-    assert cache.notes() == ["snapkv: a budget of 6 tokens (budget_ratio=0.1 of a 60-token prompt) cannot hold "
-                             "window=32; kept the last 6 tokens"]
+    assert cache.notes() == ["snapkv: budget_ratio=0.1 gave a budget smaller than window=32 (short prompt): the "
+                             "window was cut to the budget, only the last tokens kept"]
 
 
 @pytest.mark.parametrize("params,message", [
