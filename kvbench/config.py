@@ -61,6 +61,10 @@ class SuiteConfig:
     max_gen_toks: Optional[int] = None
     #: Tokens per chunk when streaming text for perplexity (loglikelihood_rolling); 1 = exact decoding.
     stream_chunk: int = 512
+    #: Where a question kept apart from its document goes: false (default, query-agnostic) feeds it after
+    #: the context is compressed; true puts it inside the compressed prompt (what SnapKV/PyramidKV assume).
+    #: Only for suites whose prompts have a question part (ruler, longbench, lm_eval tasks that declare one).
+    query_aware: bool = False
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``--model_args model=<conf/model name>,method=<conf/method name>,<override>=<value>,...``: every key other
 than ``model``/``method`` is a Hydra override of kvbench's config (``method.<param>``, ``model.<field>``,
-``suite.stream_chunk``), validated exactly as in ``kvbench``. kvbench's start-up hook
+``suite.stream_chunk``, ``suite.query_aware``), validated exactly as in ``kvbench``. kvbench's start-up hook
 (:mod:`kvbench.lm_eval_plugin`) registers this class with lm-eval as ``kvbench``.
 """
 
@@ -36,7 +36,7 @@ class KvbenchCLIModel(KvbenchLM):
             fail(error)
         quiet_lm_eval()
         super().__init__(loaded, tokenizer, method_obj, reference_config, max_length=max_length or cfg.model.max_length,
-                         stream_chunk=cfg.suite.stream_chunk, batch_size=batch_size)
+                         stream_chunk=cfg.suite.stream_chunk, batch_size=batch_size, query_aware=cfg.suite.query_aware)
 
     def get_model_info(self) -> dict:
         """Also prints the KV cache figures on the lm-eval CLI (they are saved in the results JSON's ``config``)."""

@@ -26,7 +26,7 @@ from kvbench.results import load_records, short_params
 
 ID_COLUMNS = ["model", "method", "params"]
 #: A row is compared with the ``full`` record that ran the same workload.
-PAIRING = ["model", "suite", "tasks", "limit"]
+PAIRING = ["model", "suite", "tasks", "limit", "query_aware"]
 FORMATS = ("md", "csv", "png", "tex")
 
 
@@ -73,6 +73,8 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     failed = frame["status"] != "complete"
     table = pd.DataFrame({"model": frame["model"], "method": frame["label"],
                           "params": frame["label_params"].map(_short)})
+    if frame["query_aware"].any():  # both protocols in one table: say which row used which
+        table.insert(3, "protocol", frame["query_aware"].map({True: "query-aware", False: "query-agnostic"}))
     keys = _pairing_keys(frame)
     full = frame[(frame["method"] == "full") & ~failed].assign(_key=keys).sort_values("created_at")
     full_by_key = full.groupby("_key").last()
@@ -95,7 +97,8 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     if failed.any():
         table["error"] = frame["error"].where(failed, None)
     table["_failed"], table["_baseline_last"] = failed.values, (frame["method"] != "full").values
-    table = table.sort_values(["_failed", "model", "_baseline_last", "method", "params"], kind="stable")
+    order = ["_failed", "model", *(["protocol"] if "protocol" in table else []), "_baseline_last", "method", "params"]
+    table = table.sort_values(order, kind="stable")
     table.attrs = {"higher_is_better": higher, "metrics": metrics}
     return table.drop(columns=["_failed", "_baseline_last"]).reset_index(drop=True)
 
@@ -130,7 +133,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as text cells: ``value [low, high]`` with ``▼``/``▲`` against full, blanks where nothing applies."""
     metrics = table.attrs.get("metrics", [])
     higher = table.attrs.get("higher_is_better", {})
-    shown = table[ID_COLUMNS].copy()
+    shown = table[[*ID_COLUMNS, *(["protocol"] if "protocol" in table else [])]].copy()
     for column in metrics:
         ns = table[f"{column}:n"].dropna().unique()
         title = f"{column} ({'↑' if higher.get(column, True) else '↓'}{', n=' + str(int(ns[0])) if len(ns) == 1 else ''})"

@@ -51,7 +51,8 @@ class RunRecord:
                         "`label_params` (the parameters changed from that config's defaults: the report's label), "
                         "`params` (defaults resolved), `changed_params` (those differing from the method's defaults)",
                         factory=dict)
-    suite: dict = _doc("`name`, `runner`, `tasks`, `limit`", factory=dict)
+    suite: dict = _doc("`name`, `runner`, `tasks`, `limit`, `query_aware` (the question compressed with the context, "
+                       "or fed after it: the default)", factory=dict)
     metrics: dict = _doc("`{task: {metric: value}}`, written as each task finishes", factory=dict)
     primary_metrics: dict = _doc("`{task: {name, higher_is_better}}`: the column a table shows", factory=dict)
     stderr: dict = _doc("`{task: {metric: standard error}}` where the evaluator computes one", factory=dict)
@@ -61,7 +62,8 @@ class RunRecord:
     kv: dict = _doc("`full_bytes`, `stored_bytes` (summed over requests, after context compression), `ratio`, "
                     "`peak_stored_bytes`, `peak_full_bytes`; for a method with components (`combined`) also "
                     "`components`: each component's ratio measured alone on the run's longest context, their "
-                    "`product` (the expected ratio) and the `measured` ratio on that context", factory=dict)
+                    "`product` (the expected ratio) and the `measured` ratio on that context; `notes`: what a method "
+                    "adapted, counted over prefills (e.g. PyramidKV's clamped budgets)", factory=dict)
     timing: dict = _doc("`wall_s`, `load_apply_s`, `eval_s`, `prefill_tok_s`, `decode_tok_s`, "
                         "`decode_ms_per_token`", factory=dict)
     env: dict = _doc("`python`, `torch`, `transformers`, `lm_eval`, `kvbench`, `device`, `git_commit`, "
@@ -268,6 +270,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
             "label_params": json.dumps(record.method.get("label_params", record.method.get("changed_params", {})),
                                        sort_keys=True, default=str),
             "suite": suite.get("name"), "tasks": json.dumps(suite.get("tasks")), "limit": suite.get("limit"),
+            "query_aware": bool(suite.get("query_aware", False)),
             "kv_full_bytes": record.kv.get("full_bytes"), "kv_stored_bytes": record.kv.get("stored_bytes"),
             "kv_ratio": record.kv.get("ratio"),
             "kv_expected_ratio": (record.kv.get("components") or {}).get("product"),

@@ -107,3 +107,99 @@ def run_suite(suite_cfg, model, tokenizer, model_cfg, output_dir, method: str = 
     protocol = CompressionProtocol(model, build_method(method))
     results = list(suite.run(plan, RunContext(protocol, tokenizer, model_cfg, output_dir)))
     return {r.task: r.metrics for r in results}, protocol
+
+
+# -- token-eviction helpers (tests/methods/test_{h2o,streaming_llm,snapkv,pyramidkv,tova,knorm}.py) --------
+def applied(model, name: str, **params):
+    """``(method, a copy of model after method.apply)``; ``model`` itself stays the plain reference."""
+    from kvbench.methods import build_method
+
+    method = build_method(name, **params)
+    return method, method.apply(copy.deepcopy(model))
+
+
+def reduced_cache(cache):
+    """A plain ``DynamicCache`` holding exactly the keys/values an evicting cache kept (per layer and KV head)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+
+def reference_logits(model, cache, new_ids, positions_from: str = "logical", stepwise: bool = False):
+    """Logits of ``new_ids`` on a hand-built reduced copy of ``cache``, at explicit positions (the tokens seen
+    so far, or -- to show the check can fail -- the stored length). ``stepwise`` feeds one token at a time
+    (no mask is built: layers may then hold different numbers of tokens)."""
+    import torch
+
+    start = cache.get_seq_length() if positions_from == "logical" else cache.layers[0].stored_tokens()
+    reduced = reduced_cache(cache)
+    n = new_ids.shape[1]
+    if not stepwise:
+        return model(input_ids=new_ids, cache=reduced, position_ids=torch.arange(start, start + n)[None]).logits
+    return torch.cat([model(input_ids=new_ids[:, i:i + 1], cache=reduced, position_ids=torch.tensor([[start + i]])).logits
+                      for i in range(n)], dim=1)
+
+
+def assert_protocol_matches_full(model, method, applied_model, n_context: int = 40):
+    """Scores, streamed log-probs and greedy generations through the protocol equal ``full``'s."""
+    import pytest as _pytest
+
+    from kvbench.eval.protocol import CompressionProtocol
+    from kvbench.methods import build_method
+
+    context = random_ids(n_context)[0].tolist()
+    continuations = [random_ids(5, seed=s)[0].tolist() for s in (1, 2)]
+    full = CompressionProtocol(model, build_method("full"))
+    ours = CompressionProtocol(applied_model, method)
+    expected, got = full.score_continuations(context, continuations), ours.score_continuations(context, continuations)
+    assert [g[1] for g in got] == [e[1] for e in expected]
+    assert [g[0] for g in got] == _pytest.approx([e[0] for e in expected], abs=1e-5)
+    assert ours.stream_logprob(context, continuations[0], chunk=2) == _pytest.approx(
+        full.stream_logprob(context, continuations[0], chunk=2), abs=1e-5)
+    query = continuations[1]
+    for query_aware in (False, True):
+        assert ours.generate(context, 8, query=query, query_aware=query_aware) == full.generate(
+            context, 8, query=query, query_aware=query_aware)
+
+
+def lm_eval_results(model, tokenizer, method, tasks=("kvbench_passkey", "kvbench_recall_mc"), limit: int = 2,
+                    query_aware: bool = False) -> dict:
+    """``simple_evaluate`` results of the kvbench lm-eval model in-process (``method`` already applied to ``model``)."""
+    from lm_eval import simple_evaluate
+
+    from kvbench.eval.lm import KvbenchLM
+    from kvbench.suites.lm_eval import task_manager
+
+    lm = KvbenchLM(model=model, tokenizer=tokenizer, method_obj=method, max_length=2048, query_aware=query_aware)
+    out = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager(list(tasks)),
+                          bootstrap_iters=0, random_seed=0, log_samples=True)
+    return {"results": out["results"], "samples": out["samples"]}
+
+
+def assert_lm_eval_matches_full(model, tokenizer, name: str, **params):
+    """Through ``lm_eval`` (kvbench's model, in-process): the same metrics and per-request responses as ``full``."""
+    import pytest as _pytest
+
+    method, scored = applied(model, name, **params)
+    ours = lm_eval_results(scored, tokenizer, method)
+    reference = lm_eval_results(model, tokenizer, applied(model, "full")[0])
+    for task, metrics in reference["results"].items():
+        for metric, value in metrics.items():
+            if isinstance(value, float):
+                assert ours["results"][task][metric] == _pytest.approx(value, abs=1e-6), (task, metric)
+        got, want = (_responses(r["samples"][task]) for r in (ours, reference))
+        assert len(got) == len(want) > 0, task
+        for a, b in zip(got, want):
+            if isinstance(a, str):
+                assert a == b, task
+            else:
+                assert a[1] == b[1] and a[0] == _pytest.approx(b[0], abs=1e-5), task
+
+
+def _responses(samples) -> list:
+    """Per-request responses in request order: generated strings, or (log-likelihood, greedy) pairs."""
+    out = []
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        for resp in sample["resps"]:
+            out.append(tuple(resp[0]) if isinstance(resp[0], (tuple, list)) else resp[0])
+    return out

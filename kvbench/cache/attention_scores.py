@@ -16,6 +16,14 @@ Hand-off: a cache layer's ``update`` calls :func:`request_scores(layer, keys)` w
 it returns; the attention call that receives *that very tensor* (identity check) delivers the
 scores with ``layer.receive_scores(...)``. No module hooks, so deep copies of models and caches
 need no care.
+
+What a request asks for: the query heads of each KV head combine by the layer's ``score_agg``, and
+``last_rows`` limits the sum to the forward's last query rows: every row (H2O's accumulated scores),
+the last ``w`` prompt queries (SnapKV's observation window) or the current query alone (TOVA).
+
+Caches whose layers store different numbers of tokens (PyramidKV's per-layer budgets): transformers
+builds one mask, sized for layer 0; the wrapper re-aligns it to each layer's keys (:func:`align_mask`),
+so a forward of several tokens after compression works in every layer.
 """
 
 from __future__ import annotations
@@ -38,9 +46,26 @@ MIN_ROWS = 16
 _pending = threading.local()
 
 
-def request_scores(layer, keys: torch.Tensor) -> None:
-    """Ask the next attention call on ``keys`` to deliver its column sums to ``layer.receive_scores``."""
-    _pending.request = (layer, keys)
+def request_scores(layer, keys: torch.Tensor, last_rows: int | None = None) -> None:
+    """Ask the next attention call on ``keys`` to deliver its column sums to ``layer.receive_scores``:
+    summed over every query row of the forward, or over its last ``last_rows`` rows only."""
+    _pending.request = (layer, keys, last_rows)
+
+
+def align_mask(mask: torch.Tensor | None, kv_length: int) -> torch.Tensor | None:
+    """A 4D causal mask ``[b, 1|H, q, kv']`` built for another layer's key length, re-aligned to ``kv_length``.
+
+    Without padding the mask is bottom-right aligned: its last q columns are the causal block of the new
+    tokens, every earlier column (a cached token) is visible. A layer holding fewer cached tokens takes
+    the last ``kv_length`` columns; one holding more gets visible columns in front. Equal lengths: unchanged.
+    """
+    if mask is None or mask.ndim != 4 or mask.shape[-1] == kv_length:
+        return mask
+    have = mask.shape[-1]
+    if have > kv_length:
+        return mask[..., have - kv_length:]
+    visible = True if mask.dtype == torch.bool else 0.0
+    return torch.cat([mask.new_full((*mask.shape[:-1], kv_length - have), visible), mask], dim=-1)
 
 
 def aggregate_heads(probs: torch.Tensor, agg: str) -> torch.Tensor:
@@ -132,22 +157,26 @@ def scored_attention(base: str):
     def forward(module, query, key, value, attention_mask, **kwargs):
         request = getattr(_pending, "request", None)
         fn = _base_function(base, module)
+        attention_mask = align_mask(attention_mask, key.shape[-2])
         if request is None or request[1] is not key:
             return fn(module, query, key, value, attention_mask, **kwargs)
         _pending.request = None
-        layer = request[0]
+        layer, _, last_rows = request
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         b, n_heads, q_len, _ = query.shape
         h, kv = key.shape[1], key.shape[2]
+        first = 0 if last_rows is None else max(0, q_len - last_rows)  # the query rows that score
         with torch.no_grad():  # scores are bookkeeping: never part of an autograd graph
             if weights is not None and tuple(weights.shape) == (b, n_heads, q_len, kv):
-                probs = weights.to(torch.float32).reshape(b, h, n_heads // h, q_len, kv)
+                probs = weights[:, :, first:].to(torch.float32).reshape(b, h, n_heads // h, q_len - first, kv)
                 sums = aggregate_heads(probs, layer.score_agg)
             else:
                 scaling = kwargs.get("scaling")
                 if scaling is None:
                     scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
-                sums = attention_column_sums(query.detach(), key.detach(), attention_mask, scaling, layer.score_agg)
+                rows_mask = None if attention_mask is None else attention_mask[:, :, first:]
+                sums = attention_column_sums(query[:, :, first:].detach(), key.detach(), rows_mask, scaling,
+                                             layer.score_agg)
             layer.receive_scores(sums)
         return out, weights
 

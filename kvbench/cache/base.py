@@ -52,6 +52,11 @@ class KVCache(Cache):
         """Tokens a layer stores per KV head (≤ the logical length)."""
         return self.layers[layer_idx].stored_tokens()
 
+    def notes(self) -> list[str]:
+        """How the cache had to adapt the method to this sequence, for the run record (e.g. PyramidKV's
+        per-layer budgets clamped to the prompt). Asked after each context compression; default none."""
+        return []
+
 
 class PlainCache(KVCache, DynamicCache):
     """transformers' ``DynamicCache`` (one layer per decoder layer, built from the model config) with bytes."""

@@ -8,7 +8,12 @@ and replaces the three request types so that every request goes through
   each continuation is scored against a copy of the compressed cache;
 * ``loglikelihood_rolling``: lm-eval's rolling windows, each streamed through the cache
   ``stream_chunk`` tokens at a time, compressing as it grows;
-* ``generate_until``: prefill, compress, greedy decoding until a stop sequence.
+* ``generate_until``: prefill, compress, greedy decoding until a stop sequence. A task that keeps a
+  question apart from its document declares the doc field holding it (``metadata: kvbench_query_field``
+  in its YAML, e.g. ``kvbench_passkey``); the prompt is then split where that question starts and, by
+  default (query-agnostic), only the part before it is compressed, the question being fed afterwards.
+  ``query_aware=True`` compresses the question with the document. Other requests compress everything
+  but the prompt's last token, as before.
 
 This class takes a loaded model (library use: ``KvbenchLM(model=..., tokenizer=..., method_obj=...)``).
 ``lm_eval --model kvbench --model_args model=...,method=...`` builds one from kvbench's config through
@@ -67,16 +72,37 @@ def quiet_lm_eval() -> None:
     lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
 
 
+def query_fields() -> dict[str, str]:
+    """kvbench's offline tasks whose docs keep a question apart: ``{task: doc field}`` (their YAML's
+    ``metadata.kvbench_query_field``)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):  # read the YAML without resolving lm-eval's !function tags
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    fields = {}
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        field = (data.get("metadata") or {}).get("kvbench_query_field")
+        if field:
+            fields[data["task"]] = field
+    return fields
+
+
 class KvbenchLM(HFLM):
     def __init__(self, model, tokenizer, method_obj, reference_config=None, max_length=None, stream_chunk=512,
-                 batch_size=1, protocol: CompressionProtocol | None = None):
+                 batch_size=1, protocol: CompressionProtocol | None = None, query_aware: bool = False):
         """``model`` after ``method_obj.apply``; ``reference_config`` its config before (for the byte count);
-        ``protocol`` an existing protocol to measure with (a new one otherwise)."""
+        ``protocol`` an existing protocol to measure with (a new one otherwise); ``query_aware`` where a
+        declared question goes (see the module docstring)."""
         if int(batch_size) != 1:
             raise ValueError(f"batch_size={batch_size}: kvbench evaluates one sequence at a time (use 1)")
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=1, max_length=max_length)
         self.method = method_obj
         self.stream_chunk = int(stream_chunk)
+        self.query_aware = bool(query_aware)
+        self.query_fields = query_fields()
         self.protocol = protocol if protocol is not None else CompressionProtocol(model, method_obj, reference_config)
         if distributed.world_size() > 1:  # accelerate launch: lm-eval splits requests by rank, gathers to rank 0
             self.accelerator = distributed.accelerator()
@@ -134,20 +160,45 @@ class KvbenchLM(HFLM):
     def _generate(self, requests, disable_tqdm=False):
         results = []
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
-        for context, gen_kwargs in tqdm([r.args for r in requests], disable=disable_tqdm or self.rank != 0,
-                                        desc="kvbench generate_until"):
+        for request in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="kvbench generate_until"):
+            context, gen_kwargs = request.args
             kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_gen_toks = kwargs.pop("max_gen_toks")
             context_ids, _ = self.tok_batch_encode([context], left_truncate_len=self.max_length - max_gen_toks,
                                                    truncation=self.truncation)
+            ids = context_ids[0].tolist()
+            n_query = self._query_tokens(context, self._question(request))
+            n_query = n_query if n_query < len(ids) else 0  # a question longer than what truncation left
             generated = self.protocol.generate(
-                context_ids[0].tolist(), max_gen_toks, stop=self._stop_on(until),
-                eos_token_ids=[self.eot_token_id])
+                ids[: len(ids) - n_query], max_gen_toks, stop=self._stop_on(until),
+                eos_token_ids=[self.eot_token_id], query=ids[len(ids) - n_query:], query_aware=self.query_aware)
             text = postprocess_generated_text(self.tok_decode(generated), stop=until, think_end_token=None)
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return results
+
+    def _question(self, request) -> str | None:
+        """The request's question, if its task declares one (``kvbench_query_field``)."""
+        field = self.query_fields.get(getattr(request, "task_name", None))
+        doc = getattr(request, "doc", None)
+        question = doc.get(field) if field and isinstance(doc, dict) else None
+        return question if isinstance(question, str) and question else None
+
+    def _query_tokens(self, text: str, question: str | None) -> int:
+        """How many of the prompt's last tokens belong to the question part (from its last occurrence on;
+        0 without one). The prompt is tokenised whole; a token straddling the boundary counts as query."""
+        boundary = text.rfind(question) if question else -1
+        if boundary <= 0:
+            return 0
+        whole, head = self.tok_encode(text), self.tok_encode(text[:boundary])
+        common = 0
+        for a, b in zip(whole, head):
+            if a != b:
+                break
+            common += 1
+        n_query = len(whole) - common
+        return n_query if 0 < n_query < len(whole) else 0
 
     def _stop_on(self, until: list[str]):
         def stop(generated: list[int]) -> bool:

@@ -13,7 +13,8 @@ What the official ``pred.py``/``eval.py`` do, and kvbench with them (EVALUATION.
 
 **Context/query split.** The official prompt is a single string; kvbench compresses the
 part up to and including the document and feeds the rest (question, instructions after
-the document, the chat template's closing tokens) uncompressed, as the query. The split
+the document, the chat template's closing tokens) uncompressed, as the query
+(``suite.query_aware=true`` compresses it with the document instead). The split
 is made on the *final* prompt (after middle truncation and the chat template), at the
 last occurrence of the template's text after ``{context}``, and the prompt is tokenised
 whole, so the model sees exactly the official token sequence. If that text did not
@@ -92,10 +93,11 @@ def jsonl(rows: Sequence[dict]) -> str:
 
 
 def predict_dataset(protocol, tokenizer, dataset: str, records: Sequence[dict], max_length: int, chat: bool,
-                    max_new_tokens: int | None = None) -> list[dict]:
+                    max_new_tokens: int | None = None, query_aware: bool = False) -> list[dict]:
     """Generate a prediction per record through the compression protocol; rows in the official pred format.
 
-    ``max_new_tokens`` caps the official per-dataset number (smoke runs); None keeps it.
+    ``max_new_tokens`` caps the official per-dataset number (smoke runs); None keeps it. ``query_aware``:
+    the query part is compressed with the context instead of being fed after it.
     """
     max_new = DATASET2MAXLEN[dataset] if max_new_tokens is None else min(max_new_tokens, DATASET2MAXLEN[dataset])
     eos = eos_ids(tokenizer, protocol.model)
@@ -104,7 +106,8 @@ def predict_dataset(protocol, tokenizer, dataset: str, records: Sequence[dict], 
     rows = []
     for i, record in enumerate(records):
         prompt = build_prompt(record, dataset, tokenizer, max_length, chat)
-        generated = protocol.generate(prompt.context_ids, max_new, eos_token_ids=eos, query=prompt.query_ids)
+        generated = protocol.generate(prompt.context_ids, max_new, eos_token_ids=eos, query=prompt.query_ids,
+                                      query_aware=query_aware)
         rows.append({
             "pred": tokenizer.decode(generated, skip_special_tokens=True),
             "answers": record["answers"],
@@ -117,6 +120,7 @@ def predict_dataset(protocol, tokenizer, dataset: str, records: Sequence[dict], 
             "truncated": prompt.truncated,
             "chat": prompt.chat,
             "split": prompt.split,
+            "query_aware": bool(query_aware),
         })
     return rows
 

@@ -9,6 +9,11 @@ compression, so every scored or generated token sees only what the method kept.
 over its tensors, next to what an uncompressed cache would hold for the same tokens)
 and times prefill and decoding. The lm-eval model, LongBench and the synthetic tasks
 all go through it, so a method is measured the same way everywhere.
+
+Query-agnostic vs query-aware (:meth:`CompressionProtocol.generate`): by default a question kept apart
+from its document is fed *after* compression (the method never sees it when choosing what to keep, as
+kvpress does); ``query_aware=True`` puts it inside the compressed prompt, the setting SnapKV and PyramidKV
+assume. Suites pass their ``suite.query_aware``; records and reports carry it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -45,6 +50,8 @@ class ProtocolStats:
     stored_bytes: int = 0
     peak_stored_bytes: int = 0
     peak_full_bytes: int = 0
+    #: What the caches had to adapt (e.g. PyramidKV's clamped budgets): ``{note: prefills it applied to}``.
+    notes: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -52,8 +59,11 @@ class ProtocolStats:
 
     def kv_summary(self) -> dict:
         """The record's ``kv`` field: bytes measured from the cache, and the compression ratio."""
-        return {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
-                "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
+        summary = {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
+                   "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
+        if self.notes:
+            summary["notes"] = dict(self.notes)
+        return summary
 
     def speed_summary(self) -> dict:
         """Prefill and decode speed over the run (prefill includes compression)."""
@@ -114,6 +124,8 @@ class CompressionProtocol:
             self.forward(cache, token_ids[i : i + step], last_logits_only=True)
             self.method.compress(cache)
         self.stats.prefill_s += time.perf_counter() - start
+        for note in cache.notes() if hasattr(cache, "notes") else ():
+            self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
         self.stats.prefill_tokens += len(token_ids)
         self.stats.n_prefills += 1
         stored, full = self.measure(cache, len(token_ids))
@@ -163,16 +175,19 @@ class CompressionProtocol:
         stop: Callable[[list[int]], bool] | None = None,
         eos_token_ids: Sequence[int] = (),
         query: Sequence[int] = (),
+        query_aware: bool = False,
     ) -> list[int]:
         """Greedy decoding after a compressed context.
 
         ``query`` tokens (e.g. a question kept apart from the document, as RULER and
         LongBench-style tasks want) are fed after compression, uncompressed by design of
-        the protocol, followed by greedy decoding. Stops at ``max_new_tokens``, an EOS id,
-        or when ``stop(generated_ids)`` is true.
+        the protocol, followed by greedy decoding (query-agnostic). With ``query_aware``
+        they are part of the compressed prompt instead: everything but the prompt's last
+        token is prefilled and compressed. Stops at ``max_new_tokens``, an EOS id, or when
+        ``stop(generated_ids)`` is true.
         """
         prompt = list(context) + list(query)
-        split = len(context) - 1 if not query else len(context)
+        split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
         pending = prompt[split:]
         generated: list[int] = []

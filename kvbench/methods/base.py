@@ -107,6 +107,56 @@ def _diff(mine: dict, base: dict) -> dict:
     return out
 
 
+def check_full_attention(method: str, config: "PretrainedConfig") -> None:
+    """Token eviction keeps one logical length per layer: refuse sliding-window / linear-attention layers."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None) or []
+    odd = sorted({t for t in layer_types if t != "full_attention"})
+    if odd or getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+        raise MethodConfigError(
+            f"method={method} needs full-attention layers only; this model has {', '.join(odd) or 'sliding_window'} "
+            "layers (choose a model without sliding-window/linear attention)")
+
+
+class ScoredAttention:
+    """Mixin for methods whose cache reads attention probabilities (H2O, SnapKV, PyramidKV, TOVA).
+
+    ``apply`` switches the model to ``scored_<impl>`` (the same attention, plus the probabilities the cache
+    asks for: :mod:`kvbench.cache.attention_scores`); ``check_model`` refuses, before loading, the models and
+    attention implementations that cannot be scored."""
+
+    def check_model(self, config) -> None:
+        check_full_attention(self.name, config)
+        impl = getattr(config, "_attn_implementation", None)
+        if impl is not None and not _scorable(impl):
+            raise MethodConfigError(
+                f"method={self.name} cannot score attention with model.attn_implementation={impl!r} (choose sdpa or eager)")
+
+    def apply(self, model, tokenizer=None):
+        """Switch attention to ``scored_<impl>``: the same attention, plus scores for the cache."""
+        from kvbench.cache.attention_scores import use_scoring_attention
+
+        try:
+            use_scoring_attention(model)
+        except ValueError as err:
+            raise MethodConfigError(f"method={self.name}: {err}") from None
+        return model
+
+    def require_scoring(self, model) -> None:
+        """Raise unless :meth:`apply` ran on ``model`` (called by ``new_cache``)."""
+        from kvbench.cache.attention_scores import is_scoring
+
+        if not is_scoring(model):
+            raise RuntimeError(f"method={self.name}: call method.apply(model) before method.new_cache(model) "
+                               "(the cache needs the model's attention scores)")
+
+
+def _scorable(impl: str) -> bool:
+    from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES
+
+    return impl.removeprefix(PREFIX) in SUPPORTED_BASES
+
+
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method, with a clear error for an unknown name or parameter."""
     from kvbench import methods as _  # noqa: F401  (imports every method module)

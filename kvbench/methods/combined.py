@@ -96,6 +96,13 @@ class Combined(Method):
             if component is not None:
                 self._components[axis] = component
                 setattr(self, f"{axis}_params", component.params())  # defaults resolved: one config, one hash
+        tokens = self._components.get("tokens")
+        if "layers" in self._components and tokens is not None and not hasattr(tokens, "eviction"):
+            with_pairs = sorted(name for name in methods_on("tokens") if hasattr(METHODS[name], "eviction"))
+            raise MethodConfigError(
+                f"method.tokens={self.tokens!r} cannot evict merged pairs with method.layers={self.layers!r}: the "
+                f"combined cache needs an eviction() policy, which only {', '.join(with_pairs)} supplies "
+                f"(set method.layers=null to run {self.tokens} alone on the tokens axis)")
 
     def components(self) -> dict[str, Method]:
         return dict(self._components)

@@ -24,14 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvbench.methods.base import Method, MethodConfigError, register
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
 
 DEFAULT_RATIO = 0.1
 
 
 @register
 @dataclass
-class H2O(Method):
+class H2O(ScoredAttention, Method):
     axis = "tokens"
     name: str = "h2o"
     heavy_ratio: Optional[float] = None
@@ -71,35 +71,6 @@ class H2O(Method):
 
         return H2OBudget(self.heavy_ratio, self.heavy_tokens, self.recent_ratio, self.recent_tokens)
 
-    def check_model(self, config) -> None:
-        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-        layer_types = getattr(text, "layer_types", None) or []
-        odd = sorted({t for t in layer_types if t != "full_attention"})
-        if odd or getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
-            raise MethodConfigError(
-                f"method=h2o needs full-attention layers only; this model has {', '.join(odd) or 'sliding_window'} "
-                "layers (choose a model without sliding-window/linear attention)")
-        impl = getattr(config, "_attn_implementation", None)
-        if impl is not None and not self._supported(impl):
-            raise MethodConfigError(
-                f"method=h2o cannot score attention with model.attn_implementation={impl!r} (choose sdpa or eager)")
-
-    @staticmethod
-    def _supported(impl: str) -> bool:
-        from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES
-
-        return impl.removeprefix(PREFIX) in SUPPORTED_BASES
-
-    def apply(self, model, tokenizer=None):
-        """Switch attention to ``scored_<impl>``: the same attention, plus column sums for the cache."""
-        from kvbench.cache.attention_scores import use_scoring_attention
-
-        try:
-            use_scoring_attention(model)
-        except ValueError as err:
-            raise MethodConfigError(f"method=h2o: {err}") from None
-        return model
-
     def eviction(self):
         """The policy ``combined``'s cache applies on the tokens axis."""
         from kvbench.cache.combined import Eviction
@@ -107,10 +78,7 @@ class H2O(Method):
         return Eviction(self.budget(), self.score_agg)
 
     def new_cache(self, model):
-        from kvbench.cache.attention_scores import is_scoring
         from kvbench.cache.h2o import H2OCache
 
-        if not is_scoring(model):
-            raise RuntimeError("method=h2o: call method.apply(model) before method.new_cache(model) "
-                               "(the cache needs the model's attention scores)")
+        self.require_scoring(model)
         return H2OCache.for_model(model.config, self.budget(), self.score_agg)

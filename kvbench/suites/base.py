@@ -10,6 +10,10 @@ A suite is one module in ``kvbench/suites/``:
 * :meth:`Suite.run` -- yields one :class:`TaskResult` per task as soon as it is done, each naming its
   primary metric and whether higher is better.
 
+A suite whose prompts keep a question apart from the document sets ``keeps_query`` and honours
+``suite.query_aware`` (passing it to :meth:`~kvbench.eval.protocol.CompressionProtocol.generate`); any
+other suite refuses ``query_aware=true`` in one line rather than ignoring it.
+
 ``@register`` makes a suite selectable as ``suite.runner=<runner>``; every module of this package is
 imported automatically, so a new suite edits no other file.
 """
@@ -103,6 +107,8 @@ class Suite:
     Options: ClassVar[type] = NoOptions
     #: Whether ``accelerate launch`` can split the suite's requests over processes.
     supports_data_parallel: ClassVar[bool] = False
+    #: Whether prompts keep a question apart from their context (then ``suite.query_aware`` applies).
+    keeps_query: ClassVar[bool] = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -154,6 +160,14 @@ def check_common(cfg) -> None:
         raise SuiteConfigError(f"suite={cfg.name} lists no tasks (set suite.tasks)")
 
 
+def no_question_part(cfg, why: str) -> SuiteConfigError:
+    """The one-line error for ``suite.query_aware=true`` on prompts without a question kept apart."""
+    with_query = sorted(name for name, suite in SUITES.items() if suite.keeps_query)
+    return SuiteConfigError(
+        f"suite.query_aware=true needs prompts with a question kept apart from the context, and {why} "
+        f"(set suite.query_aware=false, or use a suite with a question part: {', '.join(with_query)})")
+
+
 def build_suite(cfg) -> Suite:
     """The registered suite for ``cfg.runner``, after the checks every suite shares."""
     from kvbench import suites as _  # noqa: F401  (imports every suite module)
@@ -161,4 +175,7 @@ def build_suite(cfg) -> Suite:
     if cfg.runner not in SUITES:
         raise SuiteConfigError(f"suite.runner={cfg.runner!r} is not valid (choose one of: {', '.join(sorted(SUITES))})")
     check_common(cfg)
-    return SUITES[cfg.runner](cfg)
+    cls = SUITES[cfg.runner]
+    if getattr(cfg, "query_aware", False) and not cls.keeps_query:
+        raise no_question_part(cfg, f"suite={cfg.name} (runner {cfg.runner}) has none")
+    return cls(cfg)

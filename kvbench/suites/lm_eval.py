@@ -5,6 +5,9 @@ Any task lm-eval knows works by name (the hub is then needed for its data); kvbe
 so each task's metrics reach the record as soon as it is done. Per-sample outputs are saved as
 ``samples_<task>.jsonl`` in the run dir. The primary metric is the task's first, with lm-eval's own
 direction; lm-eval's standard errors come along where it computes them.
+
+``suite.query_aware`` applies to the tasks that declare their question field (``kvbench_passkey``; see
+:mod:`kvbench.eval.lm`); a suite none of whose tasks declares one refuses ``query_aware=true``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from pathlib import Path
 
 from kvbench.config import SuiteConfig
 from kvbench.errors import SuiteConfigError
-from kvbench.eval.lm import TASKS_DIR, KvbenchLM, quiet_lm_eval
-from kvbench.suites.base import NoOptions, RunContext, Suite, TaskResult, register, sample_rows
+from kvbench.eval.lm import TASKS_DIR, KvbenchLM, query_fields, quiet_lm_eval
+from kvbench.suites.base import NoOptions, RunContext, Suite, TaskResult, no_question_part, register, sample_rows
 
 
 def local_tasks() -> list[str]:
@@ -44,6 +47,7 @@ class LmEval(Suite):
     runner = "lm_eval"
     Config = LmEvalConfig
     supports_data_parallel = True  # lm-eval shards requests by rank and gathers the samples to rank 0
+    keeps_query = True  # for the tasks that declare a question field (checked in validate)
 
     def validate(self, model_cfg=None) -> list[str]:
         unknown = [t for t in self.tasks if t not in local_tasks()]
@@ -56,6 +60,9 @@ class LmEval(Suite):
                 raise SuiteConfigError(
                     f"unknown task(s) {', '.join(missing)}: kvbench's offline tasks are {', '.join(local_tasks())}; "
                     "any lm-eval task name also works (see `lm_eval ls tasks`)")
+        if self.cfg.query_aware and not set(self.tasks) & set(query_fields()):
+            raise no_question_part(self.cfg, f"none of suite.tasks ({', '.join(self.tasks)}) has one (lm-eval tasks "
+                                             f"with a question part: {', '.join(sorted(query_fields()))})")
         return self.tasks
 
     def run(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
@@ -65,7 +72,8 @@ class LmEval(Suite):
         quiet_lm_eval()
         protocol = context.protocol
         lm = KvbenchLM(model=protocol.model, tokenizer=context.tokenizer, method_obj=protocol.method,
-                       max_length=context.model_cfg.max_length, stream_chunk=self.cfg.stream_chunk, protocol=protocol)
+                       max_length=context.model_cfg.max_length, stream_chunk=self.cfg.stream_chunk, protocol=protocol,
+                       query_aware=self.cfg.query_aware)
         manager = task_manager(plan, context.seed)
         gen_kwargs = {"max_gen_toks": self.cfg.max_gen_toks} if self.cfg.max_gen_toks else None
         seed = context.seed

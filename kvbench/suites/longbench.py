@@ -55,6 +55,7 @@ class LongBench(Suite):
     runner = "longbench"
     Config = LongBenchConfig
     Options = LongBenchOptions
+    keeps_query = True
 
     def validate(self, model_cfg=None) -> dict[str, list[dict]]:
         """``{dataset: records}`` after checking names, options and every record."""
@@ -102,7 +103,8 @@ class LongBench(Suite):
         scores: dict[str, dict[str, float]] = {}
         for dataset, records in plan.items():
             log.info("LongBench %s: %d examples", dataset, len(records))
-            rows = predict_dataset(context.protocol, tokenizer, dataset, records, max_length, chat, self.cfg.max_gen_toks)
+            rows = predict_dataset(context.protocol, tokenizer, dataset, records, max_length, chat, self.cfg.max_gen_toks,
+                                   query_aware=self.cfg.query_aware)
             atomic_write_text(out_dir / f"{dataset}.jsonl", jsonl(rows))
             scores[dataset] = score_rows(dataset, rows, opts.e)
             per_sample = [sample_score(dataset, r["pred"], r["answers"], rows[-1].get("all_classes")) for r in rows]

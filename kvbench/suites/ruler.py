@@ -1,7 +1,7 @@
 """``suite.runner=ruler``: RULER-style synthetic tasks at chosen lengths, scored by string match.
 
 Samples are generated offline and seeded (:mod:`kvbench.eval.ruler`); the context is compressed and the
-question fed afterwards. Each (task, length) is one result, ``<task>_<length>``, with RULER's
+question fed afterwards (``suite.query_aware=true``: the question is compressed with the context). Each (task, length) is one result, ``<task>_<length>``, with RULER's
 ``string_match_all`` as its primary metric (and ``string_match_part`` for multi-reference tasks). Writes
 ``<run dir>/<suite name>/predictions.jsonl`` and ``result.json`` once every task is done;
 :func:`kvbench.eval.string_match.rescore` recomputes the scores from the predictions.
@@ -50,6 +50,7 @@ class Ruler(Suite):
     runner = "ruler"
     Config = RulerConfig
     Options = RulerOptions
+    keeps_query = True
 
     def validate(self, model_cfg=None) -> None:
         opts = self.options
@@ -81,11 +82,13 @@ class Ruler(Suite):
             start = time.perf_counter()
             preds = []
             for s in samples:
-                out = protocol.generate(s.context_ids, s.max_new_tokens, eos_token_ids=eos, query=s.query_ids)
+                out = protocol.generate(s.context_ids, s.max_new_tokens, eos_token_ids=eos, query=s.query_ids,
+                                        query_aware=self.cfg.query_aware)
                 preds.append(tokenizer.decode(out, skip_special_tokens=True))
                 rows.append({"task": task, "length": length, "index": s.index, "pred": preds[-1],
                              "answers": s.answers, "context_tokens": len(s.context_ids),
-                             "query_tokens": len(s.query_ids), "generated_tokens": len(out)})
+                             "query_tokens": len(s.query_ids), "generated_tokens": len(out),
+                             "query_aware": bool(self.cfg.query_aware)})
             refs = [s.answers for s in samples]
             key = f"{task}_{length}"
             metrics[key] = {"string_match_all": string_match_all(preds, refs)}

@@ -45,6 +45,9 @@ def held_tensors(obj, seen=None) -> dict[int, torch.Tensor]:
     ("minicache", {"start_layer": 1}), ("minicache", {"start_layer": 1, "norm": "per_head", "gamma": 0.3}),
     ("combined", {"heads_params": {"kv_heads": 1, **SVD_FAST}, "layers_params": {"start_layer": 1}}),
     ("combined", {"heads": None, "layers_params": {"start_layer": 1, "norm": "per_head", "retention": "range"}}),
+    ("streaming_llm", {}), ("snapkv", {"budget_tokens": 12, "window": 4}), ("pyramidkv", {"budget_tokens": 12, "window": 4}),
+    ("tova", {}), ("tova", {"heads": "group"}), ("knorm", {}),
+    ("combined", {"heads": None, "layers": None, "tokens": "pyramidkv", "tokens_params": {"budget_tokens": 12, "window": 4}}),
 ])
 def test_nbytes_equals_the_bytes_of_every_tensor_the_cache_holds(name, params):
     model, tokenizer = tiny_llama("llama-gqa", seed=0)

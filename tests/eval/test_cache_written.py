@@ -46,6 +46,11 @@ def _prefill(model, tokenizer, method):
     ("h2o", {}, True, [(2, 8)] * 4),
     ("minicache", {}, True, [(2, PROMPT)] * 4),  # layers 2-3 share one merged direction
     ("combined", {"heads_params": {"kv_heads": 1, **SVD_FAST}}, True, [(1, 8)] * 4),
+    ("streaming_llm", {}, True, [(2, 8)] * 4),  # default budget: 20% of the prompt
+    ("snapkv", {"budget_tokens": 12, "window": 4}, True, [(2, 12)] * 4),
+    ("pyramidkv", {"budget_tokens": 12, "window": 4}, True, [(2, 20), (2, 15), (2, 9), (2, 4)]),
+    ("tova", {}, True, [(2, 8)] * 4),
+    ("knorm", {}, True, [(2, 8)] * 4),
 ])
 def test_every_layer_holds_the_expected_heads_and_tokens_after_prefill(name, params, rope, expected):
     model, tokenizer = tiny_llama("llama-gqa", seed=0)

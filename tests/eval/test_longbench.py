@@ -68,7 +68,7 @@ def test_samsum_also_stops_at_the_newline_token_and_max_new_tokens_is_official(t
         def __init__(self):
             self.model = model
 
-        def generate(self, context, max_new_tokens, stop=None, eos_token_ids=(), query=()):
+        def generate(self, context, max_new_tokens, stop=None, eos_token_ids=(), query=(), query_aware=False):
             calls.append((max_new_tokens, set(eos_token_ids)))
             return [tok.encode("x")[0]]
 

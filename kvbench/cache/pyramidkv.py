@@ -1,0 +1,92 @@
+"""PyramidKV cache (Cai et al. 2024, "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
+Information Funneling"): SnapKV's selection (:mod:`kvbench.cache.snapkv`) with per-layer budgets that
+shrink linearly from the first layer to the last (METHODS.md §7).
+
+Budgets, as the official code computes them: with B the uniform budget (``budget_ratio``/``budget_tokens``)
+and w the window, each layer keeps its window plus s_l selected tokens; the s_l fall linearly from
+``2(B−w) − (B−w)/β`` (layer 0) to ``(B−w)/β`` (the last layer), so their mean is ``B − w`` and the
+per-layer budgets ``s_l + w`` sum to exactly ``L·B`` -- the same memory as uniform SnapKV. β divides the
+part beyond the window, so the smallest layer always holds its window. Integers: each s_l is floored and
+the remainder goes, one token each, to the layers with the largest fractional parts (lower layers first
+on ties); the sum stays exact and the budgets stay non-increasing.
+
+Clamping (said in the record, never silent): a layer cannot select more than the ``P − w`` tokens outside
+its window, so when the top budget would exceed that, it is clamped to ``P − w`` and the bottom raised to
+keep the mean -- a flatter pyramid, where the official code and kvpress fall back to uniform SnapKV.
+A ratio budget that cannot hold the window cuts the window (as SnapKV, noted).
+
+Layers store different numbers of tokens; transformers builds one mask, for layer 0, and the scored
+attention re-aligns it per layer (:func:`~kvbench.cache.attention_scores.align_mask`), so a multi-token
+forward after compression (scoring a continuation, a query fed after the context) works.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from math import floor
+
+from kvbench.cache.eviction import BudgetCache, TokenBudget, num_layers
+from kvbench.cache.snapkv import SnapKVLayer
+
+
+def pyramid_budgets(budget: int, window: int, prompt_length: int, n_layers: int, beta: int) -> tuple[list[int], bool]:
+    """Per-layer budgets (window included) for a uniform ``budget`` ≤ ``prompt_length``, and whether the
+    top was clamped to the prompt. ``window`` ≤ ``budget``."""
+    selected = Fraction(budget - window)
+    low = selected / beta
+    high = 2 * selected - low
+    clamped = high > prompt_length - window
+    if clamped:
+        high = Fraction(prompt_length - window)
+        low = 2 * selected - high
+    if n_layers == 1:
+        exact = [selected]
+    else:
+        exact = [high - (high - low) * layer / (n_layers - 1) for layer in range(n_layers)]
+    counts = [floor(x) for x in exact]
+    remainder = int(n_layers * selected) - sum(counts)
+    by_fraction = sorted(range(n_layers), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_fraction[:remainder]:
+        counts[i] += 1
+    return [c + window for c in counts], clamped
+
+
+class PyramidKVLayer(SnapKVLayer):
+    method = "pyramidkv"
+
+    def __init__(self, layer_idx: int, n_layers: int, budget: TokenBudget, window: int = 32, kernel_size: int = 5,
+                 pooling: str = "avg", beta: int = 20):
+        super().__init__(budget, window, kernel_size, pooling)
+        self.layer_idx, self.n_layers, self.beta = layer_idx, n_layers, beta
+        self.uniform: int | None = None
+
+    def resolve_capacity(self, prompt_length: int) -> int:
+        uniform = super().resolve_capacity(prompt_length)  # sets the observed window (and a note if it was cut)
+        self.uniform = uniform
+        if uniform >= prompt_length:
+            return uniform  # nothing to evict anywhere
+        budgets, clamped = pyramid_budgets(uniform, self.observed, prompt_length, self.n_layers, self.beta)
+        if clamped and self.note is None:
+            self.note = (f"pyramidkv: per-layer budgets clamped to the prompt ({self.budget}, beta={self.beta}): the "
+                         f"first layer keeps the whole prompt, the others a flatter pyramid with the same mean")
+        return budgets[self.layer_idx]
+
+    def reset(self) -> None:
+        super().reset()
+        self.uniform = None
+
+
+class PyramidKVCache(BudgetCache):
+    def __init__(self, n_layers: int, budget: TokenBudget, window: int = 32, kernel_size: int = 5,
+                 pooling: str = "avg", beta: int = 20):
+        super().__init__(layers=[PyramidKVLayer(i, n_layers, budget, window, kernel_size, pooling, beta)
+                                 for i in range(n_layers)])
+
+    @classmethod
+    def for_model(cls, config, budget: TokenBudget, window: int = 32, kernel_size: int = 5, pooling: str = "avg",
+                  beta: int = 20) -> "PyramidKVCache":
+        return cls(num_layers(config), budget, window, kernel_size, pooling, beta)
+
+    def layer_budgets(self) -> list[int | None]:
+        """Each layer's budget once the prompt is known (None before)."""
+        return [layer.capacity for layer in self.layers]

@@ -1,0 +1,62 @@
+"""Scored attention beyond H2O: requests for the last query rows only, and masks re-aligned per layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kvbench.cache.attention_scores import aggregate_heads, align_mask, request_scores, scored_attention
+
+
+class _Module(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.num_key_value_groups, self.is_causal, self.scaling, self.layer_idx = groups, True, 1.0, 0
+
+
+class _Receiver:
+    def __init__(self, agg: str):
+        self.score_agg, self.received = agg, None
+
+    def receive_scores(self, sums):
+        self.received = sums
+
+
+def _causal(q_len: int, kv: int) -> torch.Tensor:
+    return torch.arange(kv)[None, :] <= torch.arange(q_len)[:, None] + (kv - q_len)
+
+
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+@pytest.mark.parametrize("last_rows", [1, 3, None])
+@pytest.mark.parametrize("agg", ["sum", "mean"])
+def test_scores_of_the_last_query_rows_equal_the_dense_softmax_of_those_rows(base, last_rows, agg):
+    from transformers.models.llama import modeling_llama
+
+    torch.manual_seed(0)
+    b, h, g, q_len, kv, d = 1, 2, 2, 6, 9, 8
+    query, key = torch.randn(b, h * g, q_len, d), torch.randn(b, h, kv, d)
+    allowed = _causal(q_len, kv)
+    dense = torch.softmax((query @ key.repeat_interleave(g, 1).transpose(-1, -2)).masked_fill(~allowed, float("-inf")), -1)
+    rows = q_len if last_rows is None else last_rows
+    expected = aggregate_heads(dense[:, :, q_len - rows:].reshape(b, h, g, rows, kv), agg)
+
+    module_cls = type("LlamaLike", (_Module,), {"__module__": modeling_llama.__name__})  # eager borrows Llama's
+    receiver = _Receiver(agg)
+    request_scores(receiver, key, last_rows=last_rows)
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None] if base == "eager" else None
+    scored_attention(base)(module_cls(g), query, key, key.clone(), mask, scaling=1.0, dropout=0.0)
+    assert torch.allclose(receiver.received, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_a_mask_built_for_another_layer_is_realigned_bottom_right(dtype):
+    allowed = _causal(3, 8)[None, None]  # layer 0: 5 cached tokens + 3 new
+    mask = allowed if dtype == torch.bool else torch.where(allowed, 0.0, -1e9)
+    assert align_mask(mask, 8) is mask
+    shorter = align_mask(mask, 5)  # a layer keeping 2 cached tokens
+    assert torch.equal(shorter, mask[..., 3:])
+    assert torch.equal(shorter if dtype == torch.bool else shorter == 0, _causal(3, 5)[None, None])
+    longer = align_mask(mask, 11)  # a layer keeping 8 cached tokens
+    assert torch.equal(longer if dtype == torch.bool else longer == 0, _causal(3, 11)[None, None])
+    assert align_mask(None, 4) is None
