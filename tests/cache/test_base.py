@@ -45,6 +45,12 @@ def held_tensors(obj, seen=None) -> dict[int, torch.Tensor]:
     ("minicache", {"start_layer": 1}), ("minicache", {"start_layer": 1, "norm": "per_head", "gamma": 0.3}),
     ("combined", {"heads_params": {"kv_heads": 1, **SVD_FAST}, "layers_params": {"start_layer": 1}}),
     ("combined", {"heads": None, "layers_params": {"start_layer": 1, "norm": "per_head", "retention": "range"}}),
+    ("kivi", {"group_size": 8, "residual_length": 16}), ("kivi", {"group_size": 8, "residual_length": 0, "nbits": 4}),
+    ("rtn", {"group_size": 8}), ("rtn", {"group_size": 16, "nbits": 2}),
+    ("combined", {"heads": None, "tokens": None, "layers_params": {"start_layer": 1}, "bits": "kivi",
+                  "bits_params": {"group_size": 8, "residual_length": 16}}),
+    ("combined", {"heads": "meanpool_gqa", "tokens": None, "layers_params": {"start_layer": 1, "norm": "per_head"},
+                  "bits": "rtn", "bits_params": {"group_size": 8}}),
 ])
 def test_nbytes_equals_the_bytes_of_every_tensor_the_cache_holds(name, params):
     model, tokenizer = tiny_llama("llama-gqa", seed=0)
