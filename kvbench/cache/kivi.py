@@ -1,5 +1,5 @@
 """Quantized KV caches with KIVI's streaming policy (Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit
-Quantization for KV Cache", ICML), its round-to-nearest baseline, and MiniCache pairs on top (METHODS.md §6).
+Quantization for KV Cache", ICML) and its round-to-nearest baseline (METHODS.md §6).
 
 Written in torch rather than on transformers' ``QuantizedCache``: that cache quantizes everything once its
 residual exceeds R and its quanto backend does not group keys per channel over G tokens, so neither the
@@ -23,9 +23,7 @@ dequantized past + the exact residual + the exact new tokens, then quantizes wha
 of one forward see each other exactly and only later queries see them quantized. Hence R ≥ the sequence
 length reproduces ``full`` exactly.
 
-Merged pairs (``combined`` with ``layers=minicache, bits=kivi``): the shared unit direction of a pair is a
-quantized stream under the same rule (keys per channel, values per token); MiniCache's per-token norms and
-its exactly-retained tokens stay in full precision (retention exists to keep those tokens exact).
+MiniCache pairs on top (``combined`` with ``layers=minicache, bits=kivi``): :mod:`kvbench.cache.quantized_merging`.
 """
 
 from __future__ import annotations
@@ -35,9 +33,6 @@ from dataclasses import dataclass
 import torch
 
 from kvbench.cache.base import KVCache, KVLayer, tensor_nbytes
-from kvbench.cache.combined import Merging
-from kvbench.cache.merging import MergedStore
-from kvbench.cache.minicache import MergedPair, MergedPairCache, MergedPairLayer, merged_pairs
 from kvbench.cache.quantization import Quantized, dequantize, quantize
 
 
@@ -194,47 +189,3 @@ class QuantizedKVCache(KVCache):
     def __init__(self, num_layers: int, quantization: Quantization):
         super().__init__(layers=[QuantizedLayer(quantization) for _ in range(num_layers)])
         self.quantization = quantization
-
-
-class QuantizedMergedStore(MergedStore):
-    """A MiniCache merged store whose unit directions are a :class:`QuantizedStream` (norms, retained tokens exact)."""
-
-    def __init__(self, t: float, gamma: float, retention: str, per_head: bool, stream: QuantizedStream):
-        super().__init__(t, gamma, retention, per_head)
-        self.stream = stream
-
-    def _store_directions(self, new: torch.Tensor, keep: torch.Tensor | None) -> None:
-        if keep is not None:
-            raise NotImplementedError("quantized merged directions cannot be evicted (KIVI groups span G tokens)")
-        self.stream.append(new)
-
-    def _directions(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        return self.stream.read(out=out)
-
-    def nbytes(self) -> int:
-        return super().nbytes() + self.stream.nbytes()
-
-
-class QuantizedMergedPair(MergedPair):
-    """A MiniCache pair whose keys' and values' directions are quantized."""
-
-    def __init__(self, merging: Merging, quantization: Quantization):
-        self.quantization = quantization
-        super().__init__(merging.t, merging.gamma, merging.retention, per_head=(merging.norm == "per_head"))
-
-    def new_store(self, kind: str) -> MergedStore:
-        return QuantizedMergedStore(*self.settings, stream=self.quantization.stream(kind))
-
-
-class QuantizedMergedPairCache(MergedPairCache):
-    """MiniCache + quantization: quantized layers below ``start_layer`` (and an odd last layer), quantized merged
-    pairs from it on."""
-
-    def __init__(self, num_layers: int, merging: Merging, quantization: Quantization):
-        layers: list[KVLayer] = [QuantizedLayer(quantization) for _ in range(num_layers)]
-        self.pairs = []
-        for a, b in merged_pairs(num_layers, merging.start_layer):
-            pair = QuantizedMergedPair(merging, quantization)
-            layers[a], layers[b] = MergedPairLayer(pair, 0), MergedPairLayer(pair, 1)
-            self.pairs.append(pair)
-        KVCache.__init__(self, layers=layers)

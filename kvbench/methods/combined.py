@@ -24,10 +24,11 @@ converted model's ``DynamicCache``. Each component set to its no-op (kv_heads = 
 H + R ≥ N) reproduces ``full``.
 
 **Bits: quantize what the other axes store.** With ``bits`` alone (or with ``heads``), the bits method's own
-quantized cache on the (converted) model. With ``layers``: the unmerged layers are quantized layers and each
-merged pair's shared unit directions are quantized streams under the same rule (keys per channel for KIVI,
-per token for RTN; the residual window applies to the pair's tokens); MiniCache's per-token norms and its
-exactly-retained tokens stay in full precision (:mod:`kvbench.cache.kivi`). ``layers=minicache, bits=kivi``
+quantized cache on the (converted) model. With ``layers``: the unmerged layers are quantized layers, each
+merged pair's shared unit directions are quantized under the same rule (keys per channel for KIVI, per token
+for RTN; the residual window applies to the pair's tokens), and its retained tokens are quantized per token
+once they leave that window; only MiniCache's per-token norms stay in full precision
+(:mod:`kvbench.cache.quantized_merging`). ``layers=minicache, bits=kivi``
 with ``nbits: 4`` is the paper's MiniCache + KIVI-4 (``conf/method/minicache_kivi.yaml``). ``bits`` with
 ``tokens`` is refused: evicting single tokens would break KIVI's key groups of G consecutive tokens.
 
@@ -137,7 +138,7 @@ class Combined(Method):
         if bits is not None:
             if layers is None:
                 return bits.new_cache(model)
-            from kvbench.cache.kivi import QuantizedMergedPairCache
+            from kvbench.cache.quantized_merging import QuantizedMergedPairCache
 
             with _on_axis("bits"):
                 bits.check_model(model.config)

@@ -3,13 +3,10 @@ its own tokens exactly, that later queries see the stored codes, and bytes by th
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from kvbench.cache.combined import Merging
-from kvbench.cache.kivi import Quantization, QuantizedKVCache, QuantizedLayer, QuantizedMergedPairCache, QuantizedStream
+from kvbench.cache.kivi import Quantization, QuantizedKVCache, QuantizedLayer, QuantizedStream
 from kvbench.cache.quantization import dequantize, quantize, quantized_nbytes
 
 G, R = 8, 32
@@ -82,21 +79,3 @@ def test_nbytes_is_codes_plus_scales_plus_zero_points_plus_the_residual(nbits, k
     vq = max(0, T - residual)
     per_layer = sum(quantized_nbytes(nq, 2, 16, nbits, G, elem=2) + 2 * 16 * (T - nq) * 2 for nq in (kq, vq))
     assert cache.nbytes() == 3 * per_layer
-
-
-def test_merged_pair_directions_are_quantized_streams_and_norms_and_retained_tokens_stay_exact():
-    quant = Quantization(nbits=4, group_size=G, residual_length=R)
-    cache = QuantizedMergedPairCache(4, Merging(start_layer=1, gamma=0.1), quant)
-    assert isinstance(cache.layers[0], QuantizedLayer) and isinstance(cache.layers[3], QuantizedLayer)
-    for n in (50, 1, 1):
-        for layer in range(4):
-            cache.update(_tokens(n, seed=layer), _tokens(n, seed=10 + layer), layer)
-        cache.compress()
-    pair = cache.pairs[0]
-    assert pair.keys.stream.quantized_tokens == 32 and pair.values.stream.quantized_tokens == 52 - 32
-    assert pair.keys.direction is None and pair.keys.norm_a.dtype == torch.float32
-    assert pair.keys.kept_a.dtype == torch.float32 and pair.keys.kept_a.shape[0] == 6  # ⌈0.1·52⌉ retained, exact
-    restored = pair.keys.restore(0)
-    assert restored.shape == (1, 2, 52, 16)
-    copied = copy.deepcopy(cache)
-    assert copied.nbytes() == cache.nbytes() and torch.equal(copied.pairs[0].keys.restore(1), pair.keys.restore(1))
