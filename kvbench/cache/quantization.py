@@ -57,17 +57,6 @@ def unpack(packed: torch.Tensor, nbits: int) -> torch.Tensor:
     return ((packed[..., None] >> shifts) & (2**nbits - 1)).reshape(*packed.shape[:-1], -1)
 
 
-_TABLES: dict[tuple, torch.Tensor] = {}
-
-
-def _code_table(nbits: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """``[256, 8/b]``: the codes of every byte, as numbers of ``dtype`` (dequantization gathers from it)."""
-    key = (nbits, dtype, str(device))
-    if key not in _TABLES:
-        _TABLES[key] = unpack(torch.arange(256, dtype=torch.uint8, device=device), nbits).reshape(256, -1).to(dtype)
-    return _TABLES[key]
-
-
 def _grouped(x: torch.Tensor, grouping: str, group_size: int) -> tuple[torch.Tensor, int]:
     """``x`` ``[B, h, N, d]`` viewed so that each group is a slice along the returned dim."""
     B, h, N, d = x.shape
@@ -97,17 +86,25 @@ def quantize(x: torch.Tensor, nbits: int, grouping: str, group_size: int) -> Qua
 
 
 def dequantize(q: Quantized, nbits: int, grouping: str, group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """States ``[B, h, N, d]`` (dtype of the scales) from packed codes; written into ``out`` if given."""
+    """States ``[B, h, N, d]`` (dtype of the scales) from packed codes; written into ``out`` if given.
+
+    The codes are unpacked straight into ``out`` (one strided write per code position in a byte), then scaled
+    and shifted in place: no temporary as large as the states (this runs for every layer at every decode step).
+    """
     B, h, N, packed = q.codes.shape
-    d = packed * 8 // nbits
-    values = torch.nn.functional.embedding(q.codes.long(), _code_table(nbits, q.scale.dtype, q.codes.device))
+    per = 8 // nbits
+    d = packed * per
     if out is None:
         out = q.scale.new_empty(B, h, N, d)
+    slots = out.view(B, h, N, packed, per)
+    mask = 2**nbits - 1
+    for i in range(per):
+        slots[..., i] = (q.codes >> (nbits * i)) & mask
     if grouping == "channel":
         shape, dim = (B, h, N // group_size, group_size, d), -2
     else:
         shape, dim = (B, h, N, d // group_size, group_size), -1
-    torch.addcmul(q.zero.unsqueeze(dim), values.view(shape), q.scale.unsqueeze(dim), out=out.view(shape))
+    out.view(shape).mul_(q.scale.unsqueeze(dim)).add_(q.zero.unsqueeze(dim))
     return out
 
 
