@@ -74,14 +74,15 @@ class QuantizedStream:
         return max(0, total - self.residual_length)
 
     def read(self, new: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Every stored token (quantized ones dequantized), then ``new`` exact tokens if given; into ``out`` if given."""
+        """Every stored token (quantized ones dequantized), then ``new`` exact tokens if given (into ``out``)."""
         parts = [x for x in (self.residual, new) if x is not None]
         nq = self.quantized_tokens
         if nq == 0 and out is None:
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
         if out is None:
             B, h, _, packed = self.codes.shape
-            out = self.scale.new_empty(B, h, self.length + (0 if new is None else new.shape[-2]), packed * 8 // self.nbits)
+            n = self.length + (0 if new is None else new.shape[-2])
+            out = self.scale.new_empty(B, h, n, packed * 8 // self.nbits)
         if nq:
             self._dequantize(out[..., :nq, :])
         at = nq

@@ -202,8 +202,9 @@ class MergedStore:
                              gather_rows(x_a, bn, gn, local, G), gather_rows(x_b, bn, gn, local, G))
 
     def _store_directions(self, new: torch.Tensor, keep: torch.Tensor | None) -> None:
-        """Append the new tokens' unit directions; with ``keep`` ``[B, G, K]``, keep only those slots of old + new.
-        (The one place directions are written: a quantizing store overrides it, :mod:`kvbench.cache.quantized_merging`.)"""
+        """Append the new tokens' unit directions; with ``keep`` ``[B, G, K]``, keep only those slots of old + new
+        (the one place directions are written: a quantizing store overrides it,
+        :mod:`kvbench.cache.quantized_merging`)."""
         direction = new if self.direction is None else torch.cat([self.direction, new], dim=-2)
         if keep is not None:
             B, h, _, d = direction.shape

@@ -27,7 +27,8 @@ class MergedPair:
         self.reset()
 
     def new_store(self, kind: str) -> MergedStore:
-        """A fresh store for the pair's ``keys`` or ``values`` (a quantizing pair, :mod:`kvbench.cache.kivi`, overrides it)."""
+        """A fresh store for the pair's ``keys`` or ``values`` (a quantizing pair overrides it:
+        :mod:`kvbench.cache.quantized_merging`)."""
         return MergedStore(*self.settings)
 
     def reset(self) -> None:

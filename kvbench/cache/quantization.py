@@ -85,7 +85,8 @@ def quantize(x: torch.Tensor, nbits: int, grouping: str, group_size: int) -> Qua
     return Quantized(pack(codes.reshape(x.shape), nbits), scale.squeeze(dim), zero.squeeze(dim))
 
 
-def dequantize(q: Quantized, nbits: int, grouping: str, group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize(q: Quantized, nbits: int, grouping: str, group_size: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """States ``[B, h, N, d]`` (dtype of the scales) from packed codes; written into ``out`` if given.
 
     The codes are unpacked straight into ``out`` (one strided write per code position in a byte), then scaled

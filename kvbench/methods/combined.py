@@ -109,8 +109,8 @@ class Combined(Method):
                 self._components[axis] = component
         if self.bits is not None and self.tokens is not None:
             raise MethodConfigError(f"method.bits={self.bits!r} cannot be combined with method.tokens={self.tokens!r}: "
-                                    "evicting single tokens would break the quantization groups (set method.tokens=null "
-                                    "or method.bits=null)")
+                                    "evicting single tokens would break the quantization groups "
+                                    "(set method.tokens=null or method.bits=null)")
 
     def components(self) -> dict[str, Method]:
         return dict(self._components)

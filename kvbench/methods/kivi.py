@@ -41,7 +41,8 @@ def _is_int(value) -> bool:
 def check_bits(nbits, group_size) -> None:
     """Validate the parameters every quantizing method shares (one line each)."""
     if nbits not in NBITS or not _is_int(nbits):
-        raise MethodConfigError(f"method.nbits={nbits!r} is not supported (choose one of: {', '.join(map(str, NBITS))})")
+        choices = ", ".join(map(str, NBITS))
+        raise MethodConfigError(f"method.nbits={nbits!r} is not supported (choose one of: {choices})")
     if not _is_int(group_size) or group_size <= 0:
         raise MethodConfigError(f"method.group_size={group_size!r} must be a positive number of values per scale "
                                 "and zero point (paper: 32)")
@@ -57,9 +58,9 @@ def check_quantizable(config, method: str, nbits: int, group_size: int) -> None:
     attention (a quantized layer stores every token: no sliding window)."""
     d = head_dim_of(config)
     if d % group_size:
-        divisors = [g for g in (8, 16, 32, 64, 128) if d % g == 0] or [1]
+        divisors = " or ".join(str(g) for g in [g for g in (8, 16, 32, 64, 128) if d % g == 0][-2:] or [1])
         raise MethodConfigError(f"method.group_size={group_size} must divide the model's head dim {d} (values are "
-                                f"grouped per token, G channels at a time; choose e.g. {' or '.join(map(str, divisors[-2:]))})")
+                                f"grouped per token, G channels at a time; choose e.g. {divisors})")
     if d * nbits % 8:
         raise MethodConfigError(f"method={method}: head dim {d} at {nbits} bits does not fill whole bytes")
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config

@@ -75,7 +75,7 @@ def test_swapping_the_axes_changes_the_error_on_keys_with_outlier_channels():
     values = torch.randn(1, 2, 128, 32, generator=g)
 
     def error(x, grouping):
-        """Mean over channels of the relative error ‖x̂_c − x_c‖ / ‖x_c‖ (every channel counts, not only the big ones)."""
+        """Mean over channels of the relative error ‖x̂_c − x_c‖ / ‖x_c‖ (every channel counts, not only big ones)."""
         err = dequantize(quantize(x, 2, grouping, 32), 2, grouping, 32) - x
         return (err.square().sum((0, 1, 2)).sqrt() / x.square().sum((0, 1, 2)).sqrt()).mean().item()
 
