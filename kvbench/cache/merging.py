@@ -149,18 +149,18 @@ class MergedStore:
 
     @property
     def length(self) -> int:
-        return 0 if self.direction is None else self.direction.shape[-2]
+        return 0 if self.norm_a is None else self.norm_a.shape[-2]
 
     def restore(self, role: int, new: torch.Tensor | None = None) -> torch.Tensor:
         """Layer a's (role 0) or b's (role 1) kept past, restored, followed by its exact ``new`` states if given."""
-        norm, kept = (self.norm_a, self.kept_a) if role == 0 else (self.norm_b, self.kept_b)
+        norm = self.norm_a if role == 0 else self.norm_b
         n = self.length
         if new is None:
-            return restore(self.direction, norm, self.kept_idx, kept)
+            return restore(self._directions(), norm, *self._retained(role))
         if n == 0:
             return new
         x = new.new_empty(*new.shape[:-2], n + new.shape[-2], new.shape[-1])
-        restore(self.direction, norm, self.kept_idx, kept, out=x[..., :n, :])
+        restore(self._directions(out=x[..., :n, :]), norm, *self._retained(role), out=x[..., :n, :])
         x[..., n:, :] = new
         return x
 
@@ -172,15 +172,13 @@ class MergedStore:
         B, h, q, d = x_a.shape
         G = m.distance.shape[1]
         cat = (lambda mine, new: new) if old == 0 else (lambda mine, new: torch.cat([mine, new], dim=-2))
-        direction = cat(self.direction, m.direction)
+        self._store_directions(m.direction, keep)
         norm_a, norm_b = cat(self.norm_a, m.norm_a), cat(self.norm_b, m.norm_b)
         distance = torch.cat([m.distance.new_full((B, G, old), -1.0), m.distance], dim=-1)  # old: no candidates
         if keep is None:
             keep = torch.arange(old + q, device=x_a.device).expand(B, G, old + q)
-            self.direction, self.norm_a, self.norm_b = direction, norm_a, norm_b
+            self.norm_a, self.norm_b = norm_a, norm_b
         else:
-            K = keep.shape[-1]
-            self.direction = direction.gather(2, keep.expand(B, h, K)[..., None].expand(B, h, K, d))
             self.norm_a, self.norm_b = norm_a.gather(2, keep[..., None]), norm_b.gather(2, keep[..., None])
             distance = distance.gather(2, keep)
         K = keep.shape[-1]
@@ -191,10 +189,10 @@ class MergedStore:
             b, g, n = unflatten_index(self.kept_idx, B, G)
             n = slot[b, g, n]
             alive = n >= 0
-            b, g, n, ka, kb = b[alive], g[alive], n[alive], self.kept_a[alive], self.kept_b[alive]
+            b, g, n = b[alive], g[alive], n[alive]
         else:
+            alive = None
             b = g = n = torch.zeros(0, dtype=torch.long, device=x_a.device)
-            ka, kb = gather_rows(x_a, b, g, n, G), gather_rows(x_b, b, g, n, G)  # empty
         if self.retention == "range" and self.threshold is None:
             self.threshold = range_threshold(distance, self.gamma)
         held = torch.zeros(B, G, dtype=torch.long, device=x_a.device)
@@ -202,9 +200,35 @@ class MergedStore:
         chosen = select_retained(distance, keep >= old, self.retention, self.gamma, held, self.threshold)
         bn, gn, nn = chosen.nonzero(as_tuple=True)
         local = keep[bn, gn, nn] - old
-        self.kept_idx = torch.cat([flatten_index(b, g, n, B, G), flatten_index(bn, gn, nn, B, G)])
-        self.kept_a = torch.cat([ka, gather_rows(x_a, bn, gn, local, G)])
-        self.kept_b = torch.cat([kb, gather_rows(x_b, bn, gn, local, G)])
+        self._store_retained(alive, flatten_index(b, g, n, B, G), flatten_index(bn, gn, nn, B, G),
+                             gather_rows(x_a, bn, gn, local, G), gather_rows(x_b, bn, gn, local, G))
+
+    def _store_directions(self, new: torch.Tensor, keep: torch.Tensor | None) -> None:
+        """Append the new tokens' unit directions; with ``keep`` ``[B, G, K]``, keep only those slots of old + new
+        (the one place directions are written: a quantizing store overrides it,
+        :mod:`kvbench.cache.quantized_merging`)."""
+        direction = new if self.direction is None else torch.cat([self.direction, new], dim=-2)
+        if keep is not None:
+            B, h, _, d = direction.shape
+            K = keep.shape[-1]
+            direction = direction.gather(2, keep.expand(B, h, K)[..., None].expand(B, h, K, d))
+        self.direction = direction
+
+    def _directions(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The stored unit directions ``[B, h, K, d]`` (a quantizing store writes them into ``out``)."""
+        return self.direction
+
+    def _store_retained(self, alive: torch.Tensor | None, moved_idx: torch.Tensor, new_idx: torch.Tensor,
+                        new_a: torch.Tensor, new_b: torch.Tensor) -> None:
+        """Keep the ``alive`` old retained states (None: none were held) at their flat indices ``moved_idx``, then
+        append the newly retained ``new_a``/``new_b`` at ``new_idx`` (the one place retained states are written)."""
+        old_a, old_b = (self.kept_a[alive], self.kept_b[alive]) if alive is not None else (new_a[:0], new_b[:0])
+        self.kept_idx = torch.cat([moved_idx, new_idx])
+        self.kept_a, self.kept_b = torch.cat([old_a, new_a]), torch.cat([old_b, new_b])
+
+    def _retained(self, role: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Flat indices and exact states of layer a's (role 0) or b's (role 1) retained tokens."""
+        return self.kept_idx, (self.kept_a if role == 0 else self.kept_b)
 
     def nbytes(self) -> int:
         return tensor_nbytes(self.direction, self.norm_a, self.norm_b, self.kept_idx, self.kept_a, self.kept_b,

@@ -26,11 +26,15 @@ class MergedPair:
         self.settings = (t, gamma, retention, per_head)
         self.reset()
 
+    def new_store(self, kind: str) -> MergedStore:
+        """A fresh store for the pair's ``keys`` or ``values`` (a quantizing pair overrides it:
+        :mod:`kvbench.cache.quantized_merging`)."""
+        return MergedStore(*self.settings)
+
     def reset(self) -> None:
-        t, gamma, retention, per_head = self.settings
         self.dense: list[tuple[torch.Tensor, torch.Tensor] | None] = [None, None]
-        self.keys = MergedStore(t, gamma, retention, per_head)
-        self.values = MergedStore(t, gamma, retention, per_head)
+        self.keys = self.new_store("keys")
+        self.values = self.new_store("values")
         self.merged = False
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # layer a's new tokens awaiting layer b
 

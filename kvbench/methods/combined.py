@@ -1,4 +1,4 @@
-"""``combined``: compress heads × layers × tokens at once (METHODS.md §5).
+"""``combined``: compress heads × layers × tokens × bits at once (METHODS.md §5, §6).
 
 One component per axis, each a registered kvbench method built with its own parameters:
 
@@ -6,6 +6,7 @@ One component per axis, each a registered kvbench method built with its own para
   Yu et al. 2024). Default ``svd_gqa`` with ``kv_heads: 1``.
 * ``layers`` -- cross-layer merging: ``minicache`` (Liu et al. 2024). Default: its paper defaults.
 * ``tokens`` -- token eviction: ``h2o`` (Zhang et al. 2023). Default: 10% heavy + 10% recent.
+* ``bits`` -- KV quantization: ``kivi`` or ``rtn`` (Liu et al. 2024; METHODS.md §6). Default ``null``.
 
 Any axis may be ``null`` (skipped); ``<axis>_params`` of a skipped axis are ignored. Hydra overrides reach
 the components: ``method.tokens_params.heavy_ratio=0.2``, ``method.heads=meanpool_gqa``,
@@ -22,11 +23,20 @@ the scores summed over both layers (and heads), and evicts before merging the ke
 converted model's ``DynamicCache``. Each component set to its no-op (kv_heads = the model's, gamma 1,
 H + R ≥ N) reproduces ``full``.
 
+**Bits: quantize what the other axes store.** With ``bits`` alone (or with ``heads``), the bits method's own
+quantized cache on the (converted) model. With ``layers``: the unmerged layers are quantized layers, each
+merged pair's shared unit directions are quantized under the same rule (keys per channel for KIVI, per token
+for RTN; the residual window applies to the pair's tokens), and its retained tokens are quantized per token
+once they leave that window; only MiniCache's per-token norms stay in full precision
+(:mod:`kvbench.cache.quantized_merging`). ``layers=minicache, bits=kivi``
+with ``nbits: 4`` is the paper's MiniCache + KIVI-4 (``conf/method/minicache_kivi.yaml``). ``bits`` with
+``tokens`` is refused: evicting single tokens would break KIVI's key groups of G consecutive tokens.
+
 Composition is by interface: a component is any registered method whose ``axis`` matches; the heads
 component does its surgery in ``apply``, the tokens component supplies ``eviction()``, the layers component
-``merging(config)``. Memory: the measured bytes count every tensor (see the cache); the runner measures each
-component's ratio alone through the protocol (:mod:`kvbench.eval.component_ratios`) and the record puts
-their product beside the measured ratio.
+``merging(config)``, the bits component ``quantization()``. Memory: the measured bytes count every tensor
+(see the cache); the runner measures each component's ratio alone through the protocol
+(:mod:`kvbench.eval.component_ratios`) and the record puts their product beside the measured ratio.
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from kvbench.errors import MethodConfigError
 from kvbench.methods.base import METHODS, Method, build_method, register
 
 #: The axes ``combined`` composes, in the order their ``apply`` runs (surgery first).
-AXES = ("heads", "layers", "tokens")
+AXES = ("heads", "layers", "tokens", "bits")
 _KIND = {"heads": "KV-head reduction", "layers": "cross-layer merging", "tokens": "token-eviction",
          "bits": "quantization"}
 
@@ -88,6 +98,8 @@ class Combined(Method):
     layers_params: Dict[str, Any] = field(default_factory=dict)
     tokens: Optional[str] = "h2o"
     tokens_params: Dict[str, Any] = field(default_factory=dict)
+    bits: Optional[str] = None
+    bits_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         self._components: dict[str, Method] = {}
@@ -103,6 +115,10 @@ class Combined(Method):
                 f"method.tokens={self.tokens!r} cannot evict merged pairs with method.layers={self.layers!r}: the "
                 f"combined cache needs an eviction() policy, which only {', '.join(with_pairs)} supplies "
                 f"(set method.layers=null to run {self.tokens} alone on the tokens axis)")
+        if self.bits is not None and self.tokens is not None:
+            raise MethodConfigError(f"method.bits={self.bits!r} cannot be combined with method.tokens={self.tokens!r}: "
+                                    "evicting single tokens would break the quantization groups "
+                                    "(set method.tokens=null or method.bits=null)")
 
     def components(self) -> dict[str, Method]:
         return dict(self._components)
@@ -130,7 +146,16 @@ class Combined(Method):
         return model
 
     def new_cache(self, model):
-        layers, tokens = self._components.get("layers"), self._components.get("tokens")
+        layers, tokens, bits = (self._components.get(axis) for axis in ("layers", "tokens", "bits"))
+        if bits is not None:
+            if layers is None:
+                return bits.new_cache(model)
+            from kvbench.cache.quantized_merging import QuantizedMergedPairCache
+
+            with _on_axis("bits"):
+                bits.check_model(model.config)
+            text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+            return QuantizedMergedPairCache(text.num_hidden_layers, layers.merging(model.config), bits.quantization())
         if layers is None or tokens is None:
             return (layers or tokens or Method()).new_cache(model)
         from kvbench.cache.attention_scores import is_scoring

@@ -48,6 +48,12 @@ def held_tensors(obj, seen=None) -> dict[int, torch.Tensor]:
     ("streaming_llm", {}), ("snapkv", {"budget_tokens": 12, "window": 4}), ("pyramidkv", {"budget_tokens": 12, "window": 4}),
     ("tova", {}), ("tova", {"heads": "group"}), ("knorm", {}),
     ("combined", {"heads": None, "layers": None, "tokens": "pyramidkv", "tokens_params": {"budget_tokens": 12, "window": 4}}),
+    ("kivi", {"group_size": 8, "residual_length": 16}), ("kivi", {"group_size": 8, "residual_length": 0, "nbits": 4}),
+    ("rtn", {"group_size": 8}), ("rtn", {"group_size": 16, "nbits": 2}),
+    ("combined", {"heads": None, "tokens": None, "layers_params": {"start_layer": 1}, "bits": "kivi",
+                  "bits_params": {"group_size": 8, "residual_length": 16}}),
+    ("combined", {"heads": "meanpool_gqa", "tokens": None, "layers_params": {"start_layer": 1, "norm": "per_head"},
+                  "bits": "rtn", "bits_params": {"group_size": 8}}),
 ])
 def test_nbytes_equals_the_bytes_of_every_tensor_the_cache_holds(name, params):
     model, tokenizer = tiny_llama("llama-gqa", seed=0)

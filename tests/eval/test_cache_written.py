@@ -24,10 +24,16 @@ PROMPT = 40  # tokens; H2O's default budget keeps 10% + 10% = 8 of them
 
 
 def _stored(cache, layer_idx: int) -> tuple[int, int]:
-    """(KV heads, tokens) a layer stores: a merged pair's shared direction, else the layer's keys."""
+    """(KV heads, tokens) a layer stores: a merged pair's restored past, a quantized layer's keys (codes +
+    residual), else the layer's keys."""
     layer = cache.layers[layer_idx]
     pair = getattr(layer, "pair", None)
-    keys = pair.keys.direction if pair is not None else layer.keys
+    if pair is not None:
+        keys = pair.keys.restore(layer.role)
+    elif hasattr(layer, "key_stream"):
+        keys = layer.key_stream.read()
+    else:
+        keys = layer.keys
     return keys.shape[1], keys.shape[2]
 
 
@@ -51,6 +57,10 @@ def _prefill(model, tokenizer, method):
     ("pyramidkv", {"budget_tokens": 12, "window": 4}, True, [(2, 20), (2, 15), (2, 9), (2, 4)]),
     ("tova", {}, True, [(2, 8)] * 4),
     ("knorm", {}, True, [(2, 8)] * 4),
+    ("kivi", {"group_size": 8, "residual_length": 16}, True, [(2, PROMPT)] * 4),  # 32 quantized + 8 exact
+    ("rtn", {"group_size": 8}, True, [(2, PROMPT)] * 4),
+    ("combined", {"heads": None, "tokens": None, "bits": "kivi", "bits_params": {"group_size": 8}}, True,
+     [(2, PROMPT)] * 4),
 ])
 def test_every_layer_holds_the_expected_heads_and_tokens_after_prefill(name, params, rope, expected):
     model, tokenizer = tiny_llama("llama-gqa", seed=0)

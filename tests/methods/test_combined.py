@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from kvbench.cache import cache_nbytes
+from kvbench.cache import cache_nbytes, full_cache_nbytes
 from kvbench.cache.base import PlainCache
 from kvbench.eval.component_ratios import component_ratios
 from kvbench.cache.combined import CombinedCache
@@ -181,3 +181,104 @@ def test_changed_params_name_only_what_differs_from_each_components_defaults():
     assert build_method("combined", layers_params={"t": 0.6, "gamma": 0.05}).changed_params() == {}
     changed = build_method("combined", tokens_params={"heavy_ratio": 0.2}, layers=None).changed_params()
     assert changed == {"layers": None, "tokens_params": {"heavy_ratio": 0.2}}
+
+
+# -- the bits axis (METHODS.md §6): quantize what the other axes store -------------------------------------
+KIVI_TINY = dict(group_size=8, residual_length=16)
+
+
+def test_bits_with_no_op_layers_and_a_residual_covering_the_sequence_reproduces_full(tiny_gqa):
+    model, tok = tiny_gqa
+    method, converted = _applied(model, tok, heads=None, tokens=None, layers_params=NO_OP_LAYERS, bits="kivi",
+                                 bits_params=dict(group_size=8, residual_length=64))
+    tokens = random_ids(40)
+    cache = method.new_cache(converted)
+    assert type(cache).__name__ == "QuantizedMergedPairCache"
+    got = converted(input_ids=tokens[:, :30], cache=cache).logits
+    method.compress(cache)
+    got = torch.cat([got, converted(input_ids=tokens[:, 30:], cache=cache).logits], dim=1)
+    torch.testing.assert_close(got, model(input_ids=tokens).logits, rtol=1e-4, atol=1e-4)
+    want = model.generate(tokens, cache=DynamicCache(config=model.config), max_new_tokens=8, do_sample=False)
+    assert torch.equal(converted.generate(tokens, cache=method.new_cache(converted), max_new_tokens=8,
+                                          do_sample=False), want)
+
+
+@pytest.mark.parametrize("bits,params", [("kivi", dict(nbits=2)), ("kivi", dict(nbits=4)), ("rtn", dict(nbits=4))])
+def test_bundled_model_minicache_with_bits_bytes_follow_the_closed_form_formula(smollm2_shared, bits, params):
+    """16 quantized layers (0-14 and the unpaired 29) + 7 pairs whose directions are quantized streams, with
+    full-precision norms (one per token and layer, concat) and ⌈γN⌉ retained tokens of both layers + int32 index,
+    quantized per token once their position leaves the window (how many did is read from the pair)."""
+    from kvbench.cache.quantization import quantized_nbytes
+
+    model, _ = smollm2_shared
+    N, h, d, e, b = 300, 3, 64, 4, params["nbits"]
+    method = build_method("combined", heads=None, tokens=None, bits=bits, bits_params=params)
+    protocol = CompressionProtocol(model, method, model.config)
+    cache = protocol.prefill(random_ids(N, seed=5, vocab=model.config.vocab_size)[0].tolist())
+    R = 128 if bits == "kivi" else 0
+    quantized = [N // R * R if R else N, N - R]  # keys, values
+    layer = sum(quantized_nbytes(q, h, d, b, 32, e) + h * d * (N - q) * e for q in quantized)
+    M = -(-5 * N // 100)  # ⌈0.05·N⌉
+    pairs = 7 * (layer + 2 * (2 * N * e + M * 4))  # directions, norms of both layers, retained indices
+    for pair in cache.pairs:
+        for store in (pair.keys, pair.values):
+            mq = store.retained_quantized
+            pairs += 2 * (quantized_nbytes(mq, h, d, b, 32, e) + (M - mq) * h * d * e)  # retained, both layers
+    assert protocol.stats.stored_bytes == pytest.approx(16 * layer + pairs, rel=0.01)
+    if params["nbits"] == 4 and bits == "kivi":  # the paper's MiniCache + KIVI-4
+        # norms and retained tokens in the window stay exact: the product of the components' ratios is an upper bound
+        ratios = component_ratios(protocol)
+        assert ratios["measured"] < ratios["product"] < 1.1 * ratios["measured"]
+
+
+@pytest.mark.parametrize("axes,cache_type", [(dict(heads=None, layers=None), "QuantizedKVCache"),
+                                             (dict(heads="meanpool_gqa", layers=None), "QuantizedKVCache"),
+                                             (dict(heads="meanpool_gqa"), "QuantizedMergedPairCache")])
+def test_the_bits_component_quantizes_the_converted_model_or_the_merged_cache(tiny_gqa, axes, cache_type):
+    model, tok = tiny_gqa
+    method, converted = _applied(model, tok, tokens=None, bits="rtn", bits_params=dict(group_size=8), **axes)
+    cache = method.new_cache(converted)
+    assert type(cache).__name__ == cache_type
+    converted(input_ids=random_ids(40), cache=cache)
+    method.compress(cache)
+    kv_heads = converted.config.num_key_value_heads
+    assert cache.layers[0].key_stream.codes.shape == (1, kv_heads, 40, 16 * 4 // 8)
+    assert cache_nbytes(cache) < 0.5 * full_cache_nbytes(model.config, 40, torch.float32)
+
+
+@pytest.mark.parametrize("params,message", [
+    (dict(layers="kivi"), "method.layers='kivi' is a quantization method: it belongs on method.bits"),
+    (dict(bits="minicache", tokens=None), "method.bits='minicache' is a cross-layer merging method: it belongs on "
+                                          "method.layers"),
+    (dict(bits="h2o", tokens=None), "method.bits='h2o' is a token-eviction method: it belongs on method.tokens"),
+    (dict(bits="full", tokens=None), "method.bits='full' cannot be combined .*kivi, rtn, or null"),
+    (dict(bits="kivi"), "method.bits='kivi' cannot be combined with method.tokens='h2o': evicting single tokens"),
+    (dict(bits="kivi", tokens=None, bits_params=dict(nbits=3)), r"^method.bits_params.nbits=3 is not supported "
+                                                               r"\(choose one of: 2, 4\)$"),
+    (dict(bits="kivi", tokens=None, bits_params=dict(residual_length=-1)),
+     "method.bits_params.residual_length=-1 must be a token count >= 0"),
+    (dict(bits="rtn", tokens=None, bits_params=dict(group_size=0)), "method.bits_params.group_size=0 must be positive"
+                                                                    "|method.bits_params.group_size=0 must be a positive"),
+])
+def test_bad_bits_combinations_are_one_clear_line(params, message):
+    with pytest.raises(MethodConfigError, match=message) as error:
+        build_method("combined", **params)
+    assert "\n" not in str(error.value)
+
+
+def test_bits_group_size_is_checked_against_the_models_head_dim(tiny_gqa):
+    model, _ = tiny_gqa
+    with pytest.raises(MethodConfigError, match=r"method.bits_params.group_size=32 must divide the model's head dim 16"):
+        build_method("combined", heads=None, tokens=None, bits="kivi").check_model(model.config)
+
+
+def test_minicache_kivi_config_is_the_papers_minicache_on_4_bit_kivi(smollm2_shared):
+    model, _ = smollm2_shared
+    method = method_from_config("method=minicache_kivi")
+    components = method.components()
+    assert set(components) == {"layers", "bits"}
+    assert components["bits"].name == "kivi" and components["bits"].nbits == 4
+    assert components["layers"].gamma == 0.05 and components["layers"].start_layer is None
+    assert method.changed_params() == {"heads": None, "tokens": None, "bits": "kivi", "bits_params": {"nbits": 4}}
+    method.check_model(model.config)
+    assert method_from_config("method=combined", "method.tokens=null", "method.bits=rtn").components()["bits"].nbits == 4
