@@ -91,7 +91,8 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     ranks = pd.DataFrame({c: table[c].rank(ascending=not higher.get(c, True), method="average") for c in metrics})
     table["mean_rank"] = ranks.mean(axis=1, skipna=True).where(~failed)
     table["kv_ratio"] = frame["kv_ratio"].where(~failed)
-    if frame["kv_expected_ratio"].notna().any():
+    if frame["kv_expected_ratio"].notna().any():  # composite methods: measured vs expected on the same tokens
+        table["kv_ratio_longest"] = frame["kv_longest_ratio"].where(~failed)
         table["kv_ratio_expected"] = frame["kv_expected_ratio"].where(~failed)
     table["decode_tok_s"] = frame["decode_tok_s"].where(~failed)
     if failed.any():
@@ -138,7 +139,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         ns = table[f"{column}:n"].dropna().unique()
         title = f"{column} ({'↑' if higher.get(column, True) else '↓'}{', n=' + str(int(ns[0])) if len(ns) == 1 else ''})"
         shown[title] = [_cell(row, column, len(ns) > 1) for _, row in table.iterrows()]
-    for column in ("mean_rank", "kv_ratio", "kv_ratio_expected", "decode_tok_s"):
+    for column in ("mean_rank", "kv_ratio", "kv_ratio_longest", "kv_ratio_expected", "decode_tok_s"):
         if column in table:
             shown[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{v:.3g}" if column != "mean_rank" else f"{v:.2f}")
     if "error" in table:
@@ -201,8 +202,11 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs
                   "same workload (the 95% intervals do not overlap). `mean_rank`: the rows ranked per task "
                   "(1 = best, perplexities lowest-first, ties averaged), averaged over every task. `kv_ratio`: "
                   "uncompressed bytes / bytes the cache held, measured on the run's own sequences"
-                  + ("; `kv_ratio_expected`: the product of each component's ratio measured alone" if
-                     "kv_ratio_expected" in table else "") + ".\n\n" + (f"**{warning}**\n\n" if warning else ""))
+                  + ("; for composite methods, `kv_ratio_longest` is the ratio on the run's longest context and "
+                     "`kv_ratio_expected` the product of each component's ratio measured alone on that same context "
+                     "(compare these two: ratios that depend on length, e.g. KIVI's residual, differ from the "
+                     "run-wide `kv_ratio`)" if "kv_ratio_expected" in table else "") + ".\n\n"
+                  + (f"**{warning}**\n\n" if warning else ""))
         paths["md"].write_text(header + shown.to_markdown(index=False) + "\n", encoding="utf-8")
     if "tex" in formats:
         paths["tex"] = reports_dir / f"{name}.tex"

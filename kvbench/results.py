@@ -274,6 +274,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
             "kv_full_bytes": record.kv.get("full_bytes"), "kv_stored_bytes": record.kv.get("stored_bytes"),
             "kv_ratio": record.kv.get("ratio"),
             "kv_expected_ratio": (record.kv.get("components") or {}).get("product"),
+            "kv_longest_ratio": (record.kv.get("components") or {}).get("measured"),
             "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
             "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
             "device": record.env.get("device"), "load_avg_1m": record.env.get("load_avg_1m"), "error": record.error,

@@ -106,7 +106,8 @@ def test_data_parallel_over_two_cpu_processes_equals_one_process(tmp_path):
     a, b = read_record(tmp_path / "one" / "record.json"), read_record(tmp_path / "two" / "record.json")
     assert b.status == "complete" and b.metrics == a.metrics and b.n_samples == a.n_samples
     assert b.kv == a.kv  # bytes summed over the ranks: the same requests, measured once each
-    assert "Building contexts for kvbench_recall_mc on rank 1" in two.stdout + two.stderr  # really split
+    # really split: each rank generated for 2 of the 4 passkey requests (one process: 4 of 4)
+    assert "kvbench generate_until: 100%|██████████| 2/2" in two.stderr and "| 4/4" in one.stderr
 
 
 def test_data_parallel_on_a_suite_that_cannot_be_split_is_one_line(tmp_path):

@@ -63,7 +63,14 @@ def combined_stats(stats: ProtocolStats) -> ProtocolStats:
     out = ProtocolStats()
     for f in fields(ProtocolStats):
         values = [getattr(s, f.name) for s in everyone]
-        setattr(out, f.name, max(values) if f.name.startswith("peak_") else sum(values))
+        if isinstance(values[0], dict):  # counters (e.g. notes): summed key by key
+            merged: dict = {}
+            for value in values:
+                for key, count in value.items():
+                    merged[key] = merged.get(key, 0) + count
+            setattr(out, f.name, merged)
+        else:
+            setattr(out, f.name, max(values) if f.name.startswith("peak_") else sum(values))
     peak_owner = max(everyone, key=lambda s: s.peak_stored_bytes)
     out.peak_full_bytes = peak_owner.peak_full_bytes
     return out

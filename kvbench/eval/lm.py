@@ -104,6 +104,7 @@ class KvbenchLM(HFLM):
         self.query_aware = bool(query_aware)
         self.query_fields = query_fields()
         self.protocol = protocol if protocol is not None else CompressionProtocol(model, method_obj, reference_config)
+        self._combined = None  # every rank's measurements, combined (data-parallel only)
         if distributed.world_size() > 1:  # accelerate launch: lm-eval splits requests by rank, gathers to rank 0
             self.accelerator = distributed.accelerator()
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
@@ -111,13 +112,20 @@ class KvbenchLM(HFLM):
     # lm-eval pads the ranks to equal request counts by repeating a rank's last request object: evaluate
     # each distinct request once, so a padded (or repeated) request costs nothing and is measured once.
     def loglikelihood(self, requests, disable_tqdm=False):
-        return _once_each(requests, lambda unique: super(KvbenchLM, self).loglikelihood(unique, disable_tqdm))
+        return self._measured(_once_each(requests, lambda unique: super(KvbenchLM, self).loglikelihood(unique, disable_tqdm)))
 
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
-        return _once_each(requests, lambda unique: self._rolling(unique, disable_tqdm))
+        return self._measured(_once_each(requests, lambda unique: self._rolling(unique, disable_tqdm)))
 
     def generate_until(self, requests, disable_tqdm=False):
-        return _once_each(requests, lambda unique: self._generate(unique, disable_tqdm))
+        return self._measured(_once_each(requests, lambda unique: self._generate(unique, disable_tqdm)))
+
+    def _measured(self, results):
+        """Every rank calls each request method (lm-eval pads the ranks), so the measurements are combined
+        here, where all ranks meet, for :meth:`get_model_info` (which lm-eval calls on rank 0 alone)."""
+        if self.world_size > 1:
+            self._combined = distributed.combined_stats(self.protocol.stats)
+        return results
 
     # -- loglikelihood ------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
@@ -212,7 +220,8 @@ class KvbenchLM(HFLM):
         the KV cache measured over the requests (``kvbench_kv``: bytes held vs uncompressed, ratio)."""
         info = super().get_model_info()
         info["kvbench_method"] = getattr(self.method, "name", None)
-        info["kvbench_kv"] = distributed.combined_stats(self.protocol.stats).kv_summary()
+        # lm-eval asks on rank 0 only: no collective here (see _measured)
+        info["kvbench_kv"] = (self._combined or self.protocol.stats).kv_summary()
         return info
 
 
