@@ -72,7 +72,7 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     expected_model = {"name": "tiny_llama", "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
     assert {k: record.model[k] for k in expected_model} == expected_model
     assert record.model["n_params"] > 0
-    assert record.method == {"name": "full", "params": {}, "changed_params": {}}
+    assert record.method == {"name": "full", "label": "full", "label_params": {}, "params": {}, "changed_params": {}}
     assert record.kv["stored_bytes"] == record.kv["full_bytes"] > 0 and record.kv["ratio"] == 1.0
     for key in ("wall_s", "prefill_tok_s", "eval_s"):
         assert record.timing[key] > 0

@@ -49,7 +49,7 @@ def test_a_logger_that_cannot_start_at_all_is_a_warning(tmp_path, monkeypatch, c
 
 
 def test_a_logger_failing_mid_run_is_a_warning_and_the_record_says_so(tmp_path, monkeypatch):
-    def explode(self, task, metrics):
+    def explode(self, task, metrics, samples=None):
         self._guard("log", lambda: (_ for _ in ()).throw(ConnectionError("server went away")))
 
     monkeypatch.setattr(tracking.Tracker, "log_task", explode)
