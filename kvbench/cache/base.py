@@ -148,11 +148,22 @@ class EvictingLayer(KVLayer):
     of tokens seen and ``get_mask_sizes`` gives the stored length with the offset ``seen − stored``, so a
     multi-token forward after eviction attends to every kept token plus the causally earlier new ones.
     Masks are exact without padding (equal-length prompts).
+
+    :meth:`quantize_with` (``combined`` with ``tokens`` and ``bits``) stores the kept keys and values as
+    quantized streams (:class:`kvbench.cache.kivi.QuantizedStream`) instead: the same eviction, applied to codes.
     """
 
     def __init__(self, with_scores: bool = False):
         super().__init__()
         self.book = TokenBook(with_scores)
+        self.quantization = None
+        self.key_stream = self.value_stream = None
+
+    def quantize_with(self, quantization) -> None:
+        """Store keys and values quantized (a :class:`kvbench.cache.kivi.Quantization`); before the first forward."""
+        if self.is_initialized:
+            raise RuntimeError("quantize_with() must come before the cache's first forward")
+        self.quantization = quantization
 
     # the bookkeeping, by name
     @property
@@ -169,28 +180,42 @@ class EvictingLayer(KVLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        b, h = key_states.shape[:2]
-        self.keys = key_states.new_empty(b, h, 0, key_states.shape[-1])
-        self.values = value_states.new_empty(b, h, 0, value_states.shape[-1])
+        if self.quantization is not None:
+            self.key_stream, self.value_stream = self.quantization.stream("keys"), self.quantization.stream("values")
+        else:
+            b, h = key_states.shape[:2]
+            self.keys = key_states.new_empty(b, h, 0, key_states.shape[-1])
+            self.values = value_states.new_empty(b, h, 0, value_states.shape[-1])
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         b, h, n_new = key_states.shape[:3]
+        self.book.append(b, h, n_new, self.device)
+        if self.quantization is not None:  # stored (dequantized) + the new tokens exactly, then quantize by the rule
+            keys, values = self.key_stream.read(key_states), self.value_stream.read(value_states)
+            self.key_stream.append(key_states)
+            self.value_stream.append(value_states)
+            return keys, values
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        self.book.append(b, h, n_new, self.device)
         return self.keys, self.values
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep the stored tokens ``index`` ``[b, h, K]`` (ascending) of every KV head."""
-        expand = index[..., None].expand(-1, -1, -1, self.keys.shape[-1])
-        self.keys, self.values = self.keys.gather(2, expand), self.values.gather(2, expand)
+        if self.quantization is not None:
+            self.key_stream.keep(index)
+            self.value_stream.keep(index)
+        else:
+            expand = index[..., None].expand(-1, -1, -1, self.keys.shape[-1])
+            self.keys, self.values = self.keys.gather(2, expand), self.values.gather(2, expand)
         self.book.keep(index)
 
     def stored_tokens(self) -> int:
-        return self.keys.shape[-2] if self.is_initialized else 0
+        if not self.is_initialized:
+            return 0
+        return self.key_stream.length if self.quantization is not None else self.keys.shape[-2]
 
     def get_seq_length(self) -> int:
         """The logical length: tokens seen, evicted or not."""
@@ -201,16 +226,25 @@ class EvictingLayer(KVLayer):
         return stored + query_length, self.book.seen - stored
 
     def nbytes(self) -> int:
-        return (tensor_nbytes(self.keys, self.values) if self.is_initialized else 0) + self.book.nbytes()
+        if not self.is_initialized:
+            return self.book.nbytes()
+        if self.quantization is not None:
+            return self.key_stream.nbytes() + self.value_stream.nbytes() + self.book.nbytes()
+        return tensor_nbytes(self.keys, self.values) + self.book.nbytes()
 
     def reset(self) -> None:
         self.keys = self.values = None
+        self.key_stream = self.value_stream = None
         self.is_initialized = False
         self.book = TokenBook(self.book.with_scores)
 
     def _select_batch(self, fn) -> None:
         if self.is_initialized:
-            self.keys, self.values = fn(self.keys), fn(self.values)
+            if self.quantization is not None:
+                self.key_stream.select_batch(fn)
+                self.value_stream.select_batch(fn)
+            else:
+                self.keys, self.values = fn(self.keys), fn(self.values)
             self.book.select_batch(fn)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

@@ -16,6 +16,14 @@ tokens in all it holds quantized
 * ``token`` grouping (KIVI's values, RTN's keys and values): tokens ``[0, max(0, T − R))`` -- the last R stay
   exact, older ones are quantized as they leave the window (RTN: R = 0, every token).
 
+Under token eviction (``combined`` with ``tokens`` and ``bits``) a stream also drops tokens
+(:meth:`QuantizedStream.keep`): the kept quantized tokens keep their codes and their group's scale and zero
+point (a key channel group then covers fewer than G tokens, named by a per-token group index stored beside
+the codes and counted in ``nbytes``), so eviction never changes a kept value. Rows (batch × KV head) keep
+different tokens, and a stream is rectangular, so only the first ``min`` over rows of kept quantized tokens
+stay quantized; a row's further kept quantized tokens move into the residual as the values the model saw
+(dequantized) and are quantized again when they leave it.
+
 This is the authors' code's rule for prefill (keys: the first N − N mod R tokens; values: all but the last R)
 and decoding (keys: when the residual reaches R; values: when it exceeds R), extended to any forward of
 several tokens. Quantization happens *after* the forward's attention: a layer's ``update`` returns the
@@ -57,6 +65,9 @@ class QuantizedStream:
     def __init__(self, grouping: str, nbits: int, group_size: int, residual_length: int):
         self.grouping, self.nbits, self.group_size, self.residual_length = grouping, nbits, group_size, residual_length
         self.codes = self.scale = self.zero = self.residual = None
+        #: ``channel`` grouping after an eviction: each quantized token's group (a row of ``scale``/``zero``),
+        #: ``[B, h, Nq]`` int32; None while groups are G consecutive tokens from token 0.
+        self.group = None
 
     @property
     def quantized_tokens(self) -> int:
@@ -66,12 +77,13 @@ class QuantizedStream:
     def length(self) -> int:
         return self.quantized_tokens + (0 if self.residual is None else self.residual.shape[-2])
 
-    def quantized_after(self, total: int) -> int:
-        """How many leading tokens are quantized once the stream holds ``total`` tokens (the KIVI rule)."""
+    def leaving_residual(self, residual: int) -> int:
+        """How many leading residual tokens are quantized when the residual holds ``residual`` (the KIVI rule:
+        keys when R have gathered, all R at once; values as they leave the last R)."""
         if self.grouping == "channel":
             block = self.residual_length or self.group_size
-            return total // block * block
-        return max(0, total - self.residual_length)
+            return residual // block * block
+        return max(0, residual - self.residual_length)
 
     def read(self, new: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Every stored token (quantized ones dequantized), then ``new`` exact tokens if given (into ``out``)."""
@@ -92,15 +104,25 @@ class QuantizedStream:
         return out
 
     def _dequantize(self, out: torch.Tensor) -> torch.Tensor:
-        return dequantize(Quantized(self.codes, self.scale, self.zero), self.nbits, self.grouping, self.group_size, out)
+        if self.group is None:
+            return dequantize(Quantized(self.codes, self.scale, self.zero), self.nbits, self.grouping,
+                              self.group_size, out)
+        # each token's own channel scales: per-token groups of one channel dequantize them the same way
+        index = self.group.long()[..., None].expand(-1, -1, -1, self.scale.shape[-1])
+        per_token = Quantized(self.codes, self.scale.gather(2, index), self.zero.gather(2, index))
+        return dequantize(per_token, self.nbits, "token", 1, out)
 
     def append(self, x: torch.Tensor) -> None:
         """Add exact tokens ``x`` ``[B, h, q, d]``, then quantize the leading residual tokens the rule says."""
         self.residual = x if self.residual is None else torch.cat([self.residual, x], dim=-2)
-        n = self.quantized_after(self.length) - self.quantized_tokens
+        n = self.leaving_residual(self.residual.shape[-2])
         if n <= 0:
             return
         q = quantize(self.residual[..., :n, :], self.nbits, self.grouping, self.group_size)
+        if self.group is not None:  # new channel groups after the existing ones, G tokens each
+            first = self.scale.shape[2]
+            new = torch.arange(n, device=x.device, dtype=torch.int32) // self.group_size + first
+            self.group = torch.cat([self.group, new.expand(*self.group.shape[:2], n)], dim=2)
         if self.codes is None:
             self.codes, self.scale, self.zero = q
         else:
@@ -110,13 +132,54 @@ class QuantizedStream:
         rest = self.residual[..., n:, :]
         self.residual = rest.clone() if rest.shape[-2] else None  # a view would keep the whole tensor alive
 
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep the stored tokens ``index`` ``[B, h, K]`` (ascending slots, quantized ones first) of every row.
+
+        Kept quantized tokens keep their codes, scale and zero point, so every kept value reads back exactly as
+        before. The first ``m`` = min over rows of kept quantized tokens stay quantized; the rest of each row's
+        kept tokens form the new residual (quantized ones dequantized)."""
+        nq = self.quantized_tokens
+        m = int((index < nq).sum(-1).min()) if nq else 0
+        tail = index[..., m:]
+        if tail.shape[-1]:
+            every = self.read()
+            self.residual = every.gather(2, tail[..., None].expand(-1, -1, -1, every.shape[-1]))
+        else:
+            self.residual = None
+        if nq == 0:
+            return
+        if m == 0:
+            self.codes = self.scale = self.zero = self.group = None
+            return
+        head = index[..., :m]
+        self.codes = self.codes.gather(2, head[..., None].expand(-1, -1, -1, self.codes.shape[-1]))
+        if self.grouping == "token":
+            along = head[..., None].expand(-1, -1, -1, self.scale.shape[-1])
+            self.scale, self.zero = self.scale.gather(2, along), self.zero.gather(2, along)
+            return
+        group = (head // self.group_size).to(torch.int32) if self.group is None else self.group.gather(2, head)
+        self._compact_groups(group)
+
+    def _compact_groups(self, group: torch.Tensor) -> None:
+        """Keep only the channel groups some kept token of a row uses, renumbered 0.. per row (rows with fewer
+        groups pad with a copy of their group 0, as a rectangular tensor needs)."""
+        starts = torch.ones_like(group, dtype=torch.bool)
+        starts[..., 1:] = group[..., 1:] != group[..., :-1]  # ascending slots: a row's groups are ascending too
+        renumbered = starts.to(torch.int32).cumsum(-1) - 1
+        used = int(renumbered[..., -1].max()) + 1
+        old = torch.zeros(*group.shape[:2], used, dtype=torch.long, device=group.device)
+        old.scatter_(2, renumbered.long(), group.long())
+        along = old[..., None].expand(-1, -1, -1, self.scale.shape[-1])
+        self.scale, self.zero = self.scale.gather(2, along), self.zero.gather(2, along)
+        self.group = renumbered
+
     def select_batch(self, fn) -> None:
-        for name in ("codes", "scale", "zero", "residual"):
+        for name in ("codes", "scale", "zero", "residual", "group"):
             if getattr(self, name) is not None:
                 setattr(self, name, fn(getattr(self, name)))
 
     def nbytes(self) -> int:
-        return tensor_nbytes(self.codes, self.scale, self.zero, self.residual)
+        return tensor_nbytes(self.codes, self.scale, self.zero, self.residual, self.group)
 
 
 class QuantizedLayer(KVLayer):

@@ -21,7 +21,7 @@ class KnormLayer(BudgetLayer):
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
         if first and self.stored_tokens() > self.capacity:
-            norms = self.keys.to(torch.float32).norm(dim=-1)  # [b, h, n]
+            norms = keys.to(torch.float32).norm(dim=-1)  # [b, h, n]: every stored key (the first forward)
             self.keep(top_k_sorted(-norms, self.capacity))
 
 

@@ -29,8 +29,11 @@ merged pair's shared unit directions are quantized under the same rule (keys per
 for RTN; the residual window applies to the pair's tokens), and its retained tokens are quantized per token
 once they leave that window; only MiniCache's per-token norms stay in full precision
 (:mod:`kvbench.cache.quantized_merging`). ``layers=minicache, bits=kivi``
-with ``nbits: 4`` is the paper's MiniCache + KIVI-4 (``conf/method/minicache_kivi.yaml``). ``bits`` with
-``tokens`` is refused: evicting single tokens would break KIVI's key groups of G consecutive tokens.
+with ``nbits: 4`` is the paper's MiniCache + KIVI-4 (``conf/method/minicache_kivi.yaml``). With ``tokens``:
+the token method's cache, each layer storing the tokens it keeps quantized (same residual window and groups;
+an evicted token leaves its key channel group, which keeps its scale for the tokens left in it -- see
+:mod:`kvbench.cache.kivi`). ``bits`` with both ``tokens`` and ``layers`` is refused (merged pairs that evict
+are not quantized).
 
 Composition is by interface: a component is any registered method whose ``axis`` matches; the heads
 component does its surgery in ``apply``, the tokens component supplies ``eviction()``, the layers component
@@ -115,10 +118,11 @@ class Combined(Method):
                 f"method.tokens={self.tokens!r} cannot evict merged pairs with method.layers={self.layers!r}: the "
                 f"combined cache needs an eviction() policy, which only {', '.join(with_pairs)} supplies "
                 f"(set method.layers=null to run {self.tokens} alone on the tokens axis)")
-        if self.bits is not None and self.tokens is not None:
-            raise MethodConfigError(f"method.bits={self.bits!r} cannot be combined with method.tokens={self.tokens!r}: "
-                                    "evicting single tokens would break the quantization groups "
-                                    "(set method.tokens=null or method.bits=null)")
+        if self.bits is not None and self.tokens is not None and self.layers is not None:
+            raise MethodConfigError(
+                f"method.bits={self.bits!r} with both method.tokens={self.tokens!r} and method.layers={self.layers!r} "
+                "is not supported: quantized merged pairs do not evict (set one of method.tokens, method.layers "
+                "or method.bits to null)")
 
     def components(self) -> dict[str, Method]:
         return dict(self._components)
@@ -148,6 +152,8 @@ class Combined(Method):
     def new_cache(self, model):
         layers, tokens, bits = (self._components.get(axis) for axis in ("layers", "tokens", "bits"))
         if bits is not None:
+            if tokens is not None:
+                return self._quantized_eviction_cache(model, tokens, bits)
             if layers is None:
                 return bits.new_cache(model)
             from kvbench.cache.quantized_merging import QuantizedMergedPairCache
@@ -166,3 +172,18 @@ class Combined(Method):
                                "(the cache needs the model's attention scores)")
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         return CombinedCache(text.num_hidden_layers, tokens.eviction(), layers.merging(model.config))
+
+    @staticmethod
+    def _quantized_eviction_cache(model, tokens: Method, bits: Method):
+        """The tokens method's own cache, every layer storing its kept keys and values quantized."""
+        from kvbench.cache.base import EvictingLayer
+
+        with _on_axis("bits"):
+            bits.check_model(model.config)
+        cache = tokens.new_cache(model)
+        if not all(isinstance(layer, EvictingLayer) for layer in cache.layers):
+            raise MethodConfigError(f"method.tokens={tokens.name!r}: its cache does not evict through EvictingLayer, "
+                                    "so it cannot store quantized tokens (set method.bits=null)")
+        for layer in cache.layers:
+            layer.quantize_with(bits.quantization())
+        return cache

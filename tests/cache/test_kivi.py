@@ -79,3 +79,52 @@ def test_nbytes_is_codes_plus_scales_plus_zero_points_plus_the_residual(nbits, k
     vq = max(0, T - residual)
     per_layer = sum(quantized_nbytes(nq, 2, 16, nbits, G, elem=2) + 2 * 16 * (T - nq) * 2 for nq in (kq, vq))
     assert cache.nbytes() == 3 * per_layer
+
+
+# -- eviction from a quantized stream (combined with tokens and bits) --------------------------------------
+def _ascending(n, k, rows=(1, 2), seed=0):
+    """Per row, k of n slots in ascending order (rows keep different tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.randperm(n, generator=g)[:k].sort().values for _ in range(rows[0] * rows[1])]
+    return torch.stack(picks).view(*rows, k)
+
+
+@pytest.mark.parametrize("nbits", [2, 4])
+@pytest.mark.parametrize("grouping,residual", [("channel", R), ("channel", 0), ("token", R), ("token", 0)])
+def test_eviction_keeps_every_kept_value_exactly_and_frees_what_it_drops(nbits, grouping, residual):
+    stream = QuantizedStream(grouping, nbits, G, residual)
+    stream.append(_tokens(100, seed=1))
+    for round_, k in enumerate((40, 25)):  # evict, take more tokens (new groups after the kept ones), evict again
+        before, quantized_before = stream.read(), stream.quantized_tokens
+        index = _ascending(stream.length, k, seed=round_)
+        stream.keep(index)
+        assert stream.length == k
+        assert torch.equal(stream.read(), before.gather(2, index[..., None].expand(-1, -1, -1, 16)))
+        assert stream.quantized_tokens == int((index < quantized_before).sum(-1).min())
+        stream.append(_tokens(48, seed=10 + round_))
+    # bytes: exactly the tensors held, and the codes/scales of dropped tokens and unused groups are gone
+    held = [stream.codes, stream.scale, stream.zero, stream.residual, stream.group]
+    assert stream.nbytes() == sum(t.element_size() * t.nelement() for t in held if t is not None)
+    if grouping == "channel" and stream.group is not None:
+        used = [len(torch.unique(row)) for row in stream.group.view(-1, stream.group.shape[-1])]
+        assert stream.scale.shape[2] == max(used)  # no group kept that no row uses
+
+
+def test_tokens_a_row_kept_beyond_the_common_quantized_prefix_move_to_the_residual_as_the_model_saw_them():
+    stream = QuantizedStream("token", 2, G, 0)  # RTN: every token quantized
+    stream.append(_tokens(10, seed=3))
+    index = torch.tensor([[[0, 1, 2], [3, 4, 5]]])
+    stream.keep(index)
+    assert stream.quantized_tokens == 3 and stream.residual is None  # every row kept 3 quantized tokens
+    stream.append(_tokens(2, seed=4))  # R = 0: quantized at once
+    assert stream.quantized_tokens == 5
+    # a row keeping a token the other row dropped: only the common prefix stays quantized
+    channel = QuantizedStream("channel", 2, G, 0)
+    channel.append(_tokens(19, seed=5))  # two channel groups quantized, 3 tokens exact (a group needs G)
+    assert channel.quantized_tokens == 16
+    seen = channel.read().clone()
+    index = torch.tensor([[[0, 9], [1, 17]]])  # row 0: two quantized tokens; row 1: one, and one exact
+    channel.keep(index)
+    assert channel.quantized_tokens == 1 and channel.residual.shape[-2] == 1  # row 0's token 9 → the residual
+    assert torch.equal(channel.read(), seen.gather(2, index[..., None].expand(-1, -1, -1, 16)))
+    assert channel.scale.shape[2] == 1 and channel.group.tolist() == [[[0], [0]]]  # group 1 is no longer stored

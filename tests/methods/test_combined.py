@@ -246,13 +246,72 @@ def test_the_bits_component_quantizes_the_converted_model_or_the_merged_cache(ti
     assert cache_nbytes(cache) < 0.5 * full_cache_nbytes(model.config, 40, torch.float32)
 
 
+def _tokens_then(model, tok, tokens, tokens_params, ids, split, **bits):
+    """Logits of a prefill of ids[:, :split] (then compress) and a forward of the rest, and the cache."""
+    params = dict(heads=None, layers=None, tokens=tokens, tokens_params=tokens_params, **bits)
+    method, converted = _applied(model, tok, **params)
+    cache = method.new_cache(converted)
+    got = converted(input_ids=ids[:, :split], cache=cache).logits
+    method.compress(cache)
+    if split < ids.shape[1]:
+        got = torch.cat([got, converted(input_ids=ids[:, split:], cache=cache).logits], dim=1)
+    return got, cache, method, converted
+
+
+@pytest.mark.parametrize("tokens,tokens_params", [
+    ("h2o", dict(heavy_ratio=0.2, recent_ratio=0.2)), ("snapkv", dict(budget_tokens=12, window=4)),
+    ("streaming_llm", dict(budget_tokens=12)), ("tova", dict(budget_tokens=12)), ("knorm", dict(budget_tokens=12)),
+])
+def test_tokens_with_bits_and_a_residual_covering_the_sequence_reproduces_the_tokens_method(tiny_gqa, tokens,
+                                                                                          tokens_params):
+    model, tok = tiny_gqa
+    ids = random_ids(40)
+    want, _, _, _ = _tokens_then(model, tok, tokens, tokens_params, ids, 30)
+    got, cache, method, converted = _tokens_then(model, tok, tokens, tokens_params, ids, 30, bits="kivi",
+                                                 bits_params=dict(group_size=8, residual_length=64))
+    assert cache.layers[0].quantization is not None and cache.layers[0].key_stream.quantized_tokens == 0
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    plain = build_method(tokens, **tokens_params)
+    plain_model = plain.apply(copy.deepcopy(model), tok)
+    want_ids = plain_model.generate(ids, cache=plain.new_cache(plain_model), max_new_tokens=6, do_sample=False)
+    assert torch.equal(converted.generate(ids, cache=method.new_cache(converted), max_new_tokens=6,
+                                          do_sample=False), want_ids)
+
+
+def test_tokens_with_bits_store_the_kept_tokens_as_codes_bytes_by_the_closed_form_formula(tiny_gqa):
+    """H2O at 20% + 20% of 40 tokens keeps 16 per KV head; RTN-2 (R = 0) stores them as 2-bit codes with a scale
+    and zero point per 8 channels, beside H2O's positions (int32) and scores (float32)."""
+    from kvbench.cache.quantization import quantized_nbytes
+
+    model, tok = tiny_gqa
+    _, cache, _, _ = _tokens_then(model, tok, "h2o", dict(heavy_ratio=0.2, recent_ratio=0.2), random_ids(40), 40,
+                                  bits="rtn", bits_params=dict(nbits=2, group_size=8))
+    h, d, kept = 2, 16, 16
+    layer = 2 * quantized_nbytes(kept, h, d, 2, 8, elem=4) + h * kept * (4 + 4)
+    assert cache_nbytes(cache) == 4 * layer
+    assert all(layer.key_stream.quantized_tokens == kept and layer.key_stream.residual is None for layer in cache.layers)
+
+
+def test_tokens_with_bits_is_lossy_and_four_bits_stay_closer_to_the_tokens_method_than_two(tiny_gqa):
+    model, tok = tiny_gqa
+    ids, params = random_ids(96, seed=2), dict(heavy_ratio=0.3, recent_ratio=0.2)
+    want, _, _, _ = _tokens_then(model, tok, "h2o", params, ids, 80)
+    errors = {}
+    for nbits in (2, 4):
+        got, _, _, _ = _tokens_then(model, tok, "h2o", params, ids, 80, bits="kivi",
+                                    bits_params=dict(nbits=nbits, group_size=8, residual_length=8))
+        errors[nbits] = (got[:, 80:] - want[:, 80:]).abs().max().item()
+    assert 0 < errors[4] < errors[2]
+
+
 @pytest.mark.parametrize("params,message", [
     (dict(layers="kivi"), "method.layers='kivi' is a quantization method: it belongs on method.bits"),
     (dict(bits="minicache", tokens=None), "method.bits='minicache' is a cross-layer merging method: it belongs on "
                                           "method.layers"),
     (dict(bits="h2o", tokens=None), "method.bits='h2o' is a token-eviction method: it belongs on method.tokens"),
     (dict(bits="full", tokens=None), "method.bits='full' cannot be combined .*kivi, rtn, or null"),
-    (dict(bits="kivi"), "method.bits='kivi' cannot be combined with method.tokens='h2o': evicting single tokens"),
+    (dict(bits="kivi"), "method.bits='kivi' with both method.tokens='h2o' and method.layers='minicache' is not "
+                        "supported"),
     (dict(bits="kivi", tokens=None, bits_params=dict(nbits=3)), r"^method.bits_params.nbits=3 is not supported "
                                                                r"\(choose one of: 2, 4\)$"),
     (dict(bits="kivi", tokens=None, bits_params=dict(residual_length=-1)),
