@@ -120,7 +120,7 @@ def _run_job(cfg) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:
-        _progress(hydra_cfg.job.num, cfg.method.name)
+        _progress(hydra_cfg.job.num, hydra_cfg.runtime.choices.get("method") or cfg.method.name)
     try:
         record = run(cfg, hydra_cfg.runtime.output_dir, reuse_loaded=multirun,
                      job_num=hydra_cfg.job.num if multirun else 0,

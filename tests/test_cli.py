@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,8 @@ def test_a_sweep_killed_mid_job_is_resumed_without_redoing_finished_jobs(tmp_pat
     assert again.returncode == 0, again.stderr[-2000:]
     assert read_record(tmp_path / "sweep" / "0_full" / "record.json").run_id == first.run_id  # reused, not redone
     assert read_record(killed_record).status == "complete"
+    assert "kvbench: sweep job 1/2 (full) starting; 0 done in 0m" in again.stderr  # the progress line, with an ETA
+    assert re.search(r"kvbench: sweep job 2/2 \(h2o\) starting; 1 done in \dm\d\ds, about \dm\d\ds left", again.stderr)
     assert not list((tmp_path / "sweep").rglob(".*.tmp")) and not list((tmp_path / "records").glob(".*.tmp"))
 
 
