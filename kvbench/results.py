@@ -289,6 +289,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
             "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
             "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
             "device": record.env.get("device"), "load_avg_1m": record.env.get("load_avg_1m"), "error": record.error,
+            "efficiency": json.dumps(record.efficiency, default=str) if record.efficiency else None,
         }
         for task, primary in record.primary_metrics.items():
             column = f"{task}/{primary['name']}"

@@ -164,3 +164,16 @@ def test_the_cli_prints_a_bad_efficiency_option_as_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("kvbench: error: suite.options.context_lengths=[0] must be a non-empty list of "
                                      "integers >= 2")
+
+
+def test_wandb_gets_a_table_of_the_points_and_a_throughput_plot_per_context(tmp_path, monkeypatch):
+    from kvbench.tracking import read_offline_run
+
+    monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    record = _run(tmp_path, "logger=wandb_offline", f"logger.dir={tmp_path}", "suite.options.repeats=1")
+    assert record.outputs["wandb"] == "offline"
+    (run_dir,) = Path(tmp_path).glob("wandb/offline-run-*")
+    history = {k: v for row in read_offline_run(run_dir)["history"] for k, v in row.items()}
+    assert history["efficiency/points.nrows"] == 4  # one row per point (W&B flattens a logged table's fields)
+    assert history["efficiency/throughput_ctx24_table.nrows"] == history["efficiency/throughput_ctx48_table.nrows"] == 2
+    assert "ctx48_b2/throughput_tok_s" in history
