@@ -17,6 +17,13 @@ it returns; the attention call that receives *that very tensor* (identity check)
 scores with ``layer.receive_scores(...)``. No module hooks, so deep copies of models and caches
 need no care.
 
+Fused (``FUSED``, the default): when a request scores *every* query row (H2O, ``combined``) and the base is
+``sdpa``, the wrapper does not run sdpa and then recompute the same QKᵀ and softmax for the scores; it computes
+the probabilities once, in float32 query chunks, and takes both the column sums and the output (P·V) from them.
+That halves the attention work of a scored prefill (the cost that made ``h2o``'s prefill 1.37× ``full``'s);
+the output equals sdpa's within float rounding (tested), not bit for bit. Requests for a few rows (SnapKV's
+window, TOVA's last query) keep sdpa's own output: their scores are cheap beside it.
+
 What a request asks for: the query heads of each KV head combine by the layer's ``score_agg``, and
 ``last_rows`` limits the sum to the forward's last query rows: every row (H2O's accumulated scores),
 the last ``w`` prompt queries (SnapKV's observation window) or the current query alone (TOVA).
@@ -42,6 +49,9 @@ SCORE_AGGS = ("sum", "mean", "max")
 #: Small chunks also skip most of the causal upper triangle (only each chunk's diagonal block is masked).
 CHUNK_ELEMENTS = 1 << 20
 MIN_ROWS = 16
+#: Score every row *and* compute the output from the same probabilities (sdpa base, H2O-style requests): the
+#: output then equals sdpa's within float rounding, not bit for bit. False: sdpa runs, scores beside it.
+FUSED = True
 
 _pending = threading.local()
 
@@ -101,19 +111,26 @@ def attention_column_sums(
     agg: str = "sum",
     chunk_elements: int = CHUNK_ELEMENTS,
     min_rows: int = MIN_ROWS,
-) -> torch.Tensor:
+    value: torch.Tensor | None = None,
+):
     """Σ over query rows of the causal attention probabilities, per KV head: [b, h, kv] float32.
 
     ``query`` [b, H, q, d], ``key`` [b, h, kv, d] (not repeated for GQA). ``attention_mask`` is the
     4D mask the model passed to attention (bool: True = attend; float: additive) or ``None``, which
     means the plain causal mask aligned bottom-right (query i sees keys 0 … kv − q + i), the case of
     every forward through a cache.
+
+    With ``value`` [b, h, kv, d] also the attention output from the *same* probabilities (one QKᵀ and
+    softmax serve both, see :func:`scored_attention`): returns ``(sums, output [b, q, H, d])``, the output in
+    the layout transformers' attention functions return, computed in float32 and cast to the query's dtype.
     """
     b, n_heads, q_len, d = query.shape
     h, kv = key.shape[1], key.shape[2]
     g = n_heads // h
     past = kv - q_len  # keys every query sees (cached tokens) before the causal block
     keys_t = key.to(torch.float32).transpose(-1, -2)[:, :, None]  # [b, h, 1, d, kv]
+    values = None if value is None else value.to(torch.float32)[:, :, None]  # [b, h, 1, kv, dv]
+    output = None if value is None else query.new_empty(b, h, g, q_len, value.shape[-1], dtype=torch.float32)
     out = torch.zeros(b, h, kv, dtype=torch.float32, device=query.device)
     chunk = max(min_rows, chunk_elements // max(1, b * n_heads * kv))
     for start in range(0, q_len, chunk):
@@ -127,7 +144,10 @@ def attention_column_sums(
             if stop - start > 1:
                 block = torch.ones(stop - start, stop - start, dtype=torch.bool, device=query.device).triu_(1)
                 logits[..., past + start:].masked_fill_(block, float("-inf"))
-            out[..., :visible] += aggregate_heads(torch.softmax(logits, dim=-1), agg)
+            probs = torch.softmax(logits, dim=-1)
+            out[..., :visible] += aggregate_heads(probs, agg)
+            if values is not None:
+                torch.matmul(probs, values[..., :visible, :], out=output[:, :, :, start:stop])
             continue
         logits = torch.matmul(q_chunk, keys_t)  # [b, h, g, C, kv]
         rows = _mask_rows(attention_mask, start, stop, logits.shape)
@@ -137,7 +157,22 @@ def attention_column_sums(
             logits.add_(rows.to(torch.float32))
         probs = torch.nan_to_num_(torch.softmax(logits, dim=-1), nan=0.0)  # fully padded rows: no score
         out += aggregate_heads(probs, agg)
-    return out
+        if values is not None:
+            torch.matmul(probs, values, out=output[:, :, :, start:stop])
+    if values is None:
+        return out
+    return out, output.reshape(b, n_heads, q_len, -1).transpose(1, 2).to(query.dtype).contiguous()
+
+
+def fusable(base: str, last_rows: int | None, kwargs: dict) -> bool:
+    """Whether the scored forward can compute the attention output itself from the probabilities it scores:
+    every query row is scored (H2O's accumulated scores), the base is ``sdpa`` (``eager`` already returns its
+    probabilities), and nothing but a mask and a scale shapes the attention (no dropout, softcap, sliding window,
+    sinks or position bias)."""
+    if base != "sdpa" or last_rows is not None or not FUSED:
+        return False
+    extras = ("softcap", "sliding_window", "s_aux", "position_bias")
+    return not kwargs.get("dropout") and all(kwargs.get(name) is None for name in extras)
 
 
 def _base_function(base: str, module):
@@ -162,6 +197,14 @@ def scored_attention(base: str):
             return fn(module, query, key, value, attention_mask, **kwargs)
         _pending.request = None
         layer, _, last_rows = request
+        if fusable(base, last_rows, kwargs) and not query.requires_grad:  # one QKᵀ + softmax for output and scores
+            scaling = kwargs.get("scaling")
+            if scaling is None:
+                scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+            with torch.no_grad():
+                sums, out = attention_column_sums(query, key, attention_mask, scaling, layer.score_agg, value=value)
+            layer.receive_scores(sums)
+            return out, None
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         b, n_heads, q_len, _ = query.shape
         h, kv = key.shape[1], key.shape[2]

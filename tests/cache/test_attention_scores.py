@@ -60,3 +60,31 @@ def test_a_mask_built_for_another_layer_is_realigned_bottom_right(dtype):
     longer = align_mask(mask, 11)  # a layer keeping 8 cached tokens
     assert torch.equal(longer if dtype == torch.bool else longer == 0, _causal(3, 11)[None, None])
     assert align_mask(None, 4) is None
+
+
+@pytest.mark.parametrize("q_len, kv, mask_kind", [(12, 12, None), (5, 12, "bool"), (5, 12, "float"), (1, 12, "bool")])
+def test_fused_scoring_returns_sdpas_output_and_the_unfused_scores(monkeypatch, q_len, kv, mask_kind):
+    """Every row scored (H2O): the output comes from the scored probabilities, equal to sdpa's within rounding, and the
+    scores are exactly those computed beside sdpa; with FUSED off, sdpa's own output is returned bit for bit."""
+    from kvbench.cache import attention_scores
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    b, h, g, d = 2, 2, 2, 8
+    query, key, value = torch.randn(b, h * g, q_len, d), torch.randn(b, h, kv, d), torch.randn(b, h, kv, d)
+    allowed = _causal(q_len, kv)[None, None].expand(b, 1, q_len, kv)
+    mask = None if mask_kind is None else allowed if mask_kind == "bool" else torch.where(
+        allowed, 0.0, torch.finfo(torch.float32).min)
+    expected, _ = sdpa_attention_forward(_Module(g), query, key, value, mask, scaling=0.3, dropout=0.0)
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(attention_scores, "FUSED", fused)
+        receiver = _Receiver("sum")
+        request_scores(receiver, key)
+        out, weights = scored_attention("sdpa")(_Module(g), query, key, value, mask, scaling=0.3, dropout=0.0)
+        results[fused] = out, receiver.received
+        assert weights is None and out.shape == (b, q_len, h * g, d)
+    assert torch.equal(results[False][0], expected)
+    assert torch.allclose(results[True][0], expected, rtol=0, atol=1e-5)
+    assert not torch.equal(results[True][0], torch.zeros_like(expected))
+    assert torch.equal(results[True][1], results[False][1])  # the same scores either way

@@ -177,3 +177,30 @@ def test_wandb_gets_a_table_of_the_points_and_a_throughput_plot_per_context(tmp_
     assert history["efficiency/points.nrows"] == 4  # one row per point (W&B flattens a logged table's fields)
     assert history["efficiency/throughput_ctx24_table.nrows"] == history["efficiency/throughput_ctx48_table.nrows"] == 2
     assert "ctx48_b2/throughput_tok_s" in history
+
+
+@pytest.mark.parametrize("name", ["efficiency_quick", "efficiency_h2o", "efficiency_minicache", "efficiency_svd_gqa"])
+def test_the_efficiency_experiments_compose_and_every_job_validates(name, monkeypatch):
+    """Every job of each experiment passes the suite's checks against its model config (the hub models' weights are
+    estimated, not loaded: a 7B model in fp16 is ~12.6 GiB, within each experiment's budget)."""
+    from omegaconf import OmegaConf
+
+    from kvbench.config import CONF_DIR
+    from kvbench.suites import build_suite
+    from kvbench.validation import build_method_from
+
+    real = models.estimated_model_nbytes
+    monkeypatch.setattr(models, "estimated_model_nbytes",
+                        lambda cfg: real(cfg) if cfg.pretrained.startswith("package:") else 6_738_415_616 * 2)
+    params = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").hydra.sweeper.params
+    methods = str(params.method).split(",")
+    assert "full" in methods
+    for method in methods:
+        cfg = compose_config([f"experiment={name}", f"method={method}"])
+        build_method_from(cfg.method)
+        plan = build_suite(cfg.suite).validate(cfg.model)
+        assert cfg.suite.runner == "efficiency" and plan["points"]
+        assert cfg.suite.options.memory_budget_gb is not None
+    if name == "efficiency_quick":  # every method config of the package, on the bundled model
+        top = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem not in ("h2o_local", "kivi_4bit", "rtn_2bit"))
+        assert sorted(set(methods) - {"h2o_local"}) == top and cfg.model.name == "smollm2_135m"
