@@ -60,8 +60,8 @@ def test_budget_covering_all_tokens_reproduces_full_logits_and_greedy_tokens(kin
 
     full = DynamicCache(config=model.config)
     cache = method.new_cache(scored)
-    # eager: its own probabilities are scored, the output is eager's, bit for bit; sdpa: the output comes from the
-    # probabilities the scores use (one QKᵀ, attention_scores.FUSED), equal to sdpa's within float rounding
+    # eager: its own probabilities are scored, the output is eager's, bit for bit; sdpa: a causal prefill runs the
+    # flash kernel itself (with the scores from its log-sum-exp, attention_scores.FUSED), equal within float rounding
     same = torch.equal if attn == "eager" else lambda a, b: torch.allclose(a, b, rtol=0, atol=1e-5)
     assert same(scored(input_ids=prompt, cache=cache).logits, model(input_ids=prompt, cache=full).logits)
     method.compress(cache)
