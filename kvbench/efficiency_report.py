@@ -148,6 +148,7 @@ def markdown(frame: pd.DataFrame) -> str:
         "KV ratio": points.get("kv_ratio", pd.Series(dtype=float)).map(_num),
         "peak memory MiB": points.get("peak_memory_bytes", pd.Series(dtype=float)).map(
             lambda v: "" if pd.isna(v) else f"{v / 2**20:.0f}"),
+        "load": points.get("load_avg_1m", pd.Series(dtype=float)).map(_num),
     })
     sources = sorted({s for s in points.get("memory_source", pd.Series(dtype=object)).dropna()})
     text = ["## Efficiency", "",
@@ -155,6 +156,8 @@ def markdown(frame: pd.DataFrame) -> str:
             "greedy steps (EOS ignored); tok/s = batch × new_tokens / decode time. Medians over the repeats, "
             "[min, max] beside them; ×full = the same figure divided by `full`'s at the same point (decode and TTFT: "
             "lower is better, tok/s: higher). KV ratio: uncompressed bytes / bytes the cache held after prefill. "
+            "load: the machine's 1-minute load average when the run started (methods run one after another: "
+            "compare ratios only between rows measured under similar load). "
             f"Peak memory: {', '.join(sources) or 'n/a'}"
             + (" (CPU: the process's resident-set high-water mark, reset before each run: weights and Python "
                "included, approximate)" if "rss_high_water" in sources else "") + ".", "",
