@@ -109,6 +109,21 @@ def load_config(cfg: ModelConfig):
     return config
 
 
+def estimated_model_nbytes(cfg: ModelConfig) -> int:
+    """Bytes the model's weights will take in ``cfg.dtype``, from its config alone: the architecture is built on
+    the ``meta`` device (no memory, no weights), its parameters counted. For checks before anything loads."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(cfg)
+    dtype = (getattr(config, "dtype", None) or torch.float32) if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+
+
 def load_model(cfg: ModelConfig):
     """Load ``(model, tokenizer)`` in eval mode; the same path for the bundled model and 7B+ hub models."""
     import torch

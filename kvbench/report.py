@@ -9,7 +9,9 @@ included: per task the rows are ranked (1 = best, in the metric's own direction;
 rank), and the ranks are averaged. ``kv_ratio`` is the compression measured on the run's own sequences
 (uncompressed bytes / bytes the cache held); ``kv_ratio_expected`` (``combined`` only) the product of each
 component's ratio measured alone. Decode speed is reported with the device and machine load it ran on.
-Failed runs are listed last with their error and no numbers.
+Failed runs are listed last with their error and no numbers. Records of the efficiency suite add a section
+(throughput, TTFT and decode latency per point, max batch, the papers' claims) and a plot
+(:mod:`kvbench.efficiency_report`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvbench import efficiency_report
 from kvbench.errors import KvbenchError
 from kvbench.results import load_records, short_params
 
@@ -208,6 +211,16 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs
                      "run-wide `kv_ratio`)" if "kv_ratio_expected" in table else "") + ".\n\n"
                   + (f"**{warning}**\n\n" if warning else ""))
         paths["md"].write_text(header + shown.to_markdown(index=False) + "\n", encoding="utf-8")
+    efficiency = efficiency_report.markdown(frame)
+    if efficiency and "md" in formats:
+        with paths["md"].open("a", encoding="utf-8") as handle:
+            handle.write("\n" + efficiency)
+    if efficiency and "csv" in formats:
+        paths["efficiency_csv"] = reports_dir / f"{name}_efficiency.csv"
+        efficiency_report.points_table(frame).to_csv(paths["efficiency_csv"], index=False)
+    if efficiency and "png" in formats:
+        paths["efficiency_png"] = reports_dir / f"{name}_efficiency.png"
+        efficiency_report.plot_efficiency(frame, paths["efficiency_png"], title=context)
     if "tex" in formats:
         paths["tex"] = reports_dir / f"{name}.tex"
         paths["tex"].write_text(shown.to_latex(index=False, escape=True, column_format="l" * len(shown.columns))

@@ -66,6 +66,17 @@ class RunRecord:
                     "adapted, counted over prefills (e.g. PyramidKV's clamped budgets)", factory=dict)
     timing: dict = _doc("`wall_s`, `load_apply_s`, `eval_s`, `prefill_tok_s`, `decode_tok_s`, "
                         "`decode_ms_per_token`", factory=dict)
+    efficiency: dict = _doc("efficiency suite only (else empty): `points`, one per (batch, context): `batch_size`, "
+                            "`context_length`, `new_tokens` (EOS ignored), `ttft_s` (prefill + compression of the batch), "
+                            "`decode_ms_per_step`, `throughput_tok_s` (B·new_tokens / decode time), each the median over "
+                            "`repeats` with `_min`/`_max`; `kv_bytes` (the cache after prefill), `kv_bytes_peak` (over "
+                            "decoding), `kv_full_bytes`, `kv_ratio`, `peak_memory_bytes`, `memory_source` "
+                            "(`cuda_max_allocated`, or `rss_high_water`: the process's resident-set peak, reset per run "
+                            "where `memory_reset`; approximate), `out_of_memory` on a point that did not fit; "
+                            "`max_batch`: `budget_gb`, `context_length`, `batch`, `source` (`search`: largest batch that "
+                            "ran under the budget on CUDA; `derived`: weights + measured cache bytes per sequence at "
+                            "context + new tokens against the budget, activations not counted); `model_bytes`; `workload`",
+                            factory=dict)
     env: dict = _doc("`python`, `torch`, `transformers`, `lm_eval`, `kvbench`, `device`, `git_commit`, "
                      "`torch_threads`, `load_avg_1m` (the machine's load when the run started), `lock_sha256` (sha256 of the `requirements.lock` the package was installed "
                      "from), `lock_drift` (pinned packages installed at another version; empty in a locked "
@@ -278,6 +289,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
             "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
             "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
             "device": record.env.get("device"), "load_avg_1m": record.env.get("load_avg_1m"), "error": record.error,
+            "efficiency": json.dumps(record.efficiency, default=str) if record.efficiency else None,
         }
         for task, primary in record.primary_metrics.items():
             column = f"{task}/{primary['name']}"

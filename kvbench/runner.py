@@ -84,11 +84,14 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         protocol = CompressionProtocol(model, plan.method, reference_config)
         context = RunContext(protocol, tokenizer, cfg.model, output_dir, cfg.seed)
         t0 = time.perf_counter()
+        record.efficiency = context.efficiency  # filled in place by the efficiency suite, saved with every task
         for result in plan.suite.run(plan.suite_plan, context):
             record.add_task(result.task, result.metrics, result.primary, result.higher_is_better, result.stderr,
                             result.n, result.interval)
             tracker.log_task(result.task, result.metrics, result.samples)
             save()
+        if record.efficiency.get("points"):
+            tracker.log_efficiency(record.efficiency["points"])
         record.timing["eval_s"] = time.perf_counter() - t0
         protocol.stats = distributed.combined_stats(protocol.stats)
         record.kv = protocol.stats.kv_summary()

@@ -80,6 +80,28 @@ class Tracker:
         if flat:
             self._guard("log", lambda: self.run.log(flat))
 
+    def log_efficiency(self, points: list[dict]) -> None:
+        """The efficiency suite's points: a ``wandb.Table`` (``efficiency/points``) and, per context length, a line
+        plot of throughput against batch size (``efficiency/throughput_ctx<N>``)."""
+        if self.run is None or not points:
+            return
+
+        def log() -> None:
+            import wandb
+
+            columns = list(dict.fromkeys(key for point in points for key in point))
+            payload = {"efficiency/points": wandb.Table(columns=columns,
+                                                        data=[[p.get(c) for c in columns] for p in points])}
+            for length in sorted({p["context_length"] for p in points}):
+                rows = [[p["batch_size"], p["throughput_tok_s"]] for p in points
+                        if p["context_length"] == length and p.get("throughput_tok_s") is not None]
+                table = wandb.Table(columns=["batch_size", "throughput_tok_s"], data=sorted(rows))
+                payload[f"efficiency/throughput_ctx{length}"] = wandb.plot.line(
+                    table, "batch_size", "throughput_tok_s", title=f"throughput vs batch, context {length}")
+            self.run.log(payload)
+
+        self._guard("log the efficiency points", log)
+
     def finish(self, record: RunRecord, exit_code: int = 0) -> None:
         """Write the record's KV bytes, timings and metrics to the run summary and close it."""
         if self.run is None:

@@ -36,6 +36,11 @@ class CacheNotWrittenError(KvbenchError, RuntimeError):
     the cache after an upstream rename) must never produce a number."""
 
 
+class PaddingError(KvbenchError, ValueError):
+    """Prompts of different lengths in one batch: kvbench never pads (masks over evicted or merged caches would be
+    inexact), so a batch is refused rather than silently approximated."""
+
+
 @dataclass
 class ProtocolStats:
     """What one run measured. Bytes are sums over requests, taken right after context compression."""
@@ -76,7 +81,8 @@ class ProtocolStats:
 
 
 class CompressionProtocol:
-    """Prefill → compress → score/generate for one model and one method, batch size 1.
+    """Prefill → compress → score/generate for one model and one method: batch 1, or a batch of equal-length
+    prompts (``prefill_batch`` / ``generate_batch``; never padded).
 
     ``reference_config`` is the model's config *before* any weight surgery: the
     uncompressed byte count of a request is measured against it.
@@ -99,37 +105,68 @@ class CompressionProtocol:
         (``[1, vocab]`` with ``last_logits_only``: prefill and decoding skip the LM head elsewhere,
         as transformers' ``generate`` does)."""
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        extra = {"logits_to_keep": 1} if last_logits_only else {}
-        out = self.model(input_ids=ids, cache=cache, use_cache=True, **extra)
-        return out.logits[0]
+        return self.forward_batch(cache, ids, last_logits_only)[0]
 
-    def measure(self, cache, n_tokens: int) -> tuple[int, int]:
-        """``(stored, full)`` bytes for a cache that has seen ``n_tokens`` tokens; tracks the peak."""
+    @torch.inference_mode()
+    def forward_batch(self, cache, ids: torch.Tensor, last_logits_only: bool = False) -> torch.Tensor:
+        """Run a batch ``ids`` ``[B, n]`` (equal-length rows, no padding) through the model on ``cache``;
+        returns logits ``[B, n, vocab]`` (``[B, 1, vocab]`` with ``last_logits_only``)."""
+        extra = {"logits_to_keep": 1} if last_logits_only else {}
+        out = self.model(input_ids=ids.to(self.device), cache=cache, use_cache=True, **extra)
+        return out.logits
+
+    def batch_ids(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``batch`` as a ``[B, n]`` tensor; prompts of different lengths are a :class:`PaddingError`."""
+        rows = [list(row) for row in batch]
+        lengths = sorted({len(row) for row in rows})
+        if not rows or not lengths[0]:
+            raise PaddingError("a batch needs at least one prompt of at least one token")
+        if len(lengths) > 1:
+            raise PaddingError(
+                f"a batch of prompts of {', '.join(map(str, lengths))} tokens would need padding, which kvbench does "
+                "not support: masks over evicted or merged caches would be inexact (give prompts of equal length)")
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def measure(self, cache, n_tokens: int, batch: int = 1) -> tuple[int, int]:
+        """``(stored, full)`` bytes for a cache of ``batch`` sequences that has seen ``n_tokens`` tokens each;
+        tracks the peak."""
         stored = cache_nbytes(cache)
-        full = full_cache_nbytes(self.reference_config, n_tokens, self.dtype)
+        full = batch * full_cache_nbytes(self.reference_config, n_tokens, self.dtype)
         if stored > self.stats.peak_stored_bytes:
             self.stats.peak_stored_bytes, self.stats.peak_full_bytes = stored, full
         return stored, full
 
     def prefill(self, token_ids: Sequence[int], chunk: int | None = None):
         """A fresh cache holding ``token_ids``, compressed by the method (after each chunk if streaming)."""
-        cache = self.method.new_cache(self.model)
         if not token_ids:
-            return cache
+            return self.method.new_cache(self.model)
         if len(token_ids) > len(self.longest_context):
             self.longest_context = list(token_ids)
+        return self._prefill(torch.tensor([list(token_ids)], dtype=torch.long, device=self.device), chunk)
+
+    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
+        """A fresh cache holding ``B`` equal-length prompts (a ``[B, n]`` batch, no padding), compressed by the
+        method. Every row equals a batch-1 :meth:`prefill` of that prompt (tested per method)."""
+        ids = self.batch_ids(batch)
+        if ids.shape[1] > len(self.longest_context):
+            self.longest_context = ids[0].tolist()
+        return self._prefill(ids, chunk)
+
+    def _prefill(self, ids: torch.Tensor, chunk: int | None):
+        cache = self.method.new_cache(self.model)
+        batch, n = ids.shape
         start = time.perf_counter()
-        step = chunk or len(token_ids)
-        for i in range(0, len(token_ids), step):
-            self.forward(cache, token_ids[i : i + step], last_logits_only=True)
+        step = chunk or n
+        for i in range(0, n, step):
+            self.forward_batch(cache, ids[:, i : i + step], last_logits_only=True)
             self.method.compress(cache)
         self.stats.prefill_s += time.perf_counter() - start
         for note in cache.notes() if hasattr(cache, "notes") else ():
             self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
-        self.stats.prefill_tokens += len(token_ids)
-        self.stats.n_prefills += 1
-        stored, full = self.measure(cache, len(token_ids))
-        check_cache_written(cache, len(token_ids), stored, getattr(self.method, "name", type(self.method).__name__))
+        self.stats.prefill_tokens += batch * n
+        self.stats.n_prefills += batch
+        stored, full = self.measure(cache, n, batch)
+        check_cache_written(cache, n, stored, getattr(self.method, "name", type(self.method).__name__))
         self.stats.stored_bytes += stored
         self.stats.full_bytes += full
         return cache
@@ -205,6 +242,41 @@ class CompressionProtocol:
         self.stats.decode_tokens += len(generated)
         self.measure(cache, len(prompt) + len(generated) - 1)
         return generated
+
+    def generate_batch(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int] = (),
+                       return_logits: bool = False):
+        """Greedy decoding of ``B`` equal-length contexts at once (no padding: a :class:`PaddingError` otherwise).
+
+        Row ``i`` of the result equals ``generate(contexts[i], max_new_tokens, eos_token_ids=...)``: each row stops
+        at its first EOS (kept, as :meth:`generate` keeps it), the batch when every row has stopped. With
+        ``return_logits`` also the last-position logits of every step ``[B, steps, vocab]``."""
+        ids = self.batch_ids(contexts)
+        cache = self.prefill_batch(ids[:, :-1].tolist()) if ids.shape[1] > 1 else self.method.new_cache(self.model)
+        pending = ids[:, -1:]
+        batch = ids.shape[0]
+        eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
+        stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        steps, logits_seen = [], []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                logits = self.forward_batch(cache, pending, last_logits_only=True)[:, -1]
+                tokens = logits.argmax(-1)
+                steps.append(tokens)
+                if return_logits:
+                    logits_seen.append(logits)
+                stopped |= torch.isin(tokens, eos)
+                if bool(stopped.all()):
+                    break
+                pending = tokens[:, None]
+        self.stats.decode_s += time.perf_counter() - start
+        generated = []
+        for row in torch.stack(steps, dim=1).tolist():
+            cut = next((i + 1 for i, token in enumerate(row) if token in set(eos_token_ids)), len(row))
+            generated.append(row[:cut])
+        self.stats.decode_tokens += sum(map(len, generated))
+        self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
+        return (generated, torch.stack(logits_seen, dim=1)) if return_logits else generated
 
 
 def check_cache_written(cache, n_tokens: int, stored: int, method_name: str) -> None:

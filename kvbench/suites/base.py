@@ -91,6 +91,9 @@ class RunContext:
     model_cfg: ModelConfig
     output_dir: Path
     seed: int = 0
+    #: The record's ``efficiency`` field, filled by the efficiency suite as it measures (the runner saves it
+    #: with every task result).
+    efficiency: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -60,11 +60,12 @@ def test_budget_covering_all_tokens_reproduces_full_logits_and_greedy_tokens(kin
 
     full = DynamicCache(config=model.config)
     cache = method.new_cache(scored)
-    assert torch.equal(scored(input_ids=prompt, cache=cache).logits,
-                       model(input_ids=prompt, cache=full).logits)
+    # eager: its own probabilities are scored, the output is eager's, bit for bit; sdpa: a causal prefill runs the
+    # flash kernel itself (with the scores from its log-sum-exp, attention_scores.FUSED), equal within float rounding
+    same = torch.equal if attn == "eager" else lambda a, b: torch.allclose(a, b, rtol=0, atol=1e-5)
+    assert same(scored(input_ids=prompt, cache=cache).logits, model(input_ids=prompt, cache=full).logits)
     method.compress(cache)
-    assert torch.equal(scored(input_ids=continuation, cache=cache).logits,
-                       model(input_ids=continuation, cache=full).logits)
+    assert same(scored(input_ids=continuation, cache=cache).logits, model(input_ids=continuation, cache=full).logits)
 
     expected = model.generate(prompt, max_new_tokens=16, do_sample=False)
     got = scored.generate(prompt, cache=method.new_cache(scored), max_new_tokens=16, do_sample=False)

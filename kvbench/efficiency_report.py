@@ -1,0 +1,271 @@
+"""The efficiency suite's part of a report: tables and plots from the records' ``efficiency`` field, with the
+papers' throughput claims beside the measured ratios (issue 11; PAPERS.md). Reads records only.
+
+* :func:`points_table` -- one row per (model, method, context, batch): TTFT, decode ms/step, throughput (medians
+  with their min-max), the measured KV ratio, peak memory, and each figure relative to ``full`` at the same point;
+* :func:`max_batch_table` -- per method: the largest batch within the budget (``derived`` or ``search``), its
+  ratio to full's, and the measured KV ratio it should track;
+* :func:`claims_table` -- each paper's claim (compression → throughput) beside the same ratio measured here at
+  the largest batch of the longest context both the method and full ran;
+* :func:`plot_efficiency` -- throughput vs batch (a panel per context, a line per method), decode ms/step vs
+  context (at the largest batch), max batch per method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kvbench.results import short_params
+
+#: The papers' serving claims (PAPERS.md): the method label measured against them, the setting, the compression
+#: and the throughput ratio the paper reports.
+CLAIMS = [
+    {"paper": "H2O (Zhang et al. 2023)", "method": "h2o", "setting": "OPT-6.7B, A100, batch 24, 2048 + 2048 tokens",
+     "paper_kv_ratio": 5.0, "paper_throughput_ratio": 918.9 / 494.1,
+     "note": "918.9 vs 494.1 tok/s; the baseline is FlexGen, a 20% cache"},
+    {"paper": "MiniCache (Liu et al. 2024)", "method": "minicache_kivi",
+     "setting": "LLaMA-2-7B, A100, batch 128, ShareGPT", "paper_kv_ratio": 5.02, "paper_throughput_ratio": 5.0,
+     "note": "about 5x throughput, 41% memory saved; MiniCache on 4-bit KIVI"},
+    {"paper": "MiniCache (Liu et al. 2024)", "method": "minicache",
+     "setting": "merging alone (no serving figure)", "paper_kv_ratio": 1.53, "paper_throughput_ratio": None,
+     "note": "the paper's merging-only compression"},
+    {"paper": "SVD-GQA (Yu et al. 2024)", "method": "svd_gqa",
+     "setting": "LLaMA2-7B, A100, batch 1, the 2050th token after 2048", "paper_kv_ratio": 2.0,
+     "paper_throughput_ratio": 13.41 / 8.05, "note": "32 -> 16 KV heads: 8.05 -> 13.41 tok/s (8 heads: 20.81, 2.59x)"},
+]
+
+
+def efficiency_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The complete records that carry efficiency points (a ``load_records`` frame), one row each."""
+    if "efficiency" not in frame:
+        return frame.iloc[0:0]
+    return frame[(frame["status"] == "complete") & frame["efficiency"].notna()]
+
+
+def _label(row) -> str:
+    params = short_params(json.loads(row["label_params"] or "{}"))
+    return row["label"] if not params else f"{row['label']} ({params})"
+
+
+def points_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per measured point, with ratios against ``full``'s point of the same model, context and batch."""
+    rows = []
+    for _, record in efficiency_frame(frame).iterrows():
+        eff = json.loads(record["efficiency"])
+        for point in eff.get("points", []):
+            if point.get("out_of_memory"):
+                rows.append({"model": record["model"], "method": _label(record), "label": record["label"],
+                             "context": point["context_length"], "batch": point["batch_size"], "out_of_memory": True})
+                continue
+            rows.append({
+                "model": record["model"], "method": _label(record), "label": record["label"],
+                "context": point["context_length"], "batch": point["batch_size"], "new_tokens": point["new_tokens"],
+                "ttft_s": point["ttft_s"], "ttft_s_min": point["ttft_s_min"], "ttft_s_max": point["ttft_s_max"],
+                "decode_ms_per_step": point["decode_ms_per_step"],
+                "decode_ms_per_step_min": point["decode_ms_per_step_min"],
+                "decode_ms_per_step_max": point["decode_ms_per_step_max"],
+                "throughput_tok_s": point["throughput_tok_s"], "kv_ratio": point.get("kv_ratio"),
+                "kv_bytes": point.get("kv_bytes"), "peak_memory_bytes": point.get("peak_memory_bytes"),
+                "memory_source": point.get("memory_source"), "out_of_memory": False,
+                "device": record.get("device"), "load_avg_1m": record.get("load_avg_1m"),
+            })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    full = table[(table["label"] == "full") & ~table["out_of_memory"]].drop_duplicates(
+        ["model", "context", "batch"], keep="last").set_index(["model", "context", "batch"])
+    for column, name in (("throughput_tok_s", "throughput_vs_full"), ("decode_ms_per_step", "decode_vs_full"),
+                         ("ttft_s", "ttft_vs_full")):
+        table[name] = [row[column] / full.loc[key, column] if key in full.index and not row["out_of_memory"] else None
+                       for key, (_, row) in zip(zip(table["model"], table["context"], table["batch"]), table.iterrows())]
+    return table.sort_values(["model", "context", "batch", "label"], kind="stable").reset_index(drop=True)
+
+
+def max_batch_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per method with a max-batch figure: the batch, its source, its ratio to full's and the KV ratio measured at
+    that context (largest batch measured there): under a fixed budget the two should agree."""
+    rows = []
+    for _, record in efficiency_frame(frame).iterrows():
+        eff = json.loads(record["efficiency"])
+        found = eff.get("max_batch")
+        if not found:
+            continue
+        at = [p for p in eff.get("points", []) if p.get("context_length") == found["context_length"]
+              and not p.get("out_of_memory")]
+        ratio = max(at, key=lambda p: p["batch_size"]).get("kv_ratio") if at else None
+        rows.append({"model": record["model"], "method": _label(record), "label": record["label"],
+                     "budget_gb": found["budget_gb"], "context": found["context_length"], "batch": found["batch"],
+                     "source": found["source"], "kv_ratio": ratio})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    full = table[table["label"] == "full"].drop_duplicates(["model", "budget_gb", "context"], keep="last")
+    full = full.set_index(["model", "budget_gb", "context"])["batch"]
+    keys = list(zip(table["model"], table["budget_gb"], table["context"]))
+    table["batch_vs_full"] = [b / full[k] if k in full.index and full[k] else None for k, b in zip(keys, table["batch"])]
+    table["vs_kv_ratio"] = [None if pd.isna(v) or not r else v / r - 1
+                            for v, r in zip(table["batch_vs_full"], table["kv_ratio"])]
+    return table.sort_values(["model", "batch"], kind="stable").reset_index(drop=True)
+
+
+def claims_table(points: pd.DataFrame) -> pd.DataFrame:
+    """Each paper claim beside the ratio measured here: the method's KV ratio and throughput ÷ full's, at the
+    largest batch of the longest context both ran (the regime the papers measured; named in ``measured_at``)."""
+    rows = []
+    for claim in CLAIMS:
+        row = {k: claim[k] for k in ("paper", "method", "setting", "paper_kv_ratio", "paper_throughput_ratio", "note")}
+        mine = points[(points["label"] == claim["method"]) & points["throughput_vs_full"].notna()] \
+            if not points.empty else points
+        if not mine.empty:
+            best = mine.sort_values(["context", "batch"]).iloc[-1]
+            row.update(measured_at=f"{best['model']}, context {best['context']}, batch {best['batch']}",
+                       kv_ratio=best["kv_ratio"], throughput_ratio=best["throughput_vs_full"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(value, digits: str = ".3g") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, digits)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """The efficiency section of a report (empty when no record has efficiency points)."""
+    points = points_table(frame)
+    if points.empty:
+        return ""
+    shown = pd.DataFrame({
+        "model": points["model"], "method": points["method"], "context": points["context"], "batch": points["batch"],
+        "TTFT s [min, max]": [_range(r, "ttft_s") for _, r in points.iterrows()],
+        "×full": points["ttft_vs_full"].map(_num),
+        "decode ms/step [min, max]": [_range(r, "decode_ms_per_step") for _, r in points.iterrows()],
+        "×full ": points["decode_vs_full"].map(_num),
+        "tok/s": points.get("throughput_tok_s", pd.Series(dtype=float)).map(_num),
+        "×full  ": points["throughput_vs_full"].map(_num),
+        "KV ratio": points.get("kv_ratio", pd.Series(dtype=float)).map(_num),
+        "peak memory MiB": points.get("peak_memory_bytes", pd.Series(dtype=float)).map(
+            lambda v: "" if pd.isna(v) else f"{v / 2**20:.0f}"),
+        "load": points.get("load_avg_1m", pd.Series(dtype=float)).map(_num),
+    })
+    sources = sorted({s for s in points.get("memory_source", pd.Series(dtype=object)).dropna()})
+    text = ["## Efficiency", "",
+            "Per (context, batch): TTFT = prefill + compression of the batch; decode ms/step over exactly `new_tokens` "
+            "greedy steps (EOS ignored); tok/s = batch × new_tokens / decode time. Medians over the repeats, "
+            "[min, max] beside them; ×full = the same figure divided by `full`'s at the same point (decode and TTFT: "
+            "lower is better, tok/s: higher). KV ratio: uncompressed bytes / bytes the cache held after prefill. "
+            "load: the machine's 1-minute load average when the run started (methods run one after another: "
+            "compare ratios only between rows measured under similar load). "
+            f"Peak memory: {', '.join(sources) or 'n/a'}"
+            + (" (CPU: the process's resident-set high-water mark, reset before each run: weights and Python "
+               "included, approximate)" if "rss_high_water" in sources else "") + ".", "",
+            shown.to_markdown(index=False), ""]
+    batches = max_batch_table(frame)
+    if not batches.empty:
+        sources = sorted(set(batches["source"]))
+        shown = pd.DataFrame({"model": batches["model"], "method": batches["method"],
+                              "budget GiB": batches["budget_gb"].map(_num), "context": batches["context"],
+                              "max batch": batches["batch"], "source": batches["source"],
+                              "÷ full's": batches["batch_vs_full"].map(_num), "KV ratio": batches["kv_ratio"].map(_num),
+                              "off by": batches["vs_kv_ratio"].map(lambda v: "" if v is None or pd.isna(v) else f"{100 * v:+.1f}%")})
+        text += ["### Max batch within the memory budget", "",
+                 "The largest batch at the longest context (+ new tokens) that fits the budget, weights included. "
+                 + ("`derived`: weights + the cache bytes per sequence measured after the last decode step, against "
+                    "the budget (activations not counted: an upper bound). " if "derived" in sources else "")
+                 + ("`search`: the largest batch that ran without running out of memory under the budget (CUDA, "
+                    "bisection). " if "search" in sources else "")
+                 + "Under a fixed budget the batch should grow with the KV ratio: `off by` compares the two.", "",
+                 shown.to_markdown(index=False), ""]
+    claims = claims_table(points)
+    shown = pd.DataFrame({"paper": claims["paper"], "method": claims["method"], "paper setting": claims["setting"],
+                          "paper KV ratio": claims["paper_kv_ratio"].map(_num),
+                          "paper throughput ratio": claims["paper_throughput_ratio"].map(_num),
+                          "measured at": claims.get("measured_at", pd.Series([None] * len(claims))).fillna("not run"),
+                          "KV ratio": claims.get("kv_ratio", pd.Series([None] * len(claims))).map(_num),
+                          "throughput ÷ full": claims.get("throughput_ratio", pd.Series([None] * len(claims))).map(_num),
+                          "paper's note": claims["note"]})
+    text += ["### The papers' claims beside the measured ratios", "",
+             "Compression ratio → throughput ratio against the uncompressed baseline. The papers measured large "
+             "models at large batch on GPUs; the measured column is this report's own setting (named), where the "
+             "weights may still dominate decoding (EVALUATION.md, \"Why batch size matters\").", "",
+             shown.to_markdown(index=False), ""]
+    return "\n".join(text)
+
+
+def _range(row, name: str) -> str:
+    if row.get("out_of_memory"):
+        return "out of memory"
+    return f"{row[name]:.3g} [{row[f'{name}_min']:.3g}, {row[f'{name}_max']:.3g}]"
+
+
+def plot_efficiency(frame: pd.DataFrame, path: Path, title: str = "") -> bool:
+    """Throughput vs batch (a panel per context), decode ms/step vs context, max batch per method; False if there
+    is nothing to plot."""
+    points = points_table(frame)
+    if points.empty:
+        return False
+    points = points[~points["out_of_memory"]]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contexts = sorted(points["context"].unique())
+    batches = max_batch_table(frame)
+    panels = len(contexts) + 1 + (0 if batches.empty else 1)
+    columns = min(3, panels)
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False, dpi=110)
+    methods = list(dict.fromkeys(points.sort_values("label", key=lambda s: s != "full")["method"]))
+    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    flat = list(axes.flat)
+    for ax, context in zip(flat, contexts):
+        at = points[points["context"] == context]
+        for method in methods:
+            line = at[at["method"] == method].sort_values("batch")
+            if not line.empty:
+                ax.plot(line["batch"], line["throughput_tok_s"], "o-", color=colors[method], label=method,
+                        lw=2.2 if method == "full" else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(at["batch"].unique()), [str(b) for b in sorted(at["batch"].unique())])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("decode throughput (tok/s)")
+        ax.set_title(f"throughput vs batch, context {context}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    ax = flat[len(contexts)]
+    widest = points.groupby("context")["batch"].max().min()  # a batch every context measured
+    at = points[points["batch"] == widest]
+    for method in methods:
+        line = at[at["method"] == method].sort_values("context")
+        if not line.empty:
+            ax.plot(line["context"], line["decode_ms_per_step"], "o-", color=colors[method], label=method,
+                    lw=2.2 if method == "full" else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(contexts, [str(c) for c in contexts])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode ms/step (lower is better)")
+    ax.set_title(f"decode cost vs context, batch {widest}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if not batches.empty:
+        ax = flat[len(contexts) + 1]
+        shown = batches.drop_duplicates("method", keep="last")
+        bars = ax.barh(shown["method"], shown["batch"], color=[colors.get(m, "0.5") for m in shown["method"]])
+        ax.bar_label(bars, labels=[f"{b} ({_num(r, '.2g')}x)" if r is not None and not pd.isna(r) else str(b)
+                                   for b, r in zip(shown["batch"], shown["batch_vs_full"])], fontsize=7, padding=2)
+        ax.margins(x=0.25)
+        ax.set_xlabel(f"max batch ({', '.join(sorted(set(shown['source'])))}, "
+                      f"{_num(shown['budget_gb'].iloc[0])} GiB, context {shown['context'].iloc[0]})")
+        ax.set_title("max batch per method", fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3, axis="x", which="both")
+    for ax in flat[panels:]:
+        ax.axis("off")
+    handles, labels = flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9, wrap=True)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 5), 1, 0.97))
+    fig.savefig(path, dpi=fig.dpi)
+    plt.close(fig)
+    return True
