@@ -49,7 +49,8 @@ class RunRecord:
                        "original model), `kv_heads_after_method`, `dtype`", factory=dict)
     method: dict = _doc("`name`, `label` (the method's config name: `h2o_local` is a variant of `h2o`), "
                         "`label_params` (the parameters changed from that config's defaults: the report's label), "
-                        "`params` (defaults resolved), `changed_params` (those differing from the method's defaults)",
+                        "`params` (defaults resolved), `changed_params` (those differing from the method's defaults), "
+                        "`simulated` (true for a masking simulation, `h2o protocol=simulate`: nothing was evicted)",
                         factory=dict)
     suite: dict = _doc("`name`, `runner`, `tasks`, `limit`, `query_aware` (the question compressed with the context, "
                        "or fed after it: the default)", factory=dict)
@@ -264,7 +265,8 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
         row = {
             "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
             "model": record.model.get("name"), "method": record.method.get("name"),
-            "label": record.method.get("label") or record.method.get("name"),
+            "label": (record.method.get("label") or record.method.get("name"))
+            + (" (simulated)" if record.method.get("simulated") else ""),
             "method_params": json.dumps(record.method.get("changed_params", record.method.get("params", {})),
                                         sort_keys=True, default=str),
             "label_params": json.dumps(record.method.get("label_params", record.method.get("changed_params", {})),

@@ -159,7 +159,7 @@ def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, outp
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         config_hash=digest, config=resolved, model={"name": cfg.model.name},
         method={"name": method.name, "label": label, "label_params": label_params, "params": method.params(),
-                "changed_params": method.changed_params()},
+                "changed_params": method.changed_params(), **({"simulated": True} if method.single_pass else {})},
         suite={"name": suite.name, "runner": suite.runner, "tasks": list(suite.tasks), "limit": suite.limit,
                "query_aware": bool(suite.get("query_aware", False))},
         env=environment(), outputs={"dir": str(output_dir)},

@@ -60,11 +60,13 @@ def run_in(tmp_path, monkeypatch):
     (["suite=no_such_suite"], "suite=no_such_suite is not a kvbench suite config (choose one of: h2o_paper"),
     (["experiment=nope"], "experiment=nope is not a kvbench experiment config (choose one of: baselines, "),
     (["method=h2o", "method.heavy_ratoi=0.3"],
-     "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi' (valid: heavy_ratio, heavy_tokens, recent_ratio"),
+     "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi' (valid: heavy_ratio, heavy_tokens, protocol, recent_ratio"),
     (["suite=longbench", "suite.options.datadir=x"],
      "suite.options.datadir: suite.options has no setting 'datadir' (valid: chat_template, data_dir, e, max_length)"),
     (["method=minicache", "method.gamma=lots"], "method.gamma=lots: Value 'lots' of type 'str' could not be converted"),
     (["method.heavy_ratio=[1,2"], "cannot parse the override 'method.heavy_ratio=[1,2'"),
+    (["method=snapkv", "method.protocol=simulate"],
+     "method.protocol: method=snapkv has no masking simulation (protocol=simulate exists for: h2o; snapkv runs real"),
     (["-m", "method=full,nope"], "method=nope is not a kvbench method config"),
     (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: force, job_device, logger, method, model"),
     (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
@@ -101,6 +103,7 @@ def test_composition_error_translation_keeps_hydras_error_as_the_cause():
     (["model=llama2_7b"], "model=llama2_7b: could not load the config of 'meta-llama/Llama-2-7b-hf'"),
     (["job_device=gpu0"], "job_device='gpu0' is not valid (choose one of: round_robin, or null)"),
     (["method=minicache", "method.start_layer=7"], "method.start_layer=7 must be in [1, 2] for this 4-layer model"),
+    (["method=h2o", "method.protocol=simulated"], "method.protocol='simulated' is not valid (choose one of: real, simulate)"),
 ])
 def test_bad_values_fail_before_the_model_loads_and_leave_a_failed_record(run_in, no_model_loading, tmp_path,
                                                                         overrides, expected):
