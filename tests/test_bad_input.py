@@ -67,6 +67,7 @@ def run_in(tmp_path, monkeypatch):
     (["method.heavy_ratio=[1,2"], "cannot parse the override 'method.heavy_ratio=[1,2'"),
     (["method=snapkv", "method.protocol=simulate"],
      "method.protocol: method=snapkv has no masking simulation (protocol=simulate exists for: h2o; snapkv runs real"),
+    (["method=svd_gqa", "method.lora.rnak=4"], "method.lora.rnak: method.lora has no setting 'rnak' (valid: alpha, "),
     (["-m", "method=full,nope"], "method=nope is not a kvbench method config"),
     (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: force, job_device, logger, method, model"),
     (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
@@ -104,6 +105,11 @@ def test_composition_error_translation_keeps_hydras_error_as_the_cause():
     (["job_device=gpu0"], "job_device='gpu0' is not valid (choose one of: round_robin, or null)"),
     (["method=minicache", "method.start_layer=7"], "method.start_layer=7 must be in [1, 2] for this 4-layer model"),
     (["method=h2o", "method.protocol=simulated"], "method.protocol='simulated' is not valid (choose one of: real, simulate)"),
+    (["method=svd_gqa", "method.init=random"], "method.init='random' is not valid (choose one of: activation, weight)"),
+    (["method=svd_gqa", "method.recovery=lora", "method.lora.rank=0"], "method.lora.rank=0 must be an integer >= 1"),
+    (["method=meanpool_gqa", "method.recovery=lora", "method.lora.lr=3.0"], "method.lora.lr=3.0 must lie in (0, 1]"),
+    (["method=meanpool_gqa", "method.recovery=lora", "method.lora.steps=-5"], "method.lora.steps=-5 must be an integer >= 1"),
+    (["method=meanpool_gqa", "method.recovery=finetune"], "method.recovery='finetune' is not valid (choose one of: none, lora)"),
 ])
 def test_bad_values_fail_before_the_model_loads_and_leave_a_failed_record(run_in, no_model_loading, tmp_path,
                                                                         overrides, expected):
