@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 #: Hydra's config directory, shipped inside the package.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -57,6 +57,10 @@ class SuiteConfig:
     limit: Optional[int] = None
     #: Few-shot examples (lm-eval suites; None = the task's own).
     num_fewshot: Optional[int] = None
+    #: Per-task few-shot counts where a paper mixes them (``{mmlu: 5}``): each listed task uses its own
+    #: count instead of ``num_fewshot``; every key must be one of ``tasks``. On the command line add a key
+    #: with a plus: ``+suite.num_fewshot_per_task.mmlu=5``.
+    num_fewshot_per_task: Dict[str, int] = field(default_factory=dict)
     #: Generation cap for generated answers (None = the task's own).
     max_gen_toks: Optional[int] = None
     #: Tokens per chunk when streaming text for perplexity (loglikelihood_rolling); 1 = exact decoding.

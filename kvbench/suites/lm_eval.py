@@ -65,6 +65,10 @@ class LmEval(Suite):
                                              f"with a question part: {', '.join(sorted(query_fields()))})")
         return self.tasks
 
+    def num_fewshot(self, task: str) -> int | None:
+        """The shots ``task`` runs with: its entry in ``suite.num_fewshot_per_task``, else ``suite.num_fewshot``."""
+        return dict(self.cfg.get("num_fewshot_per_task") or {}).get(task, self.cfg.num_fewshot)
+
     def run(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
         from lm_eval import simple_evaluate
         from lm_eval.utils import handle_non_serializable
@@ -79,7 +83,7 @@ class LmEval(Suite):
         seed = context.seed
         for task in plan:
             results = simple_evaluate(
-                model=lm, tasks=[task], num_fewshot=self.cfg.num_fewshot, limit=self.cfg.limit, task_manager=manager,
+                model=lm, tasks=[task], num_fewshot=self.num_fewshot(task), limit=self.cfg.limit, task_manager=manager,
                 bootstrap_iters=0, log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                 fewshot_random_seed=seed, gen_kwargs=gen_kwargs,
             )
