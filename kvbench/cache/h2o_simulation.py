@@ -96,7 +96,8 @@ def use_simulated_attention(model, budget: H2OBudget, agg: str = "sum") -> None:
         AttentionMaskInterface.register(NAME, sdpa_mask)
     found = 0
     for module in model.modules():
-        if hasattr(module, "num_key_value_groups") and hasattr(module, "layer_idx"):
+        # attention modules: Llama-family ones name their KV groups, OPT's only its projections
+        if hasattr(module, "layer_idx") and (hasattr(module, "num_key_value_groups") or hasattr(module, "k_proj")):
             setattr(module, ATTRIBUTE, (budget, agg))
             found += 1
     if not found:

@@ -93,19 +93,20 @@ class Method:
         defaults resolved on both sides (a null meaning 0.1 equals an explicit 0.1). How reports label a
         configuration; nested parameters (``combined``'s components) are compared key by key."""
         base = type(self)() if base is None else base
-        return _diff(self.params(), base.params())
+        return changed(self.params(), base.params())
 
     def params(self) -> dict[str, Any]:
         """The method's parameters (everything but ``name``), for records and reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
-def _diff(mine: dict, base: dict) -> dict:
+def changed(mine: dict, base: dict) -> dict:
+    """The entries of ``mine`` that differ from ``base`` (nested dicts key by key)."""
     out = {}
     for key, value in mine.items():
         other = base.get(key, dataclasses.MISSING)
         if isinstance(value, dict) and isinstance(other, dict):
-            nested = _diff(value, other)
+            nested = changed(value, other)
             if nested:
                 out[key] = nested
         elif value != other:

@@ -22,11 +22,11 @@ Parameters:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from kvbench.methods.base import Method, register
+from kvbench.methods.base import Method, changed, register
 from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, meanpool_kv_heads
-from kvbench.surgery.recovery import LoRASettings, import_peft, lora_settings, recover
+from kvbench.surgery.recovery import LoRASettings, import_peft, lora_settings, recover, without_unused_lora
 
 
 @register
@@ -41,6 +41,15 @@ class MeanPoolGQA(Method):
     def __post_init__(self):
         check_positive_kv_heads(self.kv_heads)
         self.lora = lora_settings(self.recovery, self.lora)
+
+    def params(self) -> dict:
+        """Without recovery the LoRA settings do nothing: left out (one run, one label, one config hash)."""
+        return without_unused_lora(super().params())
+
+    def changed_params(self, base=None) -> dict:
+        """As :meth:`Method.changed_params`, LoRA settings compared with the base's even where it has no recovery."""
+        base = type(self)() if base is None else base
+        return changed(self.params(), {**base.params(), "lora": asdict(base.lora)})
 
     def check_model(self, config) -> None:
         check_kv_heads(self.kv_heads, config)

@@ -41,13 +41,13 @@ Parameters:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from kvbench.corpus import CorpusError, check_source
-from kvbench.methods.base import Method, MethodConfigError, register
+from kvbench.methods.base import Method, MethodConfigError, changed, register
 from kvbench.surgery.calibration import CalibrationSpec, load_or_calibrate, weight_bases
 from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, editable_attention_layers, layout
-from kvbench.surgery.recovery import LoRASettings, import_peft, lora_settings, recover
+from kvbench.surgery.recovery import LoRASettings, import_peft, lora_settings, recover, without_unused_lora
 from kvbench.surgery.svd_attention import has_rope, rotary_module, svd_convert
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,15 @@ class SVDGQA(Method):
             check_source(self.calibration)
         except CorpusError as err:
             raise MethodConfigError(f"method.calibration: {err}") from None
+
+    def params(self) -> dict:
+        """Without recovery the LoRA settings do nothing: left out (one run, one label, one config hash)."""
+        return without_unused_lora(super().params())
+
+    def changed_params(self, base=None) -> dict:
+        """As :meth:`Method.changed_params`, LoRA settings compared with the base's even where it has no recovery."""
+        base = type(self)() if base is None else base
+        return changed(self.params(), {**base.params(), "lora": asdict(base.lora)})
 
     def check_model(self, config) -> None:
         check_kv_heads(self.kv_heads, config)

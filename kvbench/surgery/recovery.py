@@ -91,6 +91,11 @@ def lora_settings(recovery: str, lora) -> LoRASettings:
     return LoRASettings(**lora)
 
 
+def without_unused_lora(params: dict) -> dict:
+    """A method's parameters without ``lora`` when ``recovery`` is ``none`` (the settings are unused then)."""
+    return {k: v for k, v in params.items() if k != "lora"} if params.get("recovery") == "none" else params
+
+
 def import_peft():
     """``peft``, or one line saying how to install it."""
     try:

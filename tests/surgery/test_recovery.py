@@ -91,3 +91,11 @@ def test_out_of_range_lora_settings_are_one_line(lora, message):
     with pytest.raises(MethodConfigError) as error:
         build_method("meanpool_gqa", recovery="lora", lora=lora)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_lora_settings_are_part_of_the_parameters_only_with_recovery():
+    plain = build_method("svd_gqa", lora={"steps": 5})
+    assert "lora" not in plain.params() and plain.changed_params() == {}  # unused: one run, one label
+    recovered = build_method("svd_gqa", recovery="lora", lora={"steps": 5})
+    assert recovered.params()["lora"]["steps"] == 5
+    assert recovered.changed_params() == {"recovery": "lora", "lora": {"steps": 5}}
