@@ -108,3 +108,8 @@ class RunConfig:
     #: Where each job of a parallel sweep puts its model: null = ``model.device_map``; ``round_robin`` = job k
     #: on GPU k mod n (joblib workers on a multi-GPU box). Not part of the config hash.
     job_device: Optional[str] = None
+    #: Validate every job (no weights loaded, nothing run) and print what it would run.
+    dry_run: bool = False
+    #: A paper's numbers (``experiments/<paper>/paper_<table>.csv``): a sweep's roll-up also writes
+    #: ``<report_name>_paper.md`` with ours | paper | Δ (``kvbench-report DIR --paper CSV``).
+    paper: Optional[str] = None

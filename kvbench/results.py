@@ -23,7 +23,7 @@ from kvbench.errors import KvbenchError
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 2
 #: Config keys that do not change what a run measures (excluded from the hash).
-UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device")
+UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device", "dry_run", "paper")
 
 
 class RecordError(KvbenchError):
