@@ -181,7 +181,8 @@ def _line(ours, group: list[PaperRow], columns: dict[str, tuple[str | None, floa
     line = {"method": ours["method"] if ours is not None else first.method,
             "params": (ours["params"] if ours is not None else first.params_text) or "",
             "model": ours["model"] if ours is not None else "",
-            "paper model": first.model if first else ""}
+            "paper model": first.model if first else "",
+            "paper params": first.params_text if first else ""}
     by_task = {row.task: row for row in group}
     for task, (column, scale) in columns.items():
         row = by_task.get(task)

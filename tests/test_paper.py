@@ -64,6 +64,8 @@ def test_rows_match_on_method_and_the_parameters_the_paper_names_and_paper_only_
     assert pd.isna(rows[("h2o", "heavy_ratio=0.3")]["copa: paper"])
     assert rows[("h2o_local", "protocol=simulate")]["model"] == ""  # paper-only, visible
     assert rows[("h2o_local", "protocol=simulate")]["copa: paper"] == 48.0
+    assert pd.isna(rows[("h2o", "")]["paper params"])  # no paper row
+    assert simulated["paper params"] == "protocol=simulate"
     assert "warning" not in capsys.readouterr().err
     assert "ours = `recall/acc`, ours ÷ 0.01" in paths["paper_md"].read_text()
 
