@@ -125,22 +125,47 @@ def test_every_paper_experiment_has_a_mini_twin_and_a_paper_csv():
         read_paper(ROOT / cfg.paper)
 
 
+def _sweep_jobs(name: str) -> list[list[str]]:
+    """The overrides of every job an experiment's sweep would launch (Hydra's basic sweeper: the product)."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").hydra.sweeper.params
+    axes = [[f"{key}={value.strip()}" for value in str(values).split(",")] for key, values in params.items()]
+    return [list(job) for job in itertools.product(*axes)]
+
+
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
-def test_every_paper_experiment_dry_runs_and_prints_its_jobs(tmp_path, name):
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true",
-           "KVBENCH_CACHE_DIR": str(tmp_path / "cache")}
+def test_every_job_of_every_paper_experiment_passes_the_dry_run_without_loading(name, monkeypatch):
+    from kvbench.runner import dry_run
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
+    jobs = _sweep_jobs(name)
+    assert jobs
+    for job in jobs:
+        method = next((o.split("=", 1)[1] for o in job if o.startswith("method=")), None)
+        line = dry_run(compose_config([f"experiment={name}", *job]), method)
+        assert ": ok" in line, line
+        if name.endswith("_mini"):  # a miniature needs nothing from the network: every check ran
+            assert "not checked offline" not in line, line
+
+
+def test_the_dry_run_flag_prints_every_job_of_a_sweep_and_runs_nothing(tmp_path):
     import os
 
+    name = "paper_h2o_lm_eval_mini"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true",
+           "KVBENCH_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "kvbench", f"experiment={name}", "dry_run=true",
-                             f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                            cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}", f"records_dir={tmp_path / 'records'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [line for line in result.stdout.splitlines() if line.startswith("kvbench: dry run job ")]
-    assert jobs and all(": ok" in line for line in jobs), result.stdout[-3000:]
-    assert f"kvbench: dry run: {len(jobs)} jobs validated" in result.stdout
-    assert not list((tmp_path / "sweep").rglob("record.json"))  # nothing ran
-    if name.endswith("_mini"):  # everything a miniature needs is offline: nothing left unchecked
-        assert not any("not checked offline" in line for line in jobs), result.stdout[-3000:]
+    assert len(jobs) == len(_sweep_jobs(name)) == 5 and all(line.endswith(": ok") for line in jobs)
+    assert "method=h2o_simulated (simulated)" in result.stdout
+    assert f"kvbench: dry run: {len(jobs)} jobs validated, nothing loaded or run" in result.stdout
+    assert not list(tmp_path.rglob("record.json"))  # nothing ran, nothing recorded
 
 
 def test_dry_run_validates_without_loading_and_reports_bad_values(monkeypatch):

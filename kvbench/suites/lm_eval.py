@@ -12,6 +12,8 @@ direction; lm-eval's standard errors come along where it computes them.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +38,15 @@ def task_manager(tasks, seed: int = 0):
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults, metadata={"seed": seed})
 
 
+@functools.lru_cache(maxsize=1)
+def lm_eval_task_names() -> frozenset[str]:
+    """Every task lm-eval knows (its own index plus kvbench's): built once per process, since indexing takes
+    seconds and a sweep's dry run validates every job."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
+
+
 @dataclass
 class LmEvalConfig(SuiteConfig):
     runner: str = "lm_eval"
@@ -52,10 +63,7 @@ class LmEval(Suite):
     def validate(self, model_cfg=None) -> list[str]:
         unknown = [t for t in self.tasks if t not in local_tasks()]
         if unknown:
-            from lm_eval.tasks import TaskManager
-
-            known = set(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
-            missing = [t for t in unknown if t not in known]
+            missing = [t for t in unknown if t not in lm_eval_task_names()]
             if missing:
                 raise SuiteConfigError(
                     f"unknown task(s) {', '.join(missing)}: kvbench's offline tasks are {', '.join(local_tasks())}; "
