@@ -75,7 +75,7 @@ class LmEval(Suite):
 
     def num_fewshot(self, task: str) -> int | None:
         """The shots ``task`` runs with: its entry in ``suite.num_fewshot_per_task``, else ``suite.num_fewshot``."""
-        return dict(self.cfg.get("num_fewshot_per_task") or {}).get(task, self.cfg.num_fewshot)
+        return dict(getattr(self.cfg, "num_fewshot_per_task", None) or {}).get(task, self.cfg.num_fewshot)
 
     def run(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
         from lm_eval import simple_evaluate
