@@ -265,8 +265,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
         row = {
             "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
             "model": record.model.get("name"), "method": record.method.get("name"),
-            "label": (record.method.get("label") or record.method.get("name"))
-            + (" (simulated)" if record.method.get("simulated") else ""),
+            "label": _label(record.method),
             "method_params": json.dumps(record.method.get("changed_params", record.method.get("params", {})),
                                         sort_keys=True, default=str),
             "label_params": json.dumps(record.method.get("label_params", record.method.get("changed_params", {})),
@@ -294,6 +293,12 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
         frame = frame.sort_values("created_at").drop_duplicates("run_id", keep="last").reset_index(drop=True)
     frame.attrs["higher_is_better"] = higher  # per metric column: its direction
     return frame
+
+
+def _label(method: dict) -> str:
+    """The report's label: the config name, marked ``(simulated)`` for a masking simulation unless it says so."""
+    label = method.get("label") or method.get("name")
+    return f"{label} (simulated)" if method.get("simulated") and "simulated" not in label else label
 
 
 def _jsonable(value):
