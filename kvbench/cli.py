@@ -119,6 +119,9 @@ def _run_job(cfg) -> None:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.get("dry_run"):
+        _dry_run_job(cfg, hydra_cfg.job.num if multirun else None, hydra_cfg.runtime.choices.get("method"))
+        return
     if multirun:
         _progress(hydra_cfg.job.num, hydra_cfg.runtime.choices.get("method") or cfg.method.name)
     try:
@@ -146,6 +149,27 @@ def _run_job(cfg) -> None:
               + (f" | KV {record.kv['ratio']:.2f}x" if record.kv.get("ratio") else ""))
     else:
         print(summary(record, Path(hydra_cfg.runtime.output_dir)))
+
+
+def _dry_run_job(cfg, job: int | None, method_config: str | None) -> None:
+    """``dry_run=true``: validate the job without loading weights and print what it would run."""
+    from kvbench.errors import KvbenchError
+    from kvbench.runner import dry_run
+
+    where = f"job {job}" if job is not None else "run"
+    try:
+        line = dry_run(cfg, method_config)
+        if cfg.get("paper"):
+            from kvbench.paper import read_paper
+
+            read_paper(cfg.paper)
+    except KvbenchError as error:
+        if job is None:
+            fail(error)
+        print(f"kvbench: error: dry run {where} ({cfg.method.name}): {error}", file=sys.stderr)
+        _SWEEP_FAILURES.append((where, str(error)))
+        return
+    print(f"kvbench: dry run {where}: {line}")
 
 
 def _value(value) -> str:
@@ -207,8 +231,16 @@ class RollupCallback(Callback):
         _SWEEP.update(total=total, start=time.monotonic(), done=0)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from kvbench.report import ReportError, write_report
+        from kvbench.errors import KvbenchError
+        from kvbench.report import write_report
         from kvbench.results import RECORD_NAME, RecordError, read_record
+
+        if config.get("dry_run"):
+            total = _SWEEP.get("total")
+            failed = len(_SWEEP_FAILURES)
+            print(f"kvbench: dry run: {total if total is not None else '?'} jobs validated, nothing loaded or run"
+                  + (f"; {failed} failed" if failed else ""), file=sys.stderr if failed else sys.stdout)
+            return
 
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = sorted(p for p in sweep_dir.glob(f"*/{RECORD_NAME}"))
@@ -222,8 +254,8 @@ class RollupCallback(Callback):
                 _SWEEP_FAILURES.append((path.parent.name, record.error or record.status))
         name = config.get("report_name") or f"sweep_{sweep_dir.name}"
         try:
-            paths = write_report(sweep_dir, name, config.get("reports_dir", "outputs/reports"))
-        except ReportError as error:
+            paths = write_report(sweep_dir, name, config.get("reports_dir", "outputs/reports"), paper=config.get("paper"))
+        except KvbenchError as error:  # no record, or a bad paper CSV
             print(f"kvbench: no sweep table: {error}", file=sys.stderr)
         else:
             print(f"kvbench: sweep table written to {paths['md']}")
@@ -248,13 +280,16 @@ def report_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports-dir", default="outputs/reports", help="output directory (default: outputs/reports)")
     parser.add_argument("--format", action="append", choices=["md", "csv", "png", "latex"],
                         help="what to write (repeatable; default: md, csv and png; latex writes a .tex table)")
+    parser.add_argument("--paper", metavar="CSV",
+                        help="a paper's numbers (experiments/<paper>/paper_<table>.csv): also write <name>_paper.md "
+                             "and .csv with ours | paper | delta per task")
     args = parser.parse_args(argv)
     root = Path(args.dir)
     from kvbench.report import write_report
 
     try:
         formats = tuple("tex" if f == "latex" else f for f in (args.format or ["md", "csv", "png"]))
-        paths = write_report(root, args.name or root.resolve().name, args.reports_dir, formats)
+        paths = write_report(root, args.name or root.resolve().name, args.reports_dir, formats, paper=args.paper)
     except (KvbenchError, OSError) as error:
         fail(error, prog="kvbench-report")
     for path in paths.values():

@@ -102,6 +102,11 @@ def explain(error: Exception, overrides: list[str]) -> str:
         parent, _, leaf = key.rpartition(".")
         keys, name = _keys_at(parent, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")])
         where = f"{parent}={name}" if parent in ("method", "model", "suite", "logger") and name else parent or "the config"
+        if parent == "method" and leaf == "protocol":
+            from kvbench.methods.base import methods_with
+
+            return (f"{key}: {where} has no masking simulation (protocol=simulate exists for: "
+                    f"{', '.join(methods_with('protocol'))}; {name or 'this method'} runs real compression only)")
         return f"{key}: {where} has no setting {leaf!r} (valid: {', '.join(k for k in keys if k != 'name') or 'none'})"
     merging = re.search(r"Error merging override (\S+)", text)
     if merging and error.__cause__ is not None:

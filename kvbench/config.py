@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 #: Hydra's config directory, shipped inside the package.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -57,6 +57,10 @@ class SuiteConfig:
     limit: Optional[int] = None
     #: Few-shot examples (lm-eval suites; None = the task's own).
     num_fewshot: Optional[int] = None
+    #: Per-task few-shot counts where a paper mixes them (``{mmlu: 5}``): each listed task uses its own
+    #: count instead of ``num_fewshot``; every key must be one of ``tasks``. On the command line add a key
+    #: with a plus: ``+suite.num_fewshot_per_task.mmlu=5``.
+    num_fewshot_per_task: Dict[str, int] = field(default_factory=dict)
     #: Generation cap for generated answers (None = the task's own).
     max_gen_toks: Optional[int] = None
     #: Tokens per chunk when streaming text for perplexity (loglikelihood_rolling); 1 = exact decoding.
@@ -104,3 +108,8 @@ class RunConfig:
     #: Where each job of a parallel sweep puts its model: null = ``model.device_map``; ``round_robin`` = job k
     #: on GPU k mod n (joblib workers on a multi-GPU box). Not part of the config hash.
     job_device: Optional[str] = None
+    #: Validate every job (no weights loaded, nothing run) and print what it would run.
+    dry_run: bool = False
+    #: A paper's numbers (``experiments/<paper>/paper_<table>.csv``): a sweep's roll-up also writes
+    #: ``<report_name>_paper.md`` with ours | paper | Δ (``kvbench-report DIR --paper CSV``).
+    paper: Optional[str] = None

@@ -31,6 +31,16 @@ class ModelLoadError(KvbenchError, RuntimeError):
     """The model cannot be loaded; the message says why and what to do."""
 
 
+class OfflineUnavailable(KvbenchError):
+    """Marks an error whose only cause is a resource that needs the network while offline (a hub model's
+    config, hub data): a dry run (``dry_run=true``) notes it as "not checked offline" and goes on; a real
+    run fails with the same line."""
+
+
+class HubOfflineError(ModelLoadError, OfflineUnavailable):
+    """A hub model's files are not in the local cache and ``HF_HUB_OFFLINE`` is set."""
+
+
 class CorpusError(ConfigError):
     """A text corpus cannot be read; the message names it."""
 

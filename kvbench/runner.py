@@ -153,6 +153,27 @@ def method_label(method, method_config: str | None) -> tuple[str, dict]:
     return method.name, method.changed_params()
 
 
+def dry_run(cfg: DictConfig, method_config: str | None = None) -> str:
+    """``dry_run=true``: every check :func:`validate` makes (no weights loaded, nothing run) and one line saying
+    what the job would run; checks that need the network while offline are named as not checked."""
+    from kvbench.results import short_params
+
+    unavailable: list[str] = []
+    plan = validate(cfg, unavailable)
+    method, suite = plan.method, cfg.suite
+    label, changed = method_label(method, method_config)
+    params = short_params(changed)
+    shots = dict(suite.get("num_fewshot_per_task") or {})
+    fewshot = (f" num_fewshot={suite.get('num_fewshot')}" if suite.get("num_fewshot") is not None else "") + (
+        " " + " ".join(f"num_fewshot[{k}]={v}" for k, v in shots.items()) if shots else "")
+    line = (f"model={cfg.model.name} method={label}{' ' + params if params else ''}"
+            f"{' (simulated)' if method.single_pass else ''} suite={suite.name} tasks=[{', '.join(suite.tasks)}]"
+            f"{fewshot} limit={suite.limit}{' query_aware' if suite.get('query_aware') else ''}")
+    if unavailable:
+        return f"{line}: ok, except not checked offline: " + "; ".join(unavailable)
+    return f"{line}: ok"
+
+
 def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, output_dir: Path,
                method_config: str | None = None) -> RunRecord:
     method, suite = plan.method, cfg.suite
@@ -162,7 +183,7 @@ def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, outp
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         config_hash=digest, config=resolved, model={"name": cfg.model.name},
         method={"name": method.name, "label": label, "label_params": label_params, "params": method.params(),
-                "changed_params": method.changed_params()},
+                "changed_params": method.changed_params(), **({"simulated": True} if method.single_pass else {})},
         suite={"name": suite.name, "runner": suite.runner, "tasks": list(suite.tasks), "limit": suite.limit,
                "query_aware": bool(suite.get("query_aware", False))},
         env=environment(), outputs={"dir": str(output_dir)},

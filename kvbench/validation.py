@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kvbench.config import WANDB_MODES, cache_root
-from kvbench.errors import ConfigError
+from kvbench.errors import ConfigError, OfflineUnavailable
 from kvbench.eval import distributed
 from kvbench.methods import Method, build_method
 from kvbench.models import JOB_DEVICES, check_model_source, load_config
@@ -38,8 +38,12 @@ def build_method_from(method_cfg) -> Method:
     return build_method(params.pop("name"), **params)
 
 
-def validate(cfg: DictConfig) -> RunPlan:
-    """Check the whole run before the model loads; return what the run needs."""
+def validate(cfg: DictConfig, unavailable: list[str] | None = None) -> RunPlan:
+    """Check the whole run before the model loads; return what the run needs.
+
+    With ``unavailable`` (a dry run), a check that needs the network while offline (a hub model's config, hub
+    data: :class:`~kvbench.errors.OfflineUnavailable`) is appended there as a note instead of failing; the plan's
+    ``suite_plan`` is then None."""
     if cfg.logger.mode not in WANDB_MODES:
         raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not valid (choose one of: {', '.join(WANDB_MODES)})")
     if cfg.get("job_device") not in (None, *JOB_DEVICES):
@@ -51,9 +55,21 @@ def validate(cfg: DictConfig) -> RunPlan:
                           "data-parallel processes (lm_eval suites can); run it in one process, or spread a "
                           "sweep's jobs over devices with a launcher (README: Scaling out)")
     check_model_source(cfg.model)
-    suite_plan = suite.validate(cfg.model)
-    method.check_model(load_config(cfg.model))
+    suite_plan = _checked(lambda: suite.validate(cfg.model), unavailable)
+    config = _checked(lambda: load_config(cfg.model), unavailable)
+    if config is not None:
+        method.check_model(config)
     return RunPlan(method, suite, suite_plan)
+
+
+def _checked(check, unavailable: list[str] | None):
+    try:
+        return check()
+    except OfflineUnavailable as error:
+        if unavailable is None:
+            raise
+        unavailable.append(str(error))
+        return None
 
 
 def check_writable(path, what: str) -> None:

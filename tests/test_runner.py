@@ -171,3 +171,15 @@ def test_a_variant_config_is_labelled_by_its_own_name_and_its_own_changes():
     assert runner.method_label(local, "h2o_local") == ("h2o_local", {"recent_ratio": 0.3})
     assert runner.method_label(local, None) == ("h2o", {"heavy_ratio": 0.0, "recent_ratio": 0.3})
     assert runner.method_label(build_method("combined"), "combined") == ("combined", {})
+
+
+def test_a_simulated_run_is_labelled_simulated_in_the_record_and_the_report(cfg_for, tmp_path):
+    from kvbench.report import comparison_table
+
+    record = runner.run(cfg_for("method=h2o", "method.protocol=simulate"), tmp_path / "sim")
+    assert record.status == "complete" and record.method["simulated"] is True
+    assert record.kv["ratio"] == 1.0  # a masking simulation stores every token
+    real = runner.run(cfg_for("method=h2o"), tmp_path / "real")
+    assert "simulated" not in real.method and real.kv["ratio"] > 1
+    table = comparison_table(tmp_path / "records")
+    assert sorted(table["method"]) == ["h2o", "h2o (simulated)"]

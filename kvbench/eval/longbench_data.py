@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvbench.config import cache_root
-from kvbench.errors import SuiteConfigError
+from kvbench.errors import OfflineUnavailable, SuiteConfigError
 
 #: The official per-dataset prompts (``config/dataset2prompt.json`` of THUDM/LongBench).
 DATASET2PROMPT = {
@@ -64,6 +64,10 @@ HUB_REPO = "THUDM/LongBench"
 
 class LongBenchError(SuiteConfigError):
     """A LongBench suite cannot run; the message names the setting, file or line at fault."""
+
+
+class LongBenchOfflineError(LongBenchError, OfflineUnavailable):
+    """Offline without ``suite.options.data_dir``: the data would come from the hub."""
 
 
 def offline() -> bool:

@@ -10,6 +10,11 @@ over its tensors, next to what an uncompressed cache would hold for the same tok
 and times prefill and decoding. The lm-eval model, LongBench and the synthetic tasks
 all go through it, so a method is measured the same way everywhere.
 
+Single-pass methods (``method.single_pass``: H2O's masking simulation, ``h2o protocol=simulate``) are
+measured differently, as their paper did: each request's whole sequence goes through ONE forward on a fresh
+cache (the method masks attention inside it), its continuation's log-probs read from that forward;
+generation re-runs the whole sequence once per new token. Nothing is compressed, so bytes are full bytes.
+
 Query-agnostic vs query-aware (:meth:`CompressionProtocol.generate`): by default a question kept apart
 from its document is fed *after* compression (the method never sees it when choosing what to keep, as
 kvpress does); ``query_aware=True`` puts it inside the compressed prompt, the setting SnapKV and PyramidKV
@@ -178,6 +183,8 @@ class CompressionProtocol:
         ``context`` must be non-empty. Its last token is fed with the continuation so every
         scored position sees the compressed cache.
         """
+        if getattr(self.method, "single_pass", False):
+            return [self._score_single_pass(context, continuation) for continuation in continuations]
         cache = self.prefill(context[:-1])
         results = []
         for i, continuation in enumerate(continuations):
@@ -190,7 +197,10 @@ class CompressionProtocol:
 
     def stream_logprob(self, context: Sequence[int], continuation: Sequence[int], chunk: int) -> float:
         """Sum of log-probs of ``continuation`` streamed through the cache ``chunk`` tokens at a time,
-        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding)."""
+        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding). A single-pass
+        method scores the whole window in one forward (``chunk`` does not apply)."""
+        if getattr(self.method, "single_pass", False):
+            return self._score_single_pass(context, continuation)[0]
         cache = self.prefill(context[:-1])
         inputs = [context[-1], *continuation[:-1]]
         total = 0.0
@@ -224,6 +234,8 @@ class CompressionProtocol:
         ``stop(generated_ids)`` is true.
         """
         prompt = list(context) + list(query)
+        if getattr(self.method, "single_pass", False):
+            return self._generate_single_pass(prompt, max_new_tokens, stop, eos_token_ids)
         split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
         pending = prompt[split:]
@@ -277,6 +289,47 @@ class CompressionProtocol:
         self.stats.decode_tokens += sum(map(len, generated))
         self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
         return (generated, torch.stack(logits_seen, dim=1)) if return_logits else generated
+
+
+    # -- single-pass methods (a masking simulation) -----------------------------------------------
+    def _one_pass(self, token_ids: Sequence[int], last_logits_only: bool = False) -> torch.Tensor:
+        """``token_ids`` in one forward on a fresh cache, measured like a prefill; returns the logits."""
+        cache = self.method.new_cache(self.model)
+        if len(token_ids) > len(self.longest_context):
+            self.longest_context = list(token_ids)
+        start = time.perf_counter()
+        logits = self.forward(cache, token_ids, last_logits_only=last_logits_only)
+        self.stats.prefill_s += time.perf_counter() - start
+        self.stats.prefill_tokens += len(token_ids)
+        self.stats.n_prefills += 1
+        stored, full = self.measure(cache, len(token_ids))
+        check_cache_written(cache, len(token_ids), stored, getattr(self.method, "name", type(self.method).__name__))
+        self.stats.stored_bytes += stored
+        self.stats.full_bytes += full
+        return logits
+
+    def _score_single_pass(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
+        logits = self._one_pass([*context, *continuation[:-1]])
+        self.stats.scored_tokens += len(continuation)
+        return _continuation_logprob(logits[len(context) - 1:], continuation)
+
+    def _generate_single_pass(self, prompt: list[int], max_new_tokens: int, stop, eos_token_ids) -> list[int]:
+        """Greedy decoding where every step re-runs the whole sequence (the simulation's mask depends on it)."""
+        generated: list[int] = []
+        eos = set(eos_token_ids)
+        logits = self._one_pass(prompt, last_logits_only=True)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for step in range(max_new_tokens):
+                if step:
+                    logits = self.forward(self.method.new_cache(self.model), prompt + generated, last_logits_only=True)
+                token = int(logits[-1].argmax())
+                generated.append(token)
+                if token in eos or (stop is not None and stop(generated)):
+                    break
+        self.stats.decode_s += time.perf_counter() - start
+        self.stats.decode_tokens += len(generated)
+        return generated
 
 
 def check_cache_written(cache, n_tokens: int, stored: int, method_name: str) -> None:

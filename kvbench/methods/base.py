@@ -74,6 +74,12 @@ class Method:
         cache.compress()
 
     @property
+    def single_pass(self) -> bool:
+        """Whether the evaluator must score each request in one forward over its whole sequence instead of
+        prefill → compress → score (a masking simulation such as ``h2o protocol=simulate``). Default: no."""
+        return False
+
+    @property
     def changes_model(self) -> bool:
         """Whether :meth:`apply` edits the model (then a model shared across sweep jobs must be copied first)."""
         return type(self).apply is not Method.apply
@@ -87,19 +93,20 @@ class Method:
         defaults resolved on both sides (a null meaning 0.1 equals an explicit 0.1). How reports label a
         configuration; nested parameters (``combined``'s components) are compared key by key."""
         base = type(self)() if base is None else base
-        return _diff(self.params(), base.params())
+        return changed(self.params(), base.params())
 
     def params(self) -> dict[str, Any]:
         """The method's parameters (everything but ``name``), for records and reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
-def _diff(mine: dict, base: dict) -> dict:
+def changed(mine: dict, base: dict) -> dict:
+    """The entries of ``mine`` that differ from ``base`` (nested dicts key by key)."""
     out = {}
     for key, value in mine.items():
         other = base.get(key, dataclasses.MISSING)
         if isinstance(value, dict) and isinstance(other, dict):
-            nested = _diff(value, other)
+            nested = changed(value, other)
             if nested:
                 out[key] = nested
         elif value != other:
@@ -157,6 +164,13 @@ def _scorable(impl: str) -> bool:
     return impl.removeprefix(PREFIX) in SUPPORTED_BASES
 
 
+def methods_with(parameter: str) -> list[str]:
+    """Registered methods that have ``parameter``."""
+    from kvbench import methods as _  # noqa: F401  (imports every method module)
+
+    return sorted(name for name, cls in METHODS.items() if parameter in getattr(cls, "__dataclass_fields__", {}))
+
+
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method, with a clear error for an unknown name or parameter."""
     from kvbench import methods as _  # noqa: F401  (imports every method module)
@@ -166,6 +180,9 @@ def build_method(name: str, **params: Any) -> Method:
     cls = METHODS[name]
     fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
     unknown = sorted(set(params) - fields)
+    if "protocol" in unknown:
+        raise MethodConfigError(f"method={name} has no masking simulation (protocol=simulate exists for: "
+                                f"{', '.join(methods_with('protocol'))}; {name} runs real compression only)")
     if unknown:
         raise MethodConfigError(
             f"method={name} has no parameter {', '.join(unknown)} (valid: {', '.join(sorted(fields)) or 'none'})"

@@ -111,6 +111,12 @@ class Combined(Method):
             if component is not None:
                 self._components[axis] = component
                 setattr(self, f"{axis}_params", component.params())  # defaults resolved: one config, one hash
+        simulated = [axis for axis, component in self._components.items() if component.single_pass]
+        if simulated:
+            raise MethodConfigError(
+                f"method.{simulated[0]}_params.protocol=simulate: combined runs real caches only; the masking "
+                f"simulation is a mode of {self._components[simulated[0]].name} alone (method={self._components[simulated[0]].name} "
+                "method.protocol=simulate)")
         tokens = self._components.get("tokens")
         if "layers" in self._components and tokens is not None and not hasattr(tokens, "eviction"):
             with_pairs = sorted(name for name in methods_on("tokens") if hasattr(METHODS[name], "eviction"))

@@ -15,6 +15,14 @@ Parameters (each budget is a ratio of the prompt length P = tokens of the first 
   paper's 20% KV cache. ``h2o_local`` (heavy 0, recent 20%) is the paper's "local" baseline.
 * ``score_agg`` -- GQA: how the query heads sharing a KV head combine: ``sum`` (default) or ``mean``
   of their probabilities (same ranking), or ``max`` (per query token, the largest of the group).
+* ``protocol`` -- ``real`` (default): the eviction above, under kvbench's prefill → compress → score
+  protocol. ``simulate``: the paper's own lm-eval procedure (METHODS.md §3b,
+  :mod:`kvbench.cache.h2o_simulation`): each request is scored in ONE forward over its whole sequence
+  of n tokens with attention masked to the top-⌊heavy_ratio·n⌋ keys by attention summed over *all*
+  queries (later ones included) plus a band of ⌊recent_ratio·n⌋ keys before each query. Nothing is
+  evicted (the record's KV ratio is 1.0) and selection sees the future: a simulation, labelled as such
+  in the record (``protocol=simulate``) and the report (``(simulated)``). Generation re-runs the whole
+  sequence once per new token.
 
 The budget is fixed once the prompt is seen and holds while streaming further chunks or decoding.
 """
@@ -24,9 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_full_attention, register
 
 DEFAULT_RATIO = 0.1
+PROTOCOLS = ("real", "simulate")
 
 
 @register
@@ -39,10 +48,14 @@ class H2O(ScoredAttention, Method):
     recent_ratio: Optional[float] = None
     recent_tokens: Optional[int] = None
     score_agg: str = "sum"
+    protocol: str = "real"
 
     def __post_init__(self):
         from kvbench.cache.attention_scores import SCORE_AGGS
 
+        if self.protocol not in PROTOCOLS:
+            raise MethodConfigError(
+                f"method.protocol={self.protocol!r} is not valid (choose one of: {', '.join(PROTOCOLS)})")
         if self.score_agg not in SCORE_AGGS:
             raise MethodConfigError(
                 f"method.score_agg={self.score_agg!r} is not supported (choose one of: {', '.join(SCORE_AGGS)})")
@@ -65,6 +78,28 @@ class H2O(ScoredAttention, Method):
             if getattr(self, f"{what}_ratio") is None and getattr(self, f"{what}_tokens") is None:
                 setattr(self, f"{what}_ratio", DEFAULT_RATIO)
 
+    @property
+    def single_pass(self) -> bool:
+        """``protocol=simulate``: the evaluator scores each request in one masked forward (nothing evicted)."""
+        return self.protocol == "simulate"
+
+    def check_model(self, config) -> None:
+        if self.single_pass:  # the simulation computes attention itself: any implementation will do
+            check_full_attention(self.name, config)
+        else:
+            super().check_model(config)
+
+    def apply(self, model, tokenizer=None):
+        if not self.single_pass:
+            return super().apply(model, tokenizer)
+        from kvbench.cache.h2o_simulation import use_simulated_attention
+
+        try:
+            use_simulated_attention(model, self.budget(), self.score_agg)
+        except ValueError as err:
+            raise MethodConfigError(f"method={self.name} protocol=simulate: {err}") from None
+        return model
+
     def budget(self):
         """The resolved :class:`~kvbench.cache.h2o.H2OBudget` (defaults: 10% heavy, 10% recent)."""
         from kvbench.cache.h2o import H2OBudget
@@ -80,5 +115,12 @@ class H2O(ScoredAttention, Method):
     def new_cache(self, model):
         from kvbench.cache.h2o import H2OCache
 
+        if self.single_pass:  # the simulation masks attention in one forward: the cache holds every token
+            from kvbench.cache.base import PlainCache
+            from kvbench.cache.h2o_simulation import is_simulating
+
+            if not is_simulating(model):
+                raise RuntimeError("method=h2o protocol=simulate: call method.apply(model) before method.new_cache(model)")
+            return PlainCache(config=model.config)
         self.require_scoring(model)
         return H2OCache.for_model(model.config, self.budget(), self.score_agg)

@@ -15,14 +15,18 @@ drops sharply -- it is the baseline that SVD-GQA's initialisation beats.
 Parameters:
     kv_heads: target number of KV heads g; must divide the model's KV heads h
         (1 = multi-query attention; h = no change). Default 1.
+    recovery: ``none`` (default) or ``lora``: LoRA fine-tuning after the surgery, merged into the weights
+        (the recovery stage of SVD-GQA's ablation; settings ``lora.*``, :mod:`kvbench.surgery.recovery`).
+        The adapter is cached under ``$KVBENCH_CACHE_DIR/recovery``. Needs peft.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
-from kvbench.methods.base import Method, register
+from kvbench.methods.base import Method, changed, register
 from kvbench.surgery.heads import check_kv_heads, check_positive_kv_heads, meanpool_kv_heads
+from kvbench.surgery.recovery import LoRASettings, import_peft, lora_settings, recover, without_unused_lora
 
 
 @register
@@ -31,12 +35,29 @@ class MeanPoolGQA(Method):
     axis = "heads"
     name: str = "meanpool_gqa"
     kv_heads: int = 1
+    recovery: str = "none"
+    lora: LoRASettings = field(default_factory=LoRASettings)
 
     def __post_init__(self):
         check_positive_kv_heads(self.kv_heads)
+        self.lora = lora_settings(self.recovery, self.lora)
+
+    def params(self) -> dict:
+        """Without recovery the LoRA settings do nothing: left out (one run, one label, one config hash)."""
+        return without_unused_lora(super().params())
+
+    def changed_params(self, base=None) -> dict:
+        """As :meth:`Method.changed_params`, LoRA settings compared with the base's even where it has no recovery."""
+        base = type(self)() if base is None else base
+        return changed(self.params(), {**base.params(), "lora": asdict(base.lora)})
 
     def check_model(self, config) -> None:
         check_kv_heads(self.kv_heads, config)
+        if self.recovery == "lora":
+            import_peft()
 
     def apply(self, model, tokenizer=None):
-        return meanpool_kv_heads(model, self.kv_heads)
+        model = meanpool_kv_heads(model, self.kv_heads)
+        if self.recovery == "lora":
+            model = recover(model, tokenizer, {"method": self.name, "kv_heads": self.kv_heads}, self.lora)
+        return model

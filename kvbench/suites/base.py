@@ -161,6 +161,14 @@ def check_common(cfg) -> None:
         raise SuiteConfigError(f"suite.num_fewshot={cfg.num_fewshot} must be >= 0 (or null for the task's own)")
     if not cfg.tasks:
         raise SuiteConfigError(f"suite={cfg.name} lists no tasks (set suite.tasks)")
+    per_task = dict(getattr(cfg, "num_fewshot_per_task", None) or {})
+    stray = [task for task in per_task if task not in cfg.tasks]
+    if stray:
+        raise SuiteConfigError(f"suite.num_fewshot_per_task.{stray[0]}: {stray[0]} is not one of suite.tasks "
+                               f"({', '.join(cfg.tasks)})")
+    for task, shots in per_task.items():
+        if shots < 0:
+            raise SuiteConfigError(f"suite.num_fewshot_per_task.{task}={shots} must be >= 0")
 
 
 def no_question_part(cfg, why: str) -> SuiteConfigError:

@@ -12,6 +12,8 @@ direction; lm-eval's standard errors come along where it computes them.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +38,15 @@ def task_manager(tasks, seed: int = 0):
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults, metadata={"seed": seed})
 
 
+@functools.lru_cache(maxsize=1)
+def lm_eval_task_names() -> frozenset[str]:
+    """Every task lm-eval knows (its own index plus kvbench's): built once per process, since indexing takes
+    seconds and a sweep's dry run validates every job."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
+
+
 @dataclass
 class LmEvalConfig(SuiteConfig):
     runner: str = "lm_eval"
@@ -52,10 +63,7 @@ class LmEval(Suite):
     def validate(self, model_cfg=None) -> list[str]:
         unknown = [t for t in self.tasks if t not in local_tasks()]
         if unknown:
-            from lm_eval.tasks import TaskManager
-
-            known = set(TaskManager(include_path=str(TASKS_DIR)).all_tasks)
-            missing = [t for t in unknown if t not in known]
+            missing = [t for t in unknown if t not in lm_eval_task_names()]
             if missing:
                 raise SuiteConfigError(
                     f"unknown task(s) {', '.join(missing)}: kvbench's offline tasks are {', '.join(local_tasks())}; "
@@ -64,6 +72,10 @@ class LmEval(Suite):
             raise no_question_part(self.cfg, f"none of suite.tasks ({', '.join(self.tasks)}) has one (lm-eval tasks "
                                              f"with a question part: {', '.join(sorted(query_fields()))})")
         return self.tasks
+
+    def num_fewshot(self, task: str) -> int | None:
+        """The shots ``task`` runs with: its entry in ``suite.num_fewshot_per_task``, else ``suite.num_fewshot``."""
+        return dict(getattr(self.cfg, "num_fewshot_per_task", None) or {}).get(task, self.cfg.num_fewshot)
 
     def run(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
         from lm_eval import simple_evaluate
@@ -79,7 +91,7 @@ class LmEval(Suite):
         seed = context.seed
         for task in plan:
             results = simple_evaluate(
-                model=lm, tasks=[task], num_fewshot=self.cfg.num_fewshot, limit=self.cfg.limit, task_manager=manager,
+                model=lm, tasks=[task], num_fewshot=self.num_fewshot(task), limit=self.cfg.limit, task_manager=manager,
                 bootstrap_iters=0, log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                 fewshot_random_seed=seed, gen_kwargs=gen_kwargs,
             )

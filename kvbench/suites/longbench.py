@@ -21,8 +21,8 @@ from pathlib import Path
 from kvbench.config import SuiteConfig
 from kvbench.eval.intervals import mean
 from kvbench.eval.longbench import jsonl, predict_dataset, sample_score, score_rows
-from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, check_datasets, data_file, hub_data_dir,
-                                         load_records, offline)
+from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, LongBenchOfflineError, check_datasets, data_file,
+                                         hub_data_dir, load_records, offline)
 from kvbench.eval.prompts import resolve_chat
 from kvbench.results import atomic_write_text
 from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
@@ -79,7 +79,7 @@ class LongBench(Suite):
         if self.options.data_dir is not None:
             root = Path(self.options.data_dir).expanduser()
         elif offline():
-            raise LongBenchError(
+            raise LongBenchOfflineError(
                 "LongBench needs suite.options.data_dir when offline: a directory of the published "
                 f"<dataset>.jsonl files (unzip data.zip of the hub dataset {HUB_REPO}), "
                 "e.g. suite.options.data_dir=/data/longbench")

@@ -1,4 +1,5 @@
-"""Calibration for SVD-GQA: streaming float64 KV covariances, their top eigenvectors, a disk cache.
+"""Calibration for SVD-GQA: streaming float64 KV covariances, their top eigenvectors, a disk cache;
+and SVD-w, the same eigenvectors taken from the weights instead (:func:`weight_bases`).
 
 The keys a model caches are already post-RoPE (Llama family), which is exactly what
 SVD-GQA projects (METHODS.md §2), so each calibration batch is run with a plain
@@ -110,6 +111,22 @@ def top_eigenvectors(cov: torch.Tensor, k: int) -> torch.Tensor:
     finally:
         torch.set_num_threads(threads)
     return vecs[..., -k:].flip(-1).transpose(-1, -2).contiguous()
+
+
+@torch.no_grad()
+def weight_bases(attn_modules, groups: int, head_dim: int):
+    """SVD-w (METHODS.md §2b): per layer ``(Ψ, Ω)``, each ``[g, d, t·d]`` float64: the top-d right singular
+    vectors of each group's concatenated key (value) weights ``W_group ∈ R^{D × t·d}``, i.e. the top-d
+    eigenvectors of ``W_groupᵀ W_group`` -- SVD-a with the calibration covariance replaced by the identity.
+    No text is read. ``attn_modules`` must have separate ``k_proj``/``v_proj`` (BLOOM split first)."""
+    bases = []
+    for attn in attn_modules:
+        pair = []
+        for linear in (attn.k_proj, attn.v_proj):
+            rows = linear.weight.detach().double().view(groups, -1, linear.in_features)  # [g, t·d, D]
+            pair.append(top_eigenvectors(rows @ rows.transpose(1, 2), head_dim).cpu())
+        bases.append(tuple(pair))
+    return bases
 
 
 def model_fingerprint(model) -> str:

@@ -341,3 +341,12 @@ def test_minicache_kivi_config_is_the_papers_minicache_on_4_bit_kivi(smollm2_sha
     assert method.changed_params() == {"heads": None, "tokens": None, "bits": "kivi", "bits_params": {"nbits": 4}}
     method.check_model(model.config)
     assert method_from_config("method=combined", "method.tokens=null", "method.bits=rtn").components()["bits"].nbits == 4
+
+
+def test_a_simulated_component_is_refused_in_one_line():
+    from kvbench.errors import MethodConfigError
+    from kvbench.methods import build_method
+
+    with pytest.raises(MethodConfigError) as error:
+        build_method("combined", tokens="h2o", tokens_params={"protocol": "simulate"})
+    assert "combined runs real caches only" in str(error.value) and "\n" not in str(error.value)

@@ -46,25 +46,27 @@ def _svd(model, tok, kv_heads, **params):
     return build_method("svd_gqa", kv_heads=kv_heads, **{**FAST, **params}).apply(model, tok)
 
 
+@pytest.mark.parametrize("init", ["activation", "weight"])
 @pytest.mark.parametrize("fixture, kv_heads", [("tiny_gqa", 2), ("tiny_mha", 4)])
 @pytest.mark.parametrize("rope", [True, False])
-def test_kv_heads_equal_to_the_models_own_reproduces_logits(request, fixture, kv_heads, rope):
+def test_kv_heads_equal_to_the_models_own_reproduces_logits(request, fixture, kv_heads, rope, init):
     model, tok = request.getfixturevalue(fixture)
     if not rope:
         _nope(model)
     reference = model(random_ids(30)).logits
-    converted = _svd(copy.deepcopy(model), tok, kv_heads)
+    converted = _svd(copy.deepcopy(model), tok, kv_heads, init=init)
     assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("init", ["activation", "weight"])
 @pytest.mark.parametrize("rope", [True, False])
-def test_duplicate_head_model_converted_back_reproduces_original_logits(tiny_gqa, rope):
+def test_duplicate_head_model_converted_back_reproduces_original_logits(tiny_gqa, rope, init):
     model, tok = tiny_gqa
     if not rope:
         _nope(model)
     reference = model(random_ids(30)).logits
     mha = expand_kv_heads(copy.deepcopy(model))  # 4 KV heads, pairs of identical heads: rank <= d per group
-    converted = _svd(mha, tok, 2)
+    converted = _svd(mha, tok, 2, init=init)
     # rope: auto picked the replacement attention exactly when the model rotates keys
     assert isinstance(converted.model.layers[0].self_attn, SVDRopeAttention) == rope
     assert (converted(random_ids(30)).logits - reference).abs().max() <= 1e-4
@@ -137,6 +139,23 @@ def test_second_apply_loads_projections_from_disk_and_skips_calibration(tiny_gqa
         _svd(copy.deepcopy(model), tok, 1, seed=1)
 
 
+def test_weight_init_takes_the_top_right_singular_vectors_of_the_group_weights_and_reads_no_text(tiny_mha, monkeypatch):
+    model, tok = tiny_mha
+    attn = model.model.layers[0].self_attn
+    w_group = attn.k_proj.weight.detach().double().view(2, 32, 64)[0]  # group 0 = KV heads 0, 1: [t·d, D]
+    _, _, vh = torch.linalg.svd(w_group.T, full_matrices=False)  # W_K,group ∈ R^{D × t·d}: right vectors = rows of vh
+    (psi, _), *_ = calibration.weight_bases([attn], 2, 16)
+    # same subspace (signs and order within equal singular values may differ): projections agree
+    torch.testing.assert_close(psi[0].T @ psi[0], vh[:16].T @ vh[:16], atol=1e-8, rtol=1e-8)
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("init=weight must not calibrate")
+
+    monkeypatch.setattr(calibration, "calibrate", no_calibration)
+    converted = build_method("svd_gqa", kv_heads=2, init="weight").apply(copy.deepcopy(model), None)
+    assert converted.config.num_key_value_heads == 2
+
+
 def test_svd_initialisation_beats_mean_pooling_on_a_low_rank_group(tiny_mha):
     """Heads of a group that share a rank-d subspace (but are not copies) are recovered by SVD, not by the mean."""
     model, tok = tiny_mha
@@ -162,6 +181,7 @@ def test_svd_initialisation_beats_mean_pooling_on_a_low_rank_group(tiny_mha):
     (dict(calibration="./no/such/corpus_dir"), "corpus file './no/such/corpus_dir' does not exist"),
     (dict(calibration_sequences=0), "method.calibration_sequences=0"),
     (dict(rope="alibi"), "method.rope='alibi' is not valid"),
+    (dict(init="random"), "method.init='random' is not valid \\(choose one of: activation, weight\\)"),
 ])
 def test_bad_parameters_are_rejected_at_construction(params, message):
     with pytest.raises(MethodConfigError, match=message):
