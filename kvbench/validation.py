@@ -54,6 +54,9 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None) -> RunPlan:
         raise ConfigError(f"suite.runner={cfg.suite.runner} cannot be split over {distributed.world_size()} "
                           "data-parallel processes (lm_eval suites can); run it in one process, or spread a "
                           "sweep's jobs over devices with a launcher (README: Scaling out)")
+    if suite.needs_cache and getattr(method, "single_pass", False):
+        raise ConfigError(f"method={method.name} protocol=simulate is a masking simulation with no compressed cache, "
+                          f"so suite.runner={cfg.suite.runner} has nothing to measure (set method.protocol=real)")
     check_model_source(cfg.model)
     suite_plan = _checked(lambda: suite.validate(cfg.model), unavailable)
     config = _checked(lambda: load_config(cfg.model), unavailable)

@@ -41,6 +41,10 @@ class CacheNotWrittenError(KvbenchError, RuntimeError):
     the cache after an upstream rename) must never produce a number."""
 
 
+class SinglePassError(KvbenchError, ValueError):
+    """A batched cache asked of a single-pass simulation (nothing is cached)."""
+
+
 class PaddingError(KvbenchError, ValueError):
     """Prompts of different lengths in one batch: kvbench never pads (masks over evicted or merged caches would be
     inexact), so a batch is refused rather than silently approximated."""
@@ -152,6 +156,9 @@ class CompressionProtocol:
     def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
         """A fresh cache holding ``B`` equal-length prompts (a ``[B, n]`` batch, no padding), compressed by the
         method. Every row equals a batch-1 :meth:`prefill` of that prompt (tested per method)."""
+        if getattr(self.method, "single_pass", False):
+            raise SinglePassError(f"method={self.method.name} protocol=simulate scores each request in one masked "
+                                  "forward: it has no cache to fill in batches (use protocol=real)")
         ids = self.batch_ids(batch)
         if ids.shape[1] > len(self.longest_context):
             self.longest_context = ids[0].tolist()

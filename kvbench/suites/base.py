@@ -112,6 +112,8 @@ class Suite:
     supports_data_parallel: ClassVar[bool] = False
     #: Whether prompts keep a question apart from their context (then ``suite.query_aware`` applies).
     keeps_query: ClassVar[bool] = False
+    #: Whether the suite runs batches through a compressed cache (then a single-pass simulation cannot run it).
+    needs_cache: ClassVar[bool] = False
 
     def __init__(self, cfg):
         self.cfg = cfg

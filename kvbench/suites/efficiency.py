@@ -62,6 +62,7 @@ def _positive_ints(name: str, values, minimum: int = 1) -> list[int]:
 @register
 class Efficiency(Suite):
     runner = "efficiency"
+    needs_cache = True
     Config = EfficiencyConfig
     Options = EfficiencyOptions
 

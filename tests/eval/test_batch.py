@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kvbench.config import CONF_DIR
-from kvbench.eval.protocol import CompressionProtocol, PaddingError
+from kvbench.eval.protocol import CompressionProtocol, PaddingError, SinglePassError
 from kvbench.methods import build_method
 from tests.conftest import method_from_config, random_ids
 
@@ -44,6 +44,11 @@ def _applied(name, model, tokenizer):
 def test_a_batch_equals_separate_batch_1_runs(name, tiny_gqa):
     model, tokenizer = tiny_gqa
     method, applied = _applied(name, model, tokenizer)
+    if method.single_pass:  # H2O's masking simulation caches nothing: a batch is one clear error, not a number
+        contexts = [random_ids(CONTEXT, seed=10 + i)[0].tolist() for i in range(BATCH)]
+        with pytest.raises(SinglePassError, match=r"protocol=simulate .* no cache to fill in batches"):
+            CompressionProtocol(applied, method, model.config).generate_batch(contexts, NEW)
+        return
     contexts = [random_ids(CONTEXT, seed=10 + i)[0].tolist() for i in range(BATCH)]
     batched = CompressionProtocol(applied, method, model.config)
     tokens, logits = batched.generate_batch(contexts, NEW, return_logits=True)

@@ -147,11 +147,15 @@ def test_search_catches_out_of_memory_frees_and_bisects(tiny_gqa, monkeypatch):
                                               "itself (0.00 GiB of weights in float32)"),
     ("suite.tasks=[throughput]", "suite.tasks=['throughput']: the efficiency suite has one task"),
     ("suite.query_aware=true", "suite.query_aware=true needs prompts with a question kept apart"),
+    ("method=h2o_simulated", "method=h2o protocol=simulate is a masking simulation with no compressed cache"),
 ])
 def test_bad_options_are_one_line_before_the_model_loads(tmp_path, monkeypatch, override, expected):
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded before the error"))
     with pytest.raises(KvbenchError) as error:
-        _run(tmp_path, override)
+        if override.startswith("method="):
+            _run(tmp_path, method=override.removeprefix("method="))
+        else:
+            _run(tmp_path, override)
     assert expected in str(error.value) and "\n" not in str(error.value)
     assert read_record(tmp_path / "run" / "record.json").status == "failed"
 
@@ -201,6 +205,8 @@ def test_the_efficiency_experiments_compose_and_every_job_validates(name, monkey
         plan = build_suite(cfg.suite).validate(cfg.model)
         assert cfg.suite.runner == "efficiency" and plan["points"]
         assert cfg.suite.options.memory_budget_gb is not None
-    if name == "efficiency_quick":  # every method config of the package, on the bundled model
-        top = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem not in ("h2o_local", "kivi_4bit", "rtn_2bit"))
-        assert sorted(set(methods) - {"h2o_local"}) == top and cfg.model.name == "smollm2_135m"
+    if name == "efficiency_quick":  # every registered method, on the bundled model
+        from kvbench.methods.base import METHODS
+
+        names = {build_method_from(compose_config([f"method={m}"]).method).name for m in methods}
+        assert names == set(METHODS) and cfg.model.name == "smollm2_135m"
