@@ -174,8 +174,8 @@ def test_dry_run_validates_without_loading_and_reports_bad_values(monkeypatch):
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
     line = dry_run(compose_config(["method=h2o_simulated", "suite.num_fewshot=5"]), "h2o_simulated")
-    assert line == ("model=smollm2_135m method=h2o_simulated (simulated) suite=quick tasks=[kvbench_passkey, "
-                    "kvbench_recall_mc, kvbench_prose_ppl] num_fewshot=5 limit=12: ok")
+    assert line == ("model=smollm2_135m method=h2o_simulated (simulated) suite=quick tasks=[kvbench_passkey_short, "
+                    "kvbench_prose_ppl] num_fewshot=5 limit=32: ok")
     hub = dry_run(compose_config(["model=llama2_7b", "method=full"]))
     assert hub.startswith("model=llama2_7b method=full suite=quick") and "ok, except not checked offline: " in hub
     with pytest.raises(MethodConfigError, match="method.kv_heads=5 is larger than the model.s 3 KV heads"):

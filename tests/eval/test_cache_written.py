@@ -30,7 +30,7 @@ def _stored(cache, layer_idx: int) -> tuple[int, int]:
     pair = getattr(layer, "pair", None)
     if pair is not None:
         keys = pair.keys.restore(layer.role)
-    elif hasattr(layer, "key_stream"):
+    elif getattr(layer, "key_stream", None) is not None:
         keys = layer.key_stream.read()
     else:
         keys = layer.keys
