@@ -85,6 +85,20 @@ class KVLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    def _select_batch(self, fn) -> None:
+        """Apply ``fn`` (a selection along the batch dim) to every tensor the layer holds."""
+        raise NotImplementedError
+
+    # generate()'s batch operations, all through _select_batch
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._select_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._select_batch(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._select_batch(lambda t: t[indices, ...])
+
 
 class PlainLayer(DynamicLayer):
     """transformers' dynamic layer (every token's keys and values) under the kvbench layer contract."""
@@ -246,15 +260,6 @@ class EvictingLayer(KVLayer):
             else:
                 self.keys, self.values = fn(self.keys), fn(self.values)
             self.book.select_batch(fn)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._select_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._select_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._select_batch(lambda t: t[indices, ...])
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(f"a {type(self).__name__} cannot be cropped: evicted tokens are gone")

@@ -233,15 +233,6 @@ class QuantizedLayer(KVLayer):
             self.key_stream.select_batch(fn)
             self.value_stream.select_batch(fn)
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._select_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._select_batch(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._select_batch(lambda t: t[indices, ...])
-
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove:
             raise NotImplementedError("a quantized cache cannot be cropped: its tokens are grouped and quantized")
