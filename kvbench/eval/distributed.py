@@ -15,6 +15,7 @@ the gloo backend, which is how the tests check that two processes give one proce
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import fields
 
@@ -48,7 +49,17 @@ def accelerator():
 
         # without a GPU, accelerate sets up the CPU process group (gloo) only when asked for the CPU
         _ACCELERATOR = Accelerator(cpu=not torch.cuda.is_available())
+        atexit.register(_destroy_process_group)
     return _ACCELERATOR
+
+
+def _destroy_process_group() -> None:
+    """Tear the process group down while the interpreter is alive: a gloo group left to interpreter finalization
+    can abort the process (SIGABRT, "terminate called without an active exception") after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def combined_stats(stats: ProtocolStats) -> ProtocolStats:
