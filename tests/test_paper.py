@@ -125,6 +125,17 @@ def test_every_paper_experiment_has_a_mini_twin_and_a_paper_csv():
         read_paper(ROOT / cfg.paper)
 
 
+@pytest.mark.parametrize("name", [name for name in PAPER_EXPERIMENTS if name.endswith("_mini")])
+def test_each_mini_compares_its_stand_in_in_the_papers_unit(name):
+    # RULER and LongBench score x100, as the papers print; lm-eval's accuracies are fractions and need scale 0.01
+    cfg = compose_config([f"experiment={name}"])
+    percent_suite = cfg.suite.runner in ("ruler", "longbench")
+    for row in read_paper(ROOT / cfg.paper):
+        if not row.mini_task or "perplexity" in row.metric or row.value <= 1:
+            continue
+        assert row.scale == (1.0 if percent_suite else 0.01), (name, row.line, row.mini_task, row.scale)
+
+
 def _sweep_jobs(name: str) -> list[list[str]]:
     """The overrides of every job an experiment's sweep would launch (Hydra's basic sweeper: the product)."""
     import itertools
