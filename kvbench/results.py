@@ -189,7 +189,8 @@ def rescue_dir() -> Path:
 
 
 class RecordStore:
-    """Writes one run's record to the run dir and to the records dir, after every change.
+    """Writes one run's record to each of its paths in order (the runner: the records dir, then the run dir),
+    after every change.
 
     A write that fails (full disk, a directory gone) never costs the result: the other copy is still
     written, and if both fail the record goes to :func:`rescue_dir`, named in one warning line.

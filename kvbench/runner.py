@@ -53,7 +53,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
     except KvbenchError as error:  # rejected before anything ran: the record says why (a sweep's table shows it)
         digest = config_hash(resolved)
         if main:
-            RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json").save(
+            RecordStore(Path(cfg.records_dir) / f"{digest}.json", output_dir / RECORD_NAME).save(
                 rejected_record(cfg, resolved, digest, output_dir, error))
         raise
     resolved["method"] = {"name": plan.method.name, **plan.method.params()}
@@ -64,7 +64,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
             write_record(output_dir / RECORD_NAME, record)
         log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
         return record
-    store = RecordStore(output_dir / RECORD_NAME, Path(cfg.records_dir) / f"{digest}.json") if main else RecordStore()
+    # the records-dir copy first: it is what the skip rule reads, so a job killed between the two writes is never
+    # complete in its run dir without being complete where a re-run looks
+    store = RecordStore(Path(cfg.records_dir) / f"{digest}.json", output_dir / RECORD_NAME) if main else RecordStore()
     record = new_record(cfg, resolved, digest, plan, output_dir, method_config)
 
     def save() -> None:

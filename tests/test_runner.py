@@ -92,6 +92,22 @@ def test_a_finished_config_is_skipped_unless_forced(cfg_for, tmp_path, monkeypat
     assert forced.run_id != first.run_id
 
 
+def test_a_run_dir_record_is_complete_only_after_the_copy_the_skip_rule_reads(cfg_for, tmp_path, monkeypatch):
+    # a job killed between the two writes must not look finished in its run dir yet be redone by a re-run
+    from kvbench import results
+
+    write, checked = results.write_record, []
+
+    def write_checked(path, record):
+        if Path(path).parent == tmp_path / "a" and record.status == "complete":
+            checked.append(results.find_complete_record(tmp_path / "records", record.config_hash))
+        return write(path, record)
+
+    monkeypatch.setattr(results, "write_record", write_checked)
+    runner.run(cfg_for(), tmp_path / "a")
+    assert checked and all(found is not None for found in checked)
+
+
 def test_a_failing_task_keeps_the_metrics_already_computed(cfg_for, tmp_path, monkeypatch):
     from kvbench.suites.lm_eval import LmEval
 
