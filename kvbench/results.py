@@ -232,9 +232,14 @@ def read_record(path: str | os.PathLike) -> RunRecord:
     return RunRecord.from_dict(data, str(path))
 
 
+def stored_record_path(records_dir: str | os.PathLike, digest: str) -> Path:
+    """Where the records dir keeps the record of the config with this hash: the copy the skip rule reads."""
+    return Path(records_dir) / f"{digest}.json"
+
+
 def find_complete_record(records_dir: str | os.PathLike, digest: str) -> Path | None:
     """The stored record of a complete run with this config hash, if any (an unreadable one does not count)."""
-    path = Path(records_dir) / f"{digest}.json"
+    path = stored_record_path(records_dir, digest)
     if path.exists():
         try:
             if read_record(path).status == "complete":

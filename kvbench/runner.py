@@ -26,7 +26,7 @@ from kvbench.eval.protocol import CompressionProtocol
 from kvbench.models import describe_model, load_base_model, placed, private_copy
 from kvbench.errors import KvbenchError
 from kvbench.results import (RECORD_NAME, RecordStore, RunRecord, config_hash, find_complete_record, read_record,
-                             write_record)
+                             stored_record_path, write_record)
 from kvbench.suites import RunContext
 from kvbench.tracking import Tracker
 from kvbench.validation import RunPlan, check_destinations, validate
@@ -52,9 +52,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         plan = validate(cfg)
     except KvbenchError as error:  # rejected before anything ran: the record says why (a sweep's table shows it)
         digest = config_hash(resolved)
-        if main:
-            RecordStore(Path(cfg.records_dir) / f"{digest}.json", output_dir / RECORD_NAME).save(
-                rejected_record(cfg, resolved, digest, output_dir, error))
+        record_store(cfg, output_dir, digest, main).save(rejected_record(cfg, resolved, digest, output_dir, error))
         raise
     resolved["method"] = {"name": plan.method.name, **plan.method.params()}
     digest = config_hash(resolved)
@@ -64,9 +62,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
             write_record(output_dir / RECORD_NAME, record)
         log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
         return record
-    # the records-dir copy first: it is what the skip rule reads, so a job killed between the two writes is never
-    # complete in its run dir without being complete where a re-run looks
-    store = RecordStore(Path(cfg.records_dir) / f"{digest}.json", output_dir / RECORD_NAME) if main else RecordStore()
+    store = record_store(cfg, output_dir, digest, main)
     record = new_record(cfg, resolved, digest, plan, output_dir, method_config)
 
     def save() -> None:
@@ -114,6 +110,15 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
             record.outputs["wandb"] = tracker.status
             save()
     return record
+
+
+def record_store(cfg: DictConfig, output_dir: Path, digest: str, main: bool) -> RecordStore:
+    """The job's two record copies, the records dir's first: it is what the skip rule reads, so a job killed between
+    the two writes is never complete in its run dir without being complete where a re-run looks. A data-parallel
+    rank other than 0 keeps nothing."""
+    if not main:
+        return RecordStore()
+    return RecordStore(stored_record_path(cfg.records_dir, digest), output_dir / RECORD_NAME)
 
 
 def load_and_apply(cfg: DictConfig, method, reuse_loaded: bool = False, job_num: int = 0):
