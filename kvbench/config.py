@@ -18,10 +18,9 @@ from typing import Any, Dict, List, Optional
 from kvbench.errors import KvbenchError
 
 
-def find_conf_dir() -> Path:
+def find_conf_dir(package: Path = Path(__file__).resolve().parent) -> Path:
     """Hydra's config directory: the package's own copy in a wheel install (``<package>/conf``), else the
     top-level ``conf/`` of the checkout the package sits in (an editable install, or ``PYTHONPATH=.``)."""
-    package = Path(__file__).resolve().parent
     wheel, checkout = package / "conf", package.parent / "conf"
     if (wheel / "config.yaml").is_file():
         return wheel

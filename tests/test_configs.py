@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from kvbench.compose import check_launcher, compose_config
-from kvbench.config import CONF_DIR
+from kvbench.config import CONF_DIR, find_conf_dir
+from kvbench.errors import KvbenchError
 from kvbench.methods import METHODS
 from kvbench.suites import SUITES, build_suite
 from kvbench.validation import build_method_from
@@ -31,6 +32,22 @@ def test_every_yaml_under_conf_is_an_option_of_a_tested_group():
     untested = sorted(str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml") if p not in tested)
     assert not untested, f"YAMLs in no tested group (add the group to GROUPS and a test): {untested}"
     assert all(_options(group) for group in GROUPS)
+
+
+def test_conf_dir_is_the_wheels_copy_else_the_checkouts_top_level_conf(tmp_path):
+    checkout, package = tmp_path / "checkout", tmp_path / "checkout" / "kvbench"
+    package.mkdir(parents=True)
+    with pytest.raises(KvbenchError, match="neither .*kvbench/conf .* nor .*checkout/conf"):
+        find_conf_dir(package)
+    (checkout / "conf").mkdir()
+    (checkout / "conf" / "config.yaml").touch()
+    with pytest.raises(KvbenchError):  # a conf/ outside a checkout (no pyproject.toml beside it) is not ours
+        find_conf_dir(package)
+    (checkout / "pyproject.toml").touch()
+    assert find_conf_dir(package) == checkout / "conf"
+    (package / "conf").mkdir()
+    (package / "conf" / "config.yaml").touch()
+    assert find_conf_dir(package) == package / "conf"
 
 
 @pytest.mark.parametrize("name", _options("model"))
