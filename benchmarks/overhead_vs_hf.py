@@ -30,10 +30,10 @@ def main() -> None:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from kvbench.eval.harness import task_manager
     from kvbench.eval.lm import KvbenchLM
     from kvbench.methods import build_method
     from kvbench.models import ModelConfig, load_model
+    from kvbench.suites.lm_eval import task_manager
 
     model, tokenizer = load_model(ModelConfig())
     manager = task_manager(args.tasks)

@@ -47,7 +47,7 @@ Examples:
   kvbench -m hydra/launcher=slurm hydra.launcher.partition=gpu model=llama2_7b method=full,h2o
   kvbench-report outputs/sweeps/<time>           roll up any directory of records (md, csv, png; --format latex)
 
-Config groups (kvbench/conf/):
+Config groups (conf/):
 {groups}
 Any field can be set: method.<param>, model.<field>, suite.limit, suite.options.<option>, logger.mode, ...
 `kvbench <overrides> --cfg job` prints the composed config; --hydra-help shows Hydra's own options.

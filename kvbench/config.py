@@ -1,10 +1,11 @@
 """Config schemas that every layer may read: the model, the suite's common fields, the logger, the run.
 
-The YAML files live inside the package (``kvbench/conf/<group>/*.yaml``), so a wheel install composes
-its config from any directory. Each YAML starts with ``defaults: [/schema/<group>/<name>@_here_, _self_]``:
-the dataclass is its Hydra schema, so a typo or a wrong type fails when the config is composed. Method
-schemas are the method dataclasses, suite schemas the suites' ``Config`` classes (registered by
-:mod:`kvbench.compose`).
+The YAML files live in the checkout's top-level ``conf/<group>/*.yaml`` (the one source); the wheel ships
+them as package data, ``kvbench/conf`` (pyproject.toml), so a wheel install composes its config from any
+directory. :data:`CONF_DIR` is whichever of the two this kvbench has. Each YAML starts with
+``defaults: [/schema/<group>/<name>@_here_, _self_]``: the dataclass is its Hydra schema, so a typo or a wrong
+type fails when the config is composed. Method schemas are the method dataclasses, suite schemas the suites'
+``Config`` classes (registered by :mod:`kvbench.compose`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-#: Hydra's config directory, shipped inside the package.
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+from kvbench.errors import KvbenchError
+
+
+def find_conf_dir(package: Path = Path(__file__).resolve().parent) -> Path:
+    """Hydra's config directory: the package's own copy in a wheel install (``<package>/conf``), else the
+    top-level ``conf/`` of the checkout the package sits in (an editable install, or ``PYTHONPATH=.``)."""
+    wheel, checkout = package / "conf", package.parent / "conf"
+    if (wheel / "config.yaml").is_file():
+        return wheel
+    if (checkout / "config.yaml").is_file() and (package.parent / "pyproject.toml").is_file():
+        return checkout
+    raise KvbenchError(f"kvbench's configs are missing: neither {wheel} (a wheel install) nor {checkout} "
+                       "(a checkout) holds config.yaml; reinstall kvbench")
+
+
+#: Hydra's config directory (:func:`find_conf_dir`), found on first use: the library (models, methods, the
+#: protocol) imports without it.
+CONF_DIR: Path
+
+
+def __getattr__(name: str):
+    if name == "CONF_DIR":
+        global CONF_DIR
+        CONF_DIR = find_conf_dir()
+        return CONF_DIR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cache_root() -> Path:

@@ -1,19 +1,53 @@
-"""Every YAML in kvbench/conf composes against its schema, and what it describes can be built."""
+"""Every YAML in conf/ composes against its schema, and what it describes can be built.
+
+Self-contained on purpose: ``.ci/check_wheel.sh`` runs this file against the installed wheel from outside the
+checkout, so every config the wheel ships is proven to compose there too.
+"""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from kvbench.compose import compose_config
-from kvbench.config import CONF_DIR
+from kvbench.compose import check_launcher, compose_config
+from kvbench.config import CONF_DIR, find_conf_dir
+from kvbench.errors import KvbenchError
 from kvbench.methods import METHODS
 from kvbench.suites import SUITES, build_suite
 from kvbench.validation import build_method_from
 
+#: Every config group under conf/ (beside the root config.yaml); a YAML outside them fails the last test.
+GROUPS = ("model", "method", "suite", "logger", "experiment", "hydra/launcher", "hydra/job_logging")
+
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """Every option of a group, nested ones included (``method=budget128/h2o``)."""
+    root = CONF_DIR / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def test_every_yaml_under_conf_is_an_option_of_a_tested_group():
+    tested = {CONF_DIR / "config.yaml"}
+    tested |= {CONF_DIR / group / f"{name}.yaml" for group in GROUPS for name in _options(group)}
+    untested = sorted(str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml") if p not in tested)
+    assert not untested, f"YAMLs in no tested group (add the group to GROUPS and a test): {untested}"
+    assert all(_options(group) for group in GROUPS)
+
+
+def test_conf_dir_is_the_wheels_copy_else_the_checkouts_top_level_conf(tmp_path):
+    checkout, package = tmp_path / "checkout", tmp_path / "checkout" / "kvbench"
+    package.mkdir(parents=True)
+    with pytest.raises(KvbenchError, match="neither .*kvbench/conf .* nor .*checkout/conf"):
+        find_conf_dir(package)
+    (checkout / "conf").mkdir()
+    (checkout / "conf" / "config.yaml").touch()
+    with pytest.raises(KvbenchError):  # a conf/ outside a checkout (no pyproject.toml beside it) is not ours
+        find_conf_dir(package)
+    (checkout / "pyproject.toml").touch()
+    assert find_conf_dir(package) == checkout / "conf"
+    (package / "conf").mkdir()
+    (package / "conf" / "config.yaml").touch()
+    assert find_conf_dir(package) == package / "conf"
 
 
 @pytest.mark.parametrize("name", _options("model"))
@@ -38,6 +72,18 @@ def test_every_suite_config_composes_into_a_registered_suite(name):
 @pytest.mark.parametrize("name", _options("logger"))
 def test_every_logger_config_composes(name):
     assert compose_config([f"logger={name}"]).logger.name == name
+
+
+@pytest.mark.parametrize("name", _options("hydra/launcher"))
+def test_every_launcher_config_composes_into_a_hydra_launcher(name):
+    launcher = compose_config([f"hydra/launcher={name}"], with_hydra=True).hydra.launcher
+    assert launcher._target_.startswith("hydra_plugins.")
+    check_launcher(launcher)
+
+
+@pytest.mark.parametrize("name", _options("hydra/job_logging"))
+def test_every_job_logging_config_composes(name):
+    assert compose_config([f"hydra/job_logging={name}"], with_hydra=True).hydra.job_logging.handlers
 
 
 @pytest.mark.parametrize("name", _options("experiment"))

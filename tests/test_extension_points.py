@@ -2,7 +2,7 @@
 
 Nothing outside this file is edited: the method is a dataclass on the evicting-layer base, the suite a
 class with its own options; registering both (and offering them as config-group options, which a YAML in
-kvbench/conf would otherwise do) makes `kvbench method=toy_recent suite=toy` work end to end.
+conf/ would otherwise do) makes `kvbench method=toy_recent suite=toy` work end to end.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Default combination (conf/method/combined.yaml): svd_gqa 3 -> 1 KV head, MiniCac
 ratio measured alone on the same tokens, their product (the expected ratio), the combined method's measured
 ratio, and the gap. Two ways of measuring a component alone:
 
-* ``runner`` -- :meth:`Combined.component_ratios` on the converted model (what the runner records): layers and
-  tokens run on the 1-KV-head model;
+* ``runner`` -- :func:`kvbench.eval.component_ratios.component_ratios` on the converted model (what the runner
+  records): layers and tokens run on the 1-KV-head model;
 * ``original`` -- MiniCache and H2O each alone on the original 3-KV-head model (svd_gqa's ratio is the same).
 
 Optionally (``--nll``) the mean next-token NLL of a continuation scored after each compressed context, per method.
@@ -30,6 +30,7 @@ def main() -> None:
     import torch
 
     from kvbench.corpus import pydoc_documents
+    from kvbench.eval.component_ratios import component_ratios
     from kvbench.eval.protocol import CompressionProtocol
     from kvbench.methods import build_method
     from kvbench.models import ModelConfig, load_model
@@ -54,7 +55,9 @@ def main() -> None:
           f"| original model: {'minicache':>9} {'h2o':>6} {'product':>8} {'gap':>6}")
     for n in args.lengths:
         tokens = ids[:n]
-        r = combined.component_ratios(converted, tokens, reference)
+        protocol = CompressionProtocol(converted, combined, reference)
+        protocol.prefill(tokens)
+        r = component_ratios(protocol)
         mc, hh = ratio_alone("minicache", tokens), ratio_alone("h2o", tokens)
         prod = r["svd_gqa"] * mc * hh
         print(f"{n:>5} | {r['svd_gqa']:>7.3f} {r['minicache']:>9.4f} {r['h2o']:>6.3f} {r['product']:>8.3f} | "

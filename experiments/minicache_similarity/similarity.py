@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from kvbench.cache.minicache import merged_pairs, restore, slerp_merge
+from kvbench.cache.merging import restore, slerp_merge
+from kvbench.cache.minicache import merged_pairs
 from kvbench.corpus import load_texts
 from kvbench.models import ModelConfig, load_model
 

@@ -1,7 +1,7 @@
 """Batch > 1 is exact: a batch of B equal-length prompts gives what B separate batch-1 runs give, for every
 method config (greedy tokens identical, logits within float tolerance, bytes additive); a padded batch is refused.
 
-Every YAML in ``kvbench/conf/method/`` is covered, so a method added later is tested here without editing this
+Every YAML in ``conf/method/`` is covered, so a method added later is tested here without editing this
 file (only the tiny-model overrides below name methods: the tiny models' head dim is 16, so KIVI's groups shrink).
 """
 
