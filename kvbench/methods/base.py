@@ -50,6 +50,10 @@ class Method:
     #: fewer KV heads), ``layers`` (cross-layer merging), ``tokens`` (eviction), ``bits`` (quantization);
     #: None for methods that cannot be a component.
     axis: ClassVar[str | None] = None
+    #: Why this method cannot go through the cache contract test (``nbytes()`` = every tensor the cache holds,
+    #: checked on a tiny CPU model for every registered method: ``tests/contracts.py``), e.g. a CUDA-only kernel.
+    #: None (every method so far): it is checked, so a new method cannot skip the check silently.
+    cache_contract_exempt: ClassVar[str | None] = None
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""
