@@ -8,14 +8,22 @@ its defaults list, so registering a method or a suite is all it takes to make it
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
 
 from kvbench.config import CONF_DIR, LoggerConfig, ModelConfig, RunConfig
 from kvbench.errors import ConfigError
 from kvbench.methods import METHODS
+from kvbench.methods.base import methods_with
 from kvbench.suites import SUITES
 
 
@@ -36,15 +44,9 @@ def compose_config(overrides: list[str], explain_errors: bool = True, with_hydra
 
     A composition error (unknown option, typo, wrong type) raises :class:`~kvbench.errors.ConfigError`
     with one line naming the value and the valid choices (Hydra's own error is its ``__cause__``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
     register_configs()
     try:
-        if GlobalHydra.instance().is_initialized():
-            return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with hydra_initialized():
             return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
     except HydraException as error:
         if not explain_errors:
@@ -52,29 +54,61 @@ def compose_config(overrides: list[str], explain_errors: bool = True, with_hydra
         raise ConfigError(explain(error, list(overrides))) from error
 
 
+@contextmanager
+def hydra_initialized() -> Iterator[GlobalHydra]:
+    """Hydra initialised on kvbench's configs: the running app's (or a test's), else for this block only."""
+    if GlobalHydra.instance().is_initialized():
+        yield GlobalHydra.instance()
+        return
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield GlobalHydra.instance()
+
+
+def overrides_parser() -> OverridesParser:
+    """Hydra's override parser, able to expand ``glob(...)`` over a config group's options (call it within
+    :func:`hydra_initialized`)."""
+    return OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """Every job a sweep describes, each as its list of overrides: the product of the swept keys, as Hydra's basic
+    sweeper expands them (``key=a,b``, ``range(...)``, ``glob(...)`` over a config group's options)."""
+    register_configs()
+    with hydra_initialized():
+        parsed = overrides_parser().parse_overrides(list(overrides))
+        choices = [[f"{o.get_key_element()}={value}" for value in o.sweep_string_iterator()] if o.is_sweep_override()
+                   else [o.input_line] for o in parsed]
+    return [list(job) for job in itertools.product(*choices)]
+
+
+def experiment_jobs(experiment: str) -> list[list[str]]:
+    """The overrides of every job ``experiment=<experiment>`` runs: its ``hydra.sweeper.params`` expanded (one
+    empty job when it sweeps nothing)."""
+    params = OmegaConf.select(compose_config([f"experiment={experiment}"], with_hydra=True), "hydra.sweeper.params")
+    return sweep_jobs([f"{key}={value}" for key, value in (params or {}).items()])
+
+
 # -- one line for every composition error ----------------------------------------------------------------
 def check_overrides(overrides: list[str]) -> None:
     """Compose every job the overrides describe (sweeps expanded one key at a time) and raise
     :class:`~kvbench.errors.ConfigError` with one line for the first that Hydra rejects. Hydra's own
     overrides (``hydra/launcher=...``, ``hydra.launcher.n_jobs=...``) are checked with the first job."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    parsed = []
-    for text in overrides:
-        try:
-            (override,) = parser.parse_overrides([text])
-        except OverrideParseException as error:
-            raise ConfigError(f"cannot parse the override {text!r}: {str(error).splitlines()[0]} "
-                              "(Hydra override syntax: key=value, +key=value, key=a,b for a sweep)") from None
-        parsed.append(override)
-    base = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-            for o in parsed]
-    check_launcher(compose_config(base, with_hydra=True).hydra.launcher)
-    for i, override in enumerate(parsed):
-        if override.is_sweep_override():
-            for value in list(override.sweep_string_iterator())[1:]:
+    register_configs()
+    with hydra_initialized():
+        parser = overrides_parser()
+        parsed = []
+        for text in overrides:
+            try:
+                (override,) = parser.parse_overrides([text])
+            except OverrideParseException as error:
+                raise ConfigError(f"cannot parse the override {text!r}: {str(error).splitlines()[0]} "
+                                  "(Hydra override syntax: key=value, +key=value, key=a,b for a sweep)") from None
+            parsed.append(override)
+        swept = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [] for o in parsed]
+        base = [f"{o.get_key_element()}={values[0]}" if values else o.input_line for o, values in zip(parsed, swept)]
+        check_launcher(compose_config(base, with_hydra=True).hydra.launcher)
+        for i, (override, values) in enumerate(zip(parsed, swept)):
+            for value in values[1:]:
                 compose_config([*base[:i], f"{override.get_key_element()}={value}", *base[i + 1:]])
 
 
@@ -88,8 +122,6 @@ def check_launcher(launcher) -> None:
 
 def explain(error: Exception, overrides: list[str]) -> str:
     """Hydra's multi-line composition error as kvbench's one line: the bad value and the valid choices."""
-    from hydra.errors import MissingConfigException
-
     text = str(error)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if isinstance(error, MissingConfigException) and missing:
@@ -103,8 +135,6 @@ def explain(error: Exception, overrides: list[str]) -> str:
         keys, name = _keys_at(parent, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")])
         where = f"{parent}={name}" if parent in ("method", "model", "suite", "logger") and name else parent or "the config"
         if parent == "method" and leaf == "protocol":
-            from kvbench.methods.base import methods_with
-
             return (f"{key}: {where} has no masking simulation (protocol=simulate exists for: "
                     f"{', '.join(methods_with('protocol'))}; {name or 'this method'} runs real compression only)")
         return f"{key}: {where} has no setting {leaf!r} (valid: {', '.join(k for k in keys if k != 'name') or 'none'})"
@@ -119,8 +149,6 @@ def explain(error: Exception, overrides: list[str]) -> str:
 
 def _keys_at(path: str, overrides: list[str]) -> tuple[list[str], str | None]:
     """The keys of the config node at ``path`` (and its config's ``name``), composed without the bad override."""
-    from omegaconf import OmegaConf
-
     try:
         node = compose_config(overrides, explain_errors=False)
         node = OmegaConf.select(node, path) if path else node

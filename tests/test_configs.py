@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from kvbench.compose import check_launcher, compose_config
+from kvbench.compose import check_launcher, compose_config, experiment_jobs
 from kvbench.config import CONF_DIR, find_conf_dir
-from kvbench.errors import KvbenchError
+from kvbench.errors import ConfigError, KvbenchError
 from kvbench.methods import METHODS
 from kvbench.suites import SUITES, build_suite
 from kvbench.validation import build_method_from
@@ -89,11 +89,18 @@ def test_every_job_logging_config_composes(name):
 @pytest.mark.parametrize("name", _options("experiment"))
 def test_every_experiment_composes_and_every_job_of_its_sweep_builds(name):
     compose_config([f"experiment={name}"])
-    sweep = OmegaConf.select(OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml"), "hydra.sweeper.params") or {}
-    jobs = [[]]
-    for key, values in sweep.items():
-        jobs = [job + [f"{key}={value}"] for job in jobs for value in str(values).split(",")]
-    for job in jobs:
+    for job in experiment_jobs(name):  # the sweep as Hydra expands it (a glob over a config group included)
         job_cfg = compose_config([f"experiment={name}", *job])
         build_method_from(job_cfg.method)
         build_suite(job_cfg.suite)
+
+
+def test_a_glob_sweep_expands_over_the_config_group_as_hydra_does_and_every_job_is_checked():
+    from kvbench.compose import check_overrides, sweep_jobs
+
+    jobs = sweep_jobs(["method=glob(*_simulated)", "seed=1,2"])
+    assert jobs == [["method=h2o_local_simulated", "seed=1"], ["method=h2o_local_simulated", "seed=2"],
+                    ["method=h2o_simulated", "seed=1"], ["method=h2o_simulated", "seed=2"]]
+    check_overrides(["method=glob(*_simulated)", "seed=1,2"])  # a glob on the command line is checked, not a crash
+    with pytest.raises(ConfigError, match="method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi'"):
+        check_overrides(["method=glob(*_simulated)", "method.heavy_ratoi=0.1"])

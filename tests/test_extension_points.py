@@ -2,7 +2,9 @@
 
 Nothing outside this file is edited: the method is a dataclass on the evicting-layer base, the suite a
 class with its own options; registering both (and offering them as config-group options, which a YAML in
-conf/ would otherwise do) makes `kvbench method=toy_recent suite=toy` work end to end.
+conf/ would otherwise do) makes `kvbench method=toy_recent suite=toy` work end to end, and puts them
+through the checks every registered method and suite gets (tests/contracts.py): the byte contract, the
+efficiency experiment that runs every method, a config of each.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from kvbench.methods import register as register_method
 from kvbench.results import read_record
 from kvbench.suites import SUITES, RunContext, Suite, TaskResult
 from kvbench.suites import register as register_suite
+from tests.contracts import (assert_cache_counts_every_tensor, assert_method_has_its_config, assert_suite_has_a_config,
+                             assert_sweeps_every_method, byte_contract_cases)
 
 
 class RecentLayer(EvictingLayer):
@@ -120,6 +124,19 @@ def test_a_toy_method_and_a_toy_suite_run_through_the_kvbench_cli(toy_extensions
     # the toy cache kept 6 of the 29 prefilled tokens (the 30th is fed after compression); per kept token and
     # head it holds 16-dim fp32 keys and values (128 bytes) plus an int32 position (4 bytes)
     assert record.kv["ratio"] == pytest.approx((29 * 128) / (6 * 132))
+
+
+def test_the_toy_method_is_a_byte_contract_case_and_its_cache_counts_every_tensor(toy_extensions):
+    assert ("toy_recent", {}) in byte_contract_cases({})
+    cache = assert_cache_counts_every_tensor("toy_recent", {})
+    assert cache.stored_tokens(0) == 8 + 10  # it kept 8 of the 40 prefilled tokens, then appended 10 decoded ones
+
+
+def test_the_efficiency_experiment_sweeps_the_toy_method_and_each_toy_has_a_config(toy_extensions):
+    built = assert_sweeps_every_method("efficiency_quick")
+    assert isinstance(built["toy_recent"], ToyRecent)
+    assert assert_method_has_its_config("toy_recent").keep == 8
+    assert assert_suite_has_a_config("toy_echo") == ["toy"]
 
 
 def test_a_toy_suite_option_error_is_one_line_before_the_model_loads(toy_extensions, tmp_path, monkeypatch, capsys):

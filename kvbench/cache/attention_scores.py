@@ -215,7 +215,7 @@ def _base_function(base: str, module):
         if eager is None:
             raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward to wrap; use sdpa")
         return eager
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # lazy: see register_scoring_attention
 
     return ALL_ATTENTION_FUNCTIONS[base]
 
@@ -263,6 +263,8 @@ def scored_attention(base: str):
 
 def register_scoring_attention() -> None:
     """Register ``scored_sdpa`` / ``scored_eager`` with transformers (idempotent)."""
+    # lazy: transformers.modeling_utils takes seconds to import, and only a model being switched needs it (every
+    # `import kvbench.methods` -- config checks, dry runs -- would pay it otherwise)
     from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
     from transformers.modeling_utils import AttentionInterface
 

@@ -1,6 +1,6 @@
 """What the token-eviction baselines share (METHODS.md §7): a budget fixed by the prompt, the layer that
-applies it, and the selection primitives. Each baseline's cache (``streaming_llm``, ``snapkv``,
-``pyramidkv``, ``tova``, ``knorm``) only says *which* tokens to keep.
+applies it, and the selection primitives. Each baseline (``streaming_llm``, ``snapkv``, ``pyramidkv``,
+``tova``, ``knorm``) is one module in :mod:`kvbench.methods` whose layer only says *which* tokens to keep.
 
 * :class:`TokenBudget` -- tokens kept per (layer, KV head): ``⌊budget_ratio·P⌋`` of the prompt (P = the
   tokens of the cache's first forward; :func:`~kvbench.cache.h2o.ratio_floor` is exact for the decimal

@@ -32,6 +32,7 @@ equal-length prompts (no padding).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -60,8 +61,6 @@ class H2OBudget:
 
 def ratio_floor(ratio: float, n: int) -> int:
     """⌊ratio·n⌋ exactly for the decimal ratio the user typed (0.35·100 is 35, not 34.999… → 34)."""
-    from fractions import Fraction
-
     return int(Fraction(str(ratio)) * n)
 
 

@@ -88,6 +88,8 @@ def simulated_attention(module, query, key, value, attention_mask, scaling: floa
 
 def use_simulated_attention(model, budget: H2OBudget, agg: str = "sum") -> None:
     """Switch ``model`` to ``h2o_simulated`` in place, with ``budget`` and ``agg`` on every attention module."""
+    # lazy: transformers.modeling_utils takes seconds to import, and only a model being switched needs it (every
+    # `import kvbench.methods` -- config checks, dry runs -- would pay it otherwise)
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     from transformers.modeling_utils import AttentionInterface
 

@@ -19,9 +19,11 @@ We store the unit direction ``e/|e|`` (model dtype), so restoring is one multipl
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
+
 from kvbench.cache.base import tensor_nbytes
 
 RETENTIONS = ("top_fraction", "range")
@@ -98,8 +100,6 @@ def gather_rows(x: torch.Tensor, b: torch.Tensor, g: torch.Tensor, n: torch.Tens
 
 def retained_count(gamma: float, n_tokens: int) -> int:
     """⌈γ·N⌉ exactly for the decimal γ the user typed (0.07·100 is 7, not 8 from 7.000000000000001)."""
-    from fractions import Fraction
-
     return min(n_tokens, math.ceil(Fraction(str(gamma)) * n_tokens))
 
 

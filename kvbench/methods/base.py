@@ -27,23 +27,19 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES, is_scoring, use_scoring_attention
+from kvbench.cache.base import KVCache, PlainCache
+from kvbench.errors import MethodConfigError
+from kvbench.registry import Registry
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from kvbench.cache.base import KVCache
-
-from kvbench.errors import MethodConfigError
-
-METHODS: dict[str, type["Method"]] = {}
-
-
-def register(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: make ``cls`` selectable as ``method=<cls.name default>``."""
-    name = cls.__dataclass_fields__["name"].default
-    if name in METHODS and METHODS[name] is not cls:
-        raise RuntimeError(f"method name {name!r} registered twice")
-    METHODS[name] = cls
-    return cls
+#: Every method, by the default of its ``name`` field; :meth:`~kvbench.registry.Registry.discover` imports
+#: every module of this package, so a new method module edits no other file.
+METHODS: Registry = Registry("method name", "kvbench.methods", lambda cls: cls.__dataclass_fields__["name"].default)
+#: Class decorator: make ``cls`` selectable as ``method=<cls.name default>``.
+register = METHODS.register
 
 
 class Method:
@@ -54,6 +50,10 @@ class Method:
     #: fewer KV heads), ``layers`` (cross-layer merging), ``tokens`` (eviction), ``bits`` (quantization);
     #: None for methods that cannot be a component.
     axis: ClassVar[str | None] = None
+    #: Why this method cannot go through the cache contract test (``nbytes()`` = every tensor the cache holds,
+    #: checked on a tiny CPU model for every registered method: ``tests/contracts.py``), e.g. a CUDA-only kernel.
+    #: None (every method so far): it is checked, so a new method cannot skip the check silently.
+    cache_contract_exempt: ClassVar[str | None] = None
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""
@@ -62,14 +62,12 @@ class Method:
         """One-time model surgery. Default: none."""
         return model
 
-    def new_cache(self, model: "PreTrainedModel") -> "KVCache":
+    def new_cache(self, model: "PreTrainedModel") -> KVCache:
         """A fresh cache for one sequence (a :class:`~kvbench.cache.base.KVCache`: it reports its bytes).
         Default: transformers' dynamic cache for the model as it is (after :meth:`apply`)."""
-        from kvbench.cache.base import PlainCache
-
         return PlainCache(config=model.config)
 
-    def compress(self, cache: "KVCache") -> None:
+    def compress(self, cache: KVCache) -> None:
         """End-of-prefill compression: the cache's own ``compress()`` (idempotent)."""
         cache.compress()
 
@@ -141,8 +139,6 @@ class ScoredAttention:
 
     def apply(self, model, tokenizer=None):
         """Switch attention to ``scored_<impl>``: the same attention, plus scores for the cache."""
-        from kvbench.cache.attention_scores import use_scoring_attention
-
         try:
             use_scoring_attention(model)
         except ValueError as err:
@@ -151,31 +147,23 @@ class ScoredAttention:
 
     def require_scoring(self, model) -> None:
         """Raise unless :meth:`apply` ran on ``model`` (called by ``new_cache``)."""
-        from kvbench.cache.attention_scores import is_scoring
-
         if not is_scoring(model):
             raise RuntimeError(f"method={self.name}: call method.apply(model) before method.new_cache(model) "
                                "(the cache needs the model's attention scores)")
 
 
 def _scorable(impl: str) -> bool:
-    from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES
-
     return impl.removeprefix(PREFIX) in SUPPORTED_BASES
 
 
 def methods_with(parameter: str) -> list[str]:
     """Registered methods that have ``parameter``."""
-    from kvbench import methods as _  # noqa: F401  (imports every method module)
-
-    return sorted(name for name, cls in METHODS.items() if parameter in getattr(cls, "__dataclass_fields__", {}))
+    return sorted(name for name, cls in METHODS.discover().items() if parameter in getattr(cls, "__dataclass_fields__", {}))
 
 
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method, with a clear error for an unknown name or parameter."""
-    from kvbench import methods as _  # noqa: F401  (imports every method module)
-
-    if name not in METHODS:
+    if name not in METHODS.discover():
         raise MethodConfigError(f"method={name!r} is not a kvbench method (choose one of: {', '.join(sorted(METHODS))})")
     cls = METHODS[name]
     fields = {f.name for f in dataclasses.fields(cls)} - {"name"}

@@ -49,6 +49,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from kvbench.cache.attention_scores import is_scoring
+from kvbench.cache.base import EvictingLayer
+from kvbench.cache.combined import CombinedCache
+from kvbench.cache.quantized_merging import QuantizedMergedPairCache
 from kvbench.errors import MethodConfigError
 from kvbench.methods.base import METHODS, Method, build_method, register
 
@@ -162,17 +166,12 @@ class Combined(Method):
                 return self._quantized_eviction_cache(model, tokens, bits)
             if layers is None:
                 return bits.new_cache(model)
-            from kvbench.cache.quantized_merging import QuantizedMergedPairCache
-
             with _on_axis("bits"):
                 bits.check_model(model.config)
             text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
             return QuantizedMergedPairCache(text.num_hidden_layers, layers.merging(model.config), bits.quantization())
         if layers is None or tokens is None:
             return (layers or tokens or Method()).new_cache(model)
-        from kvbench.cache.attention_scores import is_scoring
-        from kvbench.cache.combined import CombinedCache
-
         if not is_scoring(model):
             raise RuntimeError("method=combined: call method.apply(model) before method.new_cache(model) "
                                "(the cache needs the model's attention scores)")
@@ -182,8 +181,6 @@ class Combined(Method):
     @staticmethod
     def _quantized_eviction_cache(model, tokens: Method, bits: Method):
         """The tokens method's own cache, every layer storing its kept keys and values quantized."""
-        from kvbench.cache.base import EvictingLayer
-
         with _on_axis("bits"):
             bits.check_model(model.config)
         cache = tokens.new_cache(model)

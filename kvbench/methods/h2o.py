@@ -32,6 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from kvbench.cache.attention_scores import SCORE_AGGS
+from kvbench.cache.base import PlainCache
+from kvbench.cache.combined import Eviction
+from kvbench.cache.h2o import H2OBudget, H2OCache
+from kvbench.cache.h2o_simulation import is_simulating, use_simulated_attention
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_full_attention, register
 
 DEFAULT_RATIO = 0.1
@@ -51,8 +56,6 @@ class H2O(ScoredAttention, Method):
     protocol: str = "real"
 
     def __post_init__(self):
-        from kvbench.cache.attention_scores import SCORE_AGGS
-
         if self.protocol not in PROTOCOLS:
             raise MethodConfigError(
                 f"method.protocol={self.protocol!r} is not valid (choose one of: {', '.join(PROTOCOLS)})")
@@ -92,33 +95,22 @@ class H2O(ScoredAttention, Method):
     def apply(self, model, tokenizer=None):
         if not self.single_pass:
             return super().apply(model, tokenizer)
-        from kvbench.cache.h2o_simulation import use_simulated_attention
-
         try:
             use_simulated_attention(model, self.budget(), self.score_agg)
         except ValueError as err:
             raise MethodConfigError(f"method={self.name} protocol=simulate: {err}") from None
         return model
 
-    def budget(self):
+    def budget(self) -> H2OBudget:
         """The resolved :class:`~kvbench.cache.h2o.H2OBudget` (defaults: 10% heavy, 10% recent)."""
-        from kvbench.cache.h2o import H2OBudget
-
         return H2OBudget(self.heavy_ratio, self.heavy_tokens, self.recent_ratio, self.recent_tokens)
 
-    def eviction(self):
+    def eviction(self) -> Eviction:
         """The policy ``combined``'s cache applies on the tokens axis."""
-        from kvbench.cache.combined import Eviction
-
         return Eviction(self.budget(), self.score_agg)
 
     def new_cache(self, model):
-        from kvbench.cache.h2o import H2OCache
-
         if self.single_pass:  # the simulation masks attention in one forward: the cache holds every token
-            from kvbench.cache.base import PlainCache
-            from kvbench.cache.h2o_simulation import is_simulating
-
             if not is_simulating(model):
                 raise RuntimeError("method=h2o protocol=simulate: call method.apply(model) before method.new_cache(model)")
             return PlainCache(config=model.config)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvbench.cache.kivi import Quantization, QuantizedKVCache
 from kvbench.cache.quantization import NBITS
 from kvbench.methods.base import Method, MethodConfigError, register
 
@@ -98,14 +99,10 @@ class KIVI(Method):
     def check_model(self, config) -> None:
         check_quantizable(config, self.name, self.nbits, self.group_size)
 
-    def quantization(self):
+    def quantization(self) -> Quantization:
         """What ``combined``'s cache quantizes with on the bits axis."""
-        from kvbench.cache.kivi import Quantization
-
         return Quantization(self.nbits, self.group_size, self.residual_length, "channel", "token")
 
-    def new_cache(self, model):
-        from kvbench.cache.kivi import QuantizedKVCache
-
+    def new_cache(self, model) -> QuantizedKVCache:
         self.check_model(model.config)
         return QuantizedKVCache(num_layers(model.config), self.quantization())

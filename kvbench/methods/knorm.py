@@ -1,10 +1,12 @@
 """``knorm``: keep the tokens with the lowest key norm (Devoto et al. 2024, "A Simple and Effective L2
-Norm-Based Strategy for KV Cache Compression"), with real eviction (METHODS.md §7; cache:
-kvbench/cache/knorm.py).
+Norm-Based Strategy for KV Cache Compression"), with real eviction (METHODS.md §7).
 
-After the prefill, every (layer, KV head) keeps the tokens whose keys have the lowest L2 norm, up to the
-budget; later tokens are appended. The rule reads keys only -- no attention scores -- so it runs with
-every attention implementation (sdpa, eager, flash, flex) and leaves the model untouched.
+After the prefill, every (layer, KV head) keeps the tokens whose keys have the *lowest* L2 norm (the paper:
+low key norms go with high attention), up to its budget; later tokens are appended. The rule reads the
+stored keys only, never attention, so it works with every attention implementation (sdpa, eager, flash,
+flex) and leaves the model untouched. Keys are cached after RoPE; a rotation keeps the norm, so the ranking
+is the one of the un-rotated keys. Eviction happens in the prefill forward's ``update`` (the forward itself
+attends over every token); later forwards (decoding, streamed chunks) append without evicting, as in kvpress.
 
 Parameters:
 
@@ -17,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
+from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
 from kvbench.methods.base import Method, check_full_attention, register
 
 
@@ -31,15 +36,29 @@ class Knorm(Method):
     def __post_init__(self):
         self.budget()
 
-    def budget(self):
-        from kvbench.cache.eviction import TokenBudget
-
+    def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
     def check_model(self, config) -> None:
         check_full_attention(self.name, config)  # any attention implementation: the rule reads keys only
 
-    def new_cache(self, model):
-        from kvbench.cache.knorm import KnormCache
-
+    def new_cache(self, model) -> "KnormCache":
         return KnormCache.for_model(model.config, self.budget())
+
+
+class KnormLayer(BudgetLayer):
+    method = "knorm"
+
+    def after_append(self, keys: torch.Tensor, first: bool) -> None:
+        if first and self.stored_tokens() > self.capacity:
+            norms = keys.to(torch.float32).norm(dim=-1)  # [b, h, n]: every stored key (the first forward)
+            self.keep(top_k_sorted(-norms, self.capacity))
+
+
+class KnormCache(BudgetCache):
+    def __init__(self, num_layers: int, budget: TokenBudget):
+        super().__init__(layers=[KnormLayer(budget) for _ in range(num_layers)])
+
+    @classmethod
+    def for_model(cls, config, budget: TokenBudget) -> "KnormCache":
+        return cls(num_layers(config), budget)

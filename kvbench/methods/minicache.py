@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from kvbench.cache.combined import Merging
 from kvbench.cache.merging import NORMS, RETENTIONS
 from kvbench.cache.minicache import MergedPairCache
 from kvbench.methods.base import Method, MethodConfigError, register
@@ -92,10 +93,8 @@ class MiniCache(Method):
             raise MethodConfigError(f"method=minicache merges full-attention layers only; layers {s}.. of this "
                                     f"model include {', '.join(sorted(kinds - {'full_attention'}))}")
 
-    def merging(self, config):
+    def merging(self, config) -> Merging:
         """What ``combined``'s cache merges on the layers axis, for this model."""
-        from kvbench.cache.combined import Merging
-
         self.check_model(config)
         return Merging(self.resolved_start_layer(config), self.t, self.gamma, self.retention, self.norm)
 

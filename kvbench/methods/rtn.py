@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvbench.cache.kivi import Quantization, QuantizedKVCache
 from kvbench.methods.base import Method, register
 from kvbench.methods.kivi import check_bits, check_quantizable, num_layers
 
@@ -37,14 +38,10 @@ class RTN(Method):
     def check_model(self, config) -> None:
         check_quantizable(config, self.name, self.nbits, self.group_size)
 
-    def quantization(self):
+    def quantization(self) -> Quantization:
         """What ``combined``'s cache quantizes with on the bits axis: per token, no residual."""
-        from kvbench.cache.kivi import Quantization
-
         return Quantization(self.nbits, self.group_size, 0, "token", "token")
 
-    def new_cache(self, model):
-        from kvbench.cache.kivi import QuantizedKVCache
-
+    def new_cache(self, model) -> QuantizedKVCache:
         self.check_model(model.config)
         return QuantizedKVCache(num_layers(model.config), self.quantization())

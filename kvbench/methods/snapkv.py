@@ -1,20 +1,27 @@
 """``snapkv``: keep what the prompt's last tokens attend to (Li et al. 2024, "SnapKV: LLM Knows What You
-are Looking for Before Generation"), with real eviction (METHODS.md §7; cache: kvbench/cache/snapkv.py).
+are Looking for Before Generation"), with real eviction (METHODS.md §7).
 
-Once, after the prefill, every (layer, KV head) keeps its observation window (the last ``window`` prompt
-tokens) plus the earlier tokens that window attends to most: attention probabilities summed over the
-window's queries and the KV head's query heads, smoothed by 1-D pooling, top ``budget − window``. No
-decode-time eviction, as in the paper. Query-aware by design: the window should hold the question
-(``suite.query_aware=true``); with the default query-agnostic protocol it holds the end of the document.
+Once, at the end of the prefill, every (layer, KV head) keeps its observation window -- the last ``window``
+prompt tokens -- plus the ``budget − window`` earlier tokens that window attends to most. No decode-time
+eviction: tokens generated later are appended, as in the paper. Query-aware by design: the window should
+hold the question (``suite.query_aware=true``); with the default query-agnostic protocol it holds the end
+of the document.
+
+Score of an earlier token k: Σ over the window's queries of softmax(q·Kᵀ)[q, k], summed over the query
+heads that share the KV head (kvpress averages the group: the same ranking), smoothed along the sequence
+by 1-D pooling. Only the window's query rows are scored (O(window·N) per head). Attention is the model's
+own (``scored_<impl>``); the prefill forward itself attends over every token.
 
 Parameters:
 
 * ``budget_ratio`` / ``budget_tokens`` -- tokens kept per (layer, KV head), window included:
   ⌊budget_ratio·P⌋ of the prompt (exact floor) or a count. Give one (set the other to null); both null =
-  ratio 0.2. A count must hold the window; a ratio too small for it cuts the window (noted in the record).
+  ratio 0.2. A count below the window is refused when the method is built; a ratio that cannot hold the
+  window (``⌊r·P⌋ < window``, short prompts) keeps the last ``⌊r·P⌋`` tokens -- a window cut to the
+  budget -- and says so in the record.
 * ``window`` -- observation window in tokens (default 32, the paper's; kvpress uses 64).
 * ``kernel_size`` -- pooling kernel, odd (default 5, the official code's); 1 = no pooling.
-* ``pooling`` -- ``avg`` (default, the official code's) or ``max``.
+* ``pooling`` -- ``avg`` (default, the official code's: zero padding counted) or ``max``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
+from kvbench.cache.attention_scores import request_scores
+from kvbench.cache.eviction import (POOLINGS, BudgetCache, BudgetLayer, TokenBudget, num_layers, pool1d, rows,
+                                    top_k_sorted)
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
 
 
@@ -39,22 +51,16 @@ class SnapKV(ScoredAttention, Method):
     def __post_init__(self):
         check_selection(self)
 
-    def budget(self):
-        from kvbench.cache.eviction import TokenBudget
-
+    def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
-    def new_cache(self, model):
-        from kvbench.cache.snapkv import SnapKVCache
-
+    def new_cache(self, model) -> "SnapKVCache":
         self.require_scoring(model)
         return SnapKVCache.for_model(model.config, self.budget(), self.window, self.kernel_size, self.pooling)
 
 
 def check_selection(method) -> None:
     """SnapKV's parameters (PyramidKV shares them): budget, window, kernel, pooling."""
-    from kvbench.cache.eviction import POOLINGS
-
     method.budget()
     if method.window < 1:
         raise MethodConfigError(f"method.window={method.window} must be a token count >= 1")
@@ -68,3 +74,50 @@ def check_selection(method) -> None:
     if method.pooling not in POOLINGS:
         raise MethodConfigError(
             f"method.pooling={method.pooling!r} is not supported (choose one of: {', '.join(POOLINGS)})")
+
+
+class SnapKVLayer(BudgetLayer):
+    method = "snapkv"
+    score_agg = "sum"
+
+    def __init__(self, budget: TokenBudget, window: int = 32, kernel_size: int = 5, pooling: str = "avg"):
+        super().__init__(budget)
+        self.window = window
+        self.kernel_size = kernel_size
+        self.pooling = pooling
+        self.observed: int | None = None  # the window, cut to the budget if need be
+
+    def resolve_capacity(self, prompt_length: int) -> int:
+        capacity = super().resolve_capacity(prompt_length)
+        self.observed = min(self.window, capacity, prompt_length)
+        if capacity < min(self.window, prompt_length):
+            self.note = (f"{self.method}: {self.budget} gave a budget smaller than window={self.window} (short "
+                         f"prompt): the window was cut to the budget, only the last tokens kept")
+        return capacity
+
+    def after_append(self, keys: torch.Tensor, first: bool) -> None:
+        if first and self.stored_tokens() > self.capacity:
+            self.awaiting_scores = True
+            request_scores(self, keys, last_rows=self.observed)
+
+    def select(self, column_sums: torch.Tensor) -> torch.Tensor:
+        """Top ``capacity − window`` pooled scores among the earlier tokens, then the window."""
+        n, w = column_sums.shape[-1], self.observed
+        pooled = pool1d(column_sums[..., : n - w], self.kernel_size, self.pooling)
+        chosen = top_k_sorted(pooled, self.capacity - w)
+        window = rows(torch.arange(n - w, n, device=column_sums.device), *column_sums.shape[:2])
+        return torch.cat([chosen, window], dim=-1)
+
+    def reset(self) -> None:
+        super().reset()
+        self.observed = None
+
+
+class SnapKVCache(BudgetCache):
+    def __init__(self, layers: list[SnapKVLayer]):
+        super().__init__(layers=layers)
+
+    @classmethod
+    def for_model(cls, config, budget: TokenBudget, window: int = 32, kernel_size: int = 5,
+                  pooling: str = "avg") -> "SnapKVCache":
+        return cls([SnapKVLayer(budget, window, kernel_size, pooling) for _ in range(num_layers(config))])

@@ -1,9 +1,15 @@
 """``streaming_llm``: attention sinks + a recent window (Xiao et al. 2024, "Efficient Streaming Language
-Models with Attention Sinks"), with real eviction (METHODS.md §7; cache: kvbench/cache/streaming_llm.py).
+Models with Attention Sinks"), with real eviction (METHODS.md §7).
 
-Every (layer, KV head) keeps the first ``sink_tokens`` tokens and the most recent ones, up to the budget;
-the rest is dropped at the end of the prefill and at every decode step. Reads no attention, so any
-attention implementation works. Original positions are kept (no re-indexing inside the cache).
+Every (layer, KV head) keeps the first ``sink_tokens`` tokens -- the attention sinks -- and the most recent
+tokens up to its budget. Eviction reads no attention, so it happens inside ``update`` and any attention
+implementation works: the forward attends over every stored token plus the new ones (prefill attention is
+exact), and the layer then stores only the sinks and the last ``budget − sinks`` tokens. That holds at the
+end of the prefill and at every decode step, so the cache never holds more than its budget between forwards.
+
+Positions: the paper re-indexes positions inside the cache to run past the training length; as a
+compression baseline (like kvpress) kvbench keeps every token's original position, so a kept token keeps
+its rotation and a new token's position is the number of tokens seen.
 
 Parameters:
 
@@ -11,7 +17,9 @@ Parameters:
   prompt (P = tokens of the first forward; exact floor) or a count. Give one (set the other to null);
   both null = ratio 0.2. Fixed once the prompt is seen (decoding and streamed chunks keep it).
 * ``sink_tokens`` -- the first tokens always kept (default 4, the paper's); 0 is a plain recent window.
-  A ``budget_tokens`` must leave room for at least one recent token.
+  A ``budget_tokens`` must leave room for at least one recent token; a ratio that leaves none
+  (``⌊r·P⌋ ≤ sink_tokens``, very short prompts) keeps ``budget − 1`` sinks and the newest token, and says
+  so in the record.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
+from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, rows
 from kvbench.methods.base import Method, MethodConfigError, check_full_attention, register
 
 
@@ -40,15 +51,48 @@ class StreamingLLM(Method):
                 f"method.budget_tokens={self.budget_tokens} leaves no recent window beside "
                 f"method.sink_tokens={self.sink_tokens} (the budget must exceed the sinks)")
 
-    def budget(self):
-        from kvbench.cache.eviction import TokenBudget
-
+    def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
     def check_model(self, config) -> None:
         check_full_attention(self.name, config)
 
-    def new_cache(self, model):
-        from kvbench.cache.streaming_llm import StreamingLLMCache
-
+    def new_cache(self, model) -> "StreamingLLMCache":
         return StreamingLLMCache.for_model(model.config, self.budget(), self.sink_tokens)
+
+
+class StreamingLLMLayer(BudgetLayer):
+    method = "streaming_llm"
+
+    def __init__(self, budget: TokenBudget, sink_tokens: int = 4):
+        super().__init__(budget)
+        self.sink_tokens = sink_tokens
+        self.sinks: int | None = None
+
+    def resolve_capacity(self, prompt_length: int) -> int:
+        capacity = super().resolve_capacity(prompt_length)
+        self.sinks = min(self.sink_tokens, capacity - 1)
+        if self.sinks < self.sink_tokens:
+            self.note = (f"streaming_llm: {self.budget} gave a budget of at most sink_tokens={self.sink_tokens} "
+                         f"(short prompt): fewer sinks kept, so the newest token stays")
+        return capacity
+
+    def after_append(self, keys: torch.Tensor, first: bool) -> None:
+        n = self.stored_tokens()
+        if n > self.capacity:
+            recent = self.capacity - self.sinks
+            index = torch.cat([torch.arange(self.sinks), torch.arange(n - recent, n)]).to(keys.device)
+            self.keep(rows(index, *keys.shape[:2]))
+
+    def reset(self) -> None:
+        super().reset()
+        self.sinks = None
+
+
+class StreamingLLMCache(BudgetCache):
+    def __init__(self, num_layers: int, budget: TokenBudget, sink_tokens: int = 4):
+        super().__init__(layers=[StreamingLLMLayer(budget, sink_tokens) for _ in range(num_layers)])
+
+    @classmethod
+    def for_model(cls, config, budget: TokenBudget, sink_tokens: int = 4) -> "StreamingLLMCache":
+        return cls(num_layers(config), budget, sink_tokens)

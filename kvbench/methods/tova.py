@@ -1,19 +1,24 @@
 """``tova``: Token Omission Via Attention (Oren et al. 2024, "Transformers are Multi-State RNNs"), with
-real eviction (METHODS.md §7; cache: kvbench/cache/tova.py).
+real eviction (METHODS.md §7).
 
-Whenever a layer holds more tokens than its budget -- after the prefill, and after each decode step -- it
-drops the tokens the current (last) query attends to least. The scores are that one query's attention
-probabilities, computed beside the model's own attention (``scored_sdpa`` / ``scored_eager``).
+Whenever a layer holds more tokens than its budget, it drops those with the lowest attention probability
+from the *current* query -- the last query of the forward. Applied after every forward: at the end of the
+prefill (scored by the last prompt query) and at each decode step (one token over the budget: exactly one
+token is dropped, possibly the new one, as in the official code). Nothing accumulates: the score is the
+last query's attention alone. Attention is the model's own (``scored_sdpa`` / ``scored_eager``); only the
+last query row is scored, and only in forwards that end over the budget. Positions: the official code lets
+positions follow the stored length; kvbench, like kvpress, keeps every token's original position (new
+tokens at the number of tokens seen).
 
 Parameters:
 
 * ``budget_ratio`` / ``budget_tokens`` -- tokens kept per layer: ⌊budget_ratio·P⌋ of the prompt (exact
   floor) or a count. Give one (set the other to null); both null = ratio 0.2. Fixed once the prompt is
   seen: decoding evicts one token per step.
-* ``heads`` -- ``layer`` (default; the paper's rule, as the official code and kvpress): probabilities
-  averaged over all query heads of the layer, one token set per layer, stored in every KV head;
-  ``group``: averaged over each KV head's query group, one set per KV head. The record's method params
-  say which.
+* ``heads`` -- which probabilities are averaged. ``layer`` (default; the paper's rule, the official code's
+  and kvpress's): the mean over *all* query heads of the layer, so the layer keeps one token set, stored in
+  every KV head; ``group``: the mean over the query heads sharing each KV head, so each KV head keeps its
+  own set. The record's method params say which.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
+from kvbench.cache.attention_scores import request_scores
+from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
+
+HEADS = ("layer", "group")
 
 
 @register
@@ -34,19 +45,43 @@ class TOVA(ScoredAttention, Method):
     heads: str = "layer"
 
     def __post_init__(self):
-        from kvbench.cache.tova import HEADS
-
         self.budget()
         if self.heads not in HEADS:
             raise MethodConfigError(f"method.heads={self.heads!r} is not supported (choose one of: {', '.join(HEADS)})")
 
-    def budget(self):
-        from kvbench.cache.eviction import TokenBudget
-
+    def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
-    def new_cache(self, model):
-        from kvbench.cache.tova import TOVACache
-
+    def new_cache(self, model) -> "TOVACache":
         self.require_scoring(model)
         return TOVACache.for_model(model.config, self.budget(), self.heads)
+
+
+class TOVALayer(BudgetLayer):
+    method = "tova"
+    score_agg = "mean"  # per KV head: the mean over its query heads
+
+    def __init__(self, budget: TokenBudget, heads: str = "layer"):
+        super().__init__(budget)
+        self.heads = heads
+
+    def after_append(self, keys: torch.Tensor, first: bool) -> None:
+        if self.stored_tokens() > self.capacity:
+            self.awaiting_scores = True
+            request_scores(self, keys, last_rows=1)
+
+    def select(self, column_sums: torch.Tensor) -> torch.Tensor:
+        """The ``capacity`` tokens the current query attends to most (per layer or per KV head)."""
+        if self.heads == "group":
+            return top_k_sorted(column_sums, self.capacity)
+        layer_mean = column_sums.mean(dim=1, keepdim=True)  # mean of the equal-sized groups' means
+        return top_k_sorted(layer_mean, self.capacity).expand(-1, column_sums.shape[1], -1)
+
+
+class TOVACache(BudgetCache):
+    def __init__(self, num_layers: int, budget: TokenBudget, heads: str = "layer"):
+        super().__init__(layers=[TOVALayer(budget, heads) for _ in range(num_layers)])
+
+    @classmethod
+    def for_model(cls, config, budget: TokenBudget, heads: str = "layer") -> "TOVACache":
+        return cls(num_layers(config), budget, heads)

@@ -26,10 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from omegaconf import OmegaConf
+
 from kvbench.config import ModelConfig, SuiteConfig
 from kvbench.errors import SuiteConfigError
+from kvbench.eval.intervals import bootstrap
+from kvbench.registry import Registry
 
-SUITES: dict[str, type["Suite"]] = {}
+#: Every suite, by its ``runner``; :meth:`~kvbench.registry.Registry.discover` imports every module of this
+#: package, so a new suite module edits no other file.
+SUITES: Registry = Registry("suite runner", "kvbench.suites", lambda cls: cls.runner)
+#: Class decorator: make ``cls`` selectable as ``suite.runner=<cls.runner>``.
+register = SUITES.register
 #: How many per-sample outputs of a task reach W&B (the run dir keeps them all).
 SAMPLES_LOGGED = 100
 
@@ -43,14 +51,6 @@ def sample_rows(ids, predictions, targets, scores) -> list[dict]:
         rows.append({"id": str(sample_id), "prediction": str(prediction)[:500], "target": str(target)[:500],
                      "score": None if score is None else float(score) if not isinstance(score, (list, tuple)) else str(score)})
     return rows
-
-
-def register(cls: type["Suite"]) -> type["Suite"]:
-    """Class decorator: make ``cls`` selectable as ``suite.runner=<cls.runner>``."""
-    if cls.runner in SUITES and SUITES[cls.runner] is not cls:
-        raise RuntimeError(f"suite runner {cls.runner!r} registered twice")
-    SUITES[cls.runner] = cls
-    return cls
 
 
 @dataclass
@@ -72,8 +72,6 @@ class TaskResult:
     def from_samples(cls, task: str, metrics: dict, primary: str, items, aggregate, higher_is_better: bool = True,
                      scale: float = 1.0) -> "TaskResult":
         """A result whose primary metric's stderr and interval are bootstrapped from its per-sample ``items``."""
-        from kvbench.eval.intervals import bootstrap
-
         found = bootstrap(items, aggregate)
         if found is None:
             return cls(task, metrics, primary, higher_is_better, n=len(items))
@@ -139,8 +137,6 @@ def _options(cfg, options_cls: type):
     if isinstance(raw, options_cls):
         return raw
     if not isinstance(raw, dict):
-        from omegaconf import OmegaConf
-
         raw = OmegaConf.to_container(raw, resolve=True)
     valid = [f.name for f in dataclasses.fields(options_cls)]
     unknown = sorted(set(raw) - set(valid))
@@ -183,9 +179,7 @@ def no_question_part(cfg, why: str) -> SuiteConfigError:
 
 def build_suite(cfg) -> Suite:
     """The registered suite for ``cfg.runner``, after the checks every suite shares."""
-    from kvbench import suites as _  # noqa: F401  (imports every suite module)
-
-    if cfg.runner not in SUITES:
+    if cfg.runner not in SUITES.discover():
         raise SuiteConfigError(f"suite.runner={cfg.runner!r} is not valid (choose one of: {', '.join(sorted(SUITES))})")
     check_common(cfg)
     cls = SUITES[cfg.runner]

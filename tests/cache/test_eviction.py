@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kvbench.cache.eviction import TokenBudget, pool1d, top_k_sorted
-from kvbench.cache.snapkv import SnapKVLayer
 from kvbench.errors import MethodConfigError
+from kvbench.methods.snapkv import SnapKVLayer
 
 
 @pytest.mark.parametrize("ratio, n, expected", [(0.2, 1500, 300), (0.29, 100, 29), (0.57, 100, 57), (0.7, 10, 7),

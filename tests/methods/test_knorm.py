@@ -10,8 +10,8 @@ from transformers import DynamicCache, LlamaConfig, MistralConfig
 
 from kvbench.cache import cache_nbytes
 from kvbench.cache.eviction import TokenBudget
-from kvbench.cache.knorm import KnormCache
 from kvbench.methods import MethodConfigError, build_method
+from kvbench.methods.knorm import KnormCache
 from tests.conftest import (applied, assert_lm_eval_matches_full, assert_protocol_matches_full, method_from_config,
                             random_ids, reference_logits)
 

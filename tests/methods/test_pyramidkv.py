@@ -9,8 +9,8 @@ import torch
 from transformers import DynamicCache, LlamaConfig
 
 from kvbench.cache import cache_nbytes
-from kvbench.cache.pyramidkv import pyramid_budgets
 from kvbench.methods import MethodConfigError, build_method
+from kvbench.methods.pyramidkv import pyramid_budgets
 from tests.conftest import (applied, assert_lm_eval_matches_full, assert_protocol_matches_full, method_from_config,
                             random_ids, reference_logits)
 

@@ -10,8 +10,8 @@ from transformers import DynamicCache, LlamaConfig
 
 from kvbench.cache import cache_nbytes
 from kvbench.cache.eviction import TokenBudget
-from kvbench.cache.snapkv import SnapKVLayer
 from kvbench.methods import MethodConfigError, build_method
+from kvbench.methods.snapkv import SnapKVLayer
 from tests.cache.test_h2o import _causal_probs, _run
 from tests.conftest import (applied, assert_lm_eval_matches_full, assert_protocol_matches_full, method_from_config,
                             random_ids, reference_logits)

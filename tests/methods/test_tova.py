@@ -11,8 +11,8 @@ from transformers import DynamicCache, LlamaConfig
 from kvbench.cache import cache_nbytes
 from kvbench.cache.attention_scores import scored_attention
 from kvbench.cache.eviction import TokenBudget
-from kvbench.cache.tova import TOVALayer
 from kvbench.methods import MethodConfigError, build_method
+from kvbench.methods.tova import TOVALayer
 from tests.cache.test_h2o import _Attention, _causal_probs, _one_hot_keys, _run
 from tests.conftest import (applied, assert_lm_eval_matches_full, assert_protocol_matches_full, method_from_config,
                             random_ids, reference_logits)

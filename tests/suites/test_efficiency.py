@@ -186,27 +186,54 @@ def test_wandb_gets_a_table_of_the_points_and_a_throughput_plot_per_context(tmp_
 @pytest.mark.parametrize("name", ["efficiency_quick", "efficiency_h2o", "efficiency_minicache", "efficiency_svd_gqa"])
 def test_the_efficiency_experiments_compose_and_every_job_validates(name, monkeypatch):
     """Every job of each experiment passes the suite's checks against its model config (the hub models' weights are
-    estimated, not loaded: a 7B model in fp16 is ~12.6 GiB, within each experiment's budget)."""
+    estimated, not loaded: a 7B model in fp16 is ~12.6 GiB, within each experiment's budget; the bundled model's are
+    read once per model config, not once per job)."""
     from omegaconf import OmegaConf
 
-    from kvbench.config import CONF_DIR
+    from kvbench.compose import experiment_jobs
     from kvbench.suites import build_suite
     from kvbench.validation import build_method_from
 
-    real = models.estimated_model_nbytes
-    monkeypatch.setattr(models, "estimated_model_nbytes",
-                        lambda cfg: real(cfg) if cfg.pretrained.startswith("package:") else 6_738_415_616 * 2)
-    params = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml").hydra.sweeper.params
-    methods = str(params.method).split(",")
-    assert "full" in methods
-    for method in methods:
-        cfg = compose_config([f"experiment={name}", f"method={method}"])
+    real, known = models.estimated_model_nbytes, {}
+
+    def estimated(cfg):
+        if not cfg.pretrained.startswith("package:"):
+            return 6_738_415_616 * 2
+        key = OmegaConf.to_yaml(cfg)
+        if key not in known:
+            known[key] = real(cfg)
+        return known[key]
+
+    monkeypatch.setattr(models, "estimated_model_nbytes", estimated)
+    jobs = experiment_jobs(name)
+    assert ["method=full"] in jobs
+    for job in jobs:
+        cfg = compose_config([f"experiment={name}", *job])
         build_method_from(cfg.method)
         plan = build_suite(cfg.suite).validate(cfg.model)
         assert cfg.suite.runner == "efficiency" and plan["points"]
         assert cfg.suite.options.memory_budget_gb is not None
-    if name == "efficiency_quick":  # every registered method, on the bundled model
-        from kvbench.methods.base import METHODS
 
-        names = {build_method_from(compose_config([f"method={m}"]).method).name for m in methods}
-        assert names == set(METHODS) and cfg.model.name == "smollm2_135m"
+
+def test_efficiency_quick_runs_every_registered_method_on_the_bundled_model():
+    """Derived from the registry: a new method (its conf/method/<name>.yaml) joins the sweep without an edit."""
+    from tests.contracts import assert_sweeps_every_method
+
+    built = assert_sweeps_every_method("efficiency_quick")
+    assert "h2o_simulated" not in built  # a masking simulation keeps no compressed cache: nothing to measure
+    assert compose_config(["experiment=efficiency_quick"]).model.name == "smollm2_135m"
+
+
+def test_a_registered_method_without_a_config_fails_the_every_method_check(monkeypatch):
+    from dataclasses import dataclass
+
+    from kvbench.methods import METHODS, Method
+    from tests.contracts import assert_sweeps_every_method
+
+    @dataclass
+    class Orphan(Method):
+        name: str = "orphan"
+
+    monkeypatch.setitem(METHODS, "orphan", Orphan)
+    with pytest.raises(AssertionError, match=r"experiment=efficiency_quick runs no job of method\(s\) orphan"):
+        assert_sweeps_every_method("efficiency_quick")
