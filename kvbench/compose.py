@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import re
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
 
 from kvbench.config import CONF_DIR, LoggerConfig, ModelConfig, RunConfig
 from kvbench.errors import ConfigError
 from kvbench.methods import METHODS
+from kvbench.methods.base import methods_with
 from kvbench.suites import SUITES
 
 
@@ -36,10 +41,6 @@ def compose_config(overrides: list[str], explain_errors: bool = True, with_hydra
 
     A composition error (unknown option, typo, wrong type) raises :class:`~kvbench.errors.ConfigError`
     with one line naming the value and the valid choices (Hydra's own error is its ``__cause__``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
     register_configs()
     try:
         if GlobalHydra.instance().is_initialized():
@@ -57,9 +58,6 @@ def check_overrides(overrides: list[str]) -> None:
     """Compose every job the overrides describe (sweeps expanded one key at a time) and raise
     :class:`~kvbench.errors.ConfigError` with one line for the first that Hydra rejects. Hydra's own
     overrides (``hydra/launcher=...``, ``hydra.launcher.n_jobs=...``) are checked with the first job."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
     parser = OverridesParser.create()
     parsed = []
     for text in overrides:
@@ -88,8 +86,6 @@ def check_launcher(launcher) -> None:
 
 def explain(error: Exception, overrides: list[str]) -> str:
     """Hydra's multi-line composition error as kvbench's one line: the bad value and the valid choices."""
-    from hydra.errors import MissingConfigException
-
     text = str(error)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if isinstance(error, MissingConfigException) and missing:
@@ -103,8 +99,6 @@ def explain(error: Exception, overrides: list[str]) -> str:
         keys, name = _keys_at(parent, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")])
         where = f"{parent}={name}" if parent in ("method", "model", "suite", "logger") and name else parent or "the config"
         if parent == "method" and leaf == "protocol":
-            from kvbench.methods.base import methods_with
-
             return (f"{key}: {where} has no masking simulation (protocol=simulate exists for: "
                     f"{', '.join(methods_with('protocol'))}; {name or 'this method'} runs real compression only)")
         return f"{key}: {where} has no setting {leaf!r} (valid: {', '.join(k for k in keys if k != 'name') or 'none'})"
@@ -119,8 +113,6 @@ def explain(error: Exception, overrides: list[str]) -> str:
 
 def _keys_at(path: str, overrides: list[str]) -> tuple[list[str], str | None]:
     """The keys of the config node at ``path`` (and its config's ``name``), composed without the bad override."""
-    from omegaconf import OmegaConf
-
     try:
         node = compose_config(overrides, explain_errors=False)
         node = OmegaConf.select(node, path) if path else node
