@@ -21,6 +21,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
@@ -249,7 +250,7 @@ class RollupCallback(Callback):
         if not self._in_this_process():
             return
         self.done += 1
-        if isinstance(job_return.return_value, JobFailure):
+        if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, JobFailure):
             self.dry_run_failures.append(job_return.return_value)
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -81,6 +81,20 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     assert (tmp_path / "run" / "samples_kvbench_recall_mc.jsonl").read_text().count("\n") == 1
 
 
+def test_a_result_carrying_measurements_only_replaces_the_efficiency_part_and_adds_no_task():
+    from kvbench.results import EfficiencyPart, RunRecord
+    from kvbench.suites import TaskResult
+
+    class NoTasks:
+        def log_task(self, *args):
+            raise AssertionError("a measurement is not a task")
+
+    record = RunRecord(run_id="1", created_at="t")
+    oom = EfficiencyPart(points=[{"batch_size": 64, "context_length": 8, "new_tokens": 2, "out_of_memory": True}])
+    runner.add_result(record, TaskResult.measurements(oom), NoTasks())
+    assert record.efficiency is oom and record.metrics == {} and record.primary_metrics == {}
+
+
 def test_a_finished_config_is_skipped_unless_forced(cfg_for, tmp_path, monkeypatch):
     first = runner.run(cfg_for(), tmp_path / "a")
     monkeypatch.setattr(models, "load_model", lambda *a: pytest.fail("a finished job was run again"))
