@@ -13,6 +13,7 @@ from kvbench import models, results
 from kvbench.cli import report_main
 from kvbench.compose import compose_config
 from kvbench.config import CONF_DIR
+from kvbench.dry_run import dry_run
 from kvbench.paper import PaperError, read_paper
 from kvbench.report import write_report
 
@@ -149,8 +150,6 @@ def _sweep_jobs(name: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_every_job_of_every_paper_experiment_passes_the_dry_run_without_loading(name, monkeypatch):
-    from kvbench.dry_run import dry_run
-
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
     jobs = _sweep_jobs(name)
     assert jobs
