@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from kvbench.config import ModelConfig, SuiteConfig
 from kvbench.errors import SuiteConfigError
+from kvbench.eval.intervals import bootstrap
 from kvbench.results import EfficiencyPart
 
 SUITES: dict[str, type["Suite"]] = {}
@@ -84,8 +85,6 @@ class TaskResult:
     def from_samples(cls, task: str, metrics: dict, primary: str, items, aggregate, higher_is_better: bool = True,
                      scale: float = 1.0) -> "TaskResult":
         """A result whose primary metric's stderr and interval are bootstrapped from its per-sample ``items``."""
-        from kvbench.eval.intervals import bootstrap
-
         found = bootstrap(items, aggregate)
         if found is None:
             return cls(task, metrics, primary, higher_is_better, n=len(items))
