@@ -1,5 +1,6 @@
-"""The efficiency suite's part of a report: tables and plots from the records' ``efficiency`` field, with the
-papers' throughput claims beside the measured ratios (issue 11; PAPERS.md). Reads records only.
+"""The efficiency suite's part of a report: tables from the records' ``efficiency`` field, with the papers'
+throughput claims beside the measured ratios (issue 11; PAPERS.md). Reads records only (the flat table of
+:mod:`kvbench.records_frame`); the figure is :func:`kvbench.plots.plot_efficiency`.
 
 * :func:`points_table` -- one row per (model, method, context, batch): TTFT, decode ms/step, throughput (medians
   with their min-max), the measured KV ratio, peak memory, and each figure relative to ``full`` at the same point;
@@ -7,15 +8,13 @@ papers' throughput claims beside the measured ratios (issue 11; PAPERS.md). Read
   ratio to full's, and the measured KV ratio it should track;
 * :func:`claims_table` -- each paper's claim (compression → throughput) beside the same ratio measured here at
   the largest batch of the longest context both the method and full ran;
-* :func:`plot_efficiency` -- throughput vs batch (a panel per context, a line per method), decode ms/step vs
-  context (at the largest batch), max batch per method.
+* :func:`markdown` -- the report's efficiency section built from those three.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -40,7 +39,8 @@ CLAIMS = [
 
 
 def efficiency_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The complete records that carry efficiency points (a ``load_records`` frame), one row each."""
+    """The complete records that carry efficiency points (a :func:`~kvbench.records_frame.load_records` frame),
+    one row each."""
     if "efficiency" not in frame:
         return frame.iloc[0:0]
     return frame[(frame["status"] == "complete") & frame["efficiency"].notna()]
@@ -128,7 +128,8 @@ def claims_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _num(value, digits: str = ".3g") -> str:
+def format_number(value, digits: str = ".3g") -> str:
+    """``value`` formatted, blank for None or NaN."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, digits)
 
 
@@ -140,15 +141,15 @@ def markdown(frame: pd.DataFrame) -> str:
     shown = pd.DataFrame({
         "model": points["model"], "method": points["method"], "context": points["context"], "batch": points["batch"],
         "TTFT s [min, max]": [_range(r, "ttft_s") for _, r in points.iterrows()],
-        "×full": points["ttft_vs_full"].map(_num),
+        "×full": points["ttft_vs_full"].map(format_number),
         "decode ms/step [min, max]": [_range(r, "decode_ms_per_step") for _, r in points.iterrows()],
-        "×full ": points["decode_vs_full"].map(_num),
-        "tok/s": points.get("throughput_tok_s", pd.Series(dtype=float)).map(_num),
-        "×full  ": points["throughput_vs_full"].map(_num),
-        "KV ratio": points.get("kv_ratio", pd.Series(dtype=float)).map(_num),
+        "×full ": points["decode_vs_full"].map(format_number),
+        "tok/s": points.get("throughput_tok_s", pd.Series(dtype=float)).map(format_number),
+        "×full  ": points["throughput_vs_full"].map(format_number),
+        "KV ratio": points.get("kv_ratio", pd.Series(dtype=float)).map(format_number),
         "peak memory MiB": points.get("peak_memory_bytes", pd.Series(dtype=float)).map(
             lambda v: "" if pd.isna(v) else f"{v / 2**20:.0f}"),
-        "load": points.get("load_avg_1m", pd.Series(dtype=float)).map(_num),
+        "load": points.get("load_avg_1m", pd.Series(dtype=float)).map(format_number),
     })
     sources = sorted({s for s in points.get("memory_source", pd.Series(dtype=object)).dropna()})
     text = ["## Efficiency", "",
@@ -166,9 +167,9 @@ def markdown(frame: pd.DataFrame) -> str:
     if not batches.empty:
         sources = sorted(set(batches["source"]))
         shown = pd.DataFrame({"model": batches["model"], "method": batches["method"],
-                              "budget GiB": batches["budget_gb"].map(_num), "context": batches["context"],
+                              "budget GiB": batches["budget_gb"].map(format_number), "context": batches["context"],
                               "max batch": batches["batch"], "source": batches["source"],
-                              "÷ full's": batches["batch_vs_full"].map(_num), "KV ratio": batches["kv_ratio"].map(_num),
+                              "÷ full's": batches["batch_vs_full"].map(format_number), "KV ratio": batches["kv_ratio"].map(format_number),
                               "off by": batches["vs_kv_ratio"].map(lambda v: "" if v is None or pd.isna(v) else f"{100 * v:+.1f}%")})
         text += ["### Max batch within the memory budget", "",
                  "The largest batch at the longest context (+ new tokens) that fits the budget, weights included. "
@@ -180,11 +181,11 @@ def markdown(frame: pd.DataFrame) -> str:
                  shown.to_markdown(index=False), ""]
     claims = claims_table(points)
     shown = pd.DataFrame({"paper": claims["paper"], "method": claims["method"], "paper setting": claims["setting"],
-                          "paper KV ratio": claims["paper_kv_ratio"].map(_num),
-                          "paper throughput ratio": claims["paper_throughput_ratio"].map(_num),
+                          "paper KV ratio": claims["paper_kv_ratio"].map(format_number),
+                          "paper throughput ratio": claims["paper_throughput_ratio"].map(format_number),
                           "measured at": claims.get("measured_at", pd.Series([None] * len(claims))).fillna("not run"),
-                          "KV ratio": claims.get("kv_ratio", pd.Series([None] * len(claims))).map(_num),
-                          "throughput ÷ full": claims.get("throughput_ratio", pd.Series([None] * len(claims))).map(_num),
+                          "KV ratio": claims.get("kv_ratio", pd.Series([None] * len(claims))).map(format_number),
+                          "throughput ÷ full": claims.get("throughput_ratio", pd.Series([None] * len(claims))).map(format_number),
                           "paper's note": claims["note"]})
     text += ["### The papers' claims beside the measured ratios", "",
              "Compression ratio → throughput ratio against the uncompressed baseline. The papers measured large "
@@ -198,74 +199,3 @@ def _range(row, name: str) -> str:
     if row.get("out_of_memory"):
         return "out of memory"
     return f"{row[name]:.3g} [{row[f'{name}_min']:.3g}, {row[f'{name}_max']:.3g}]"
-
-
-def plot_efficiency(frame: pd.DataFrame, path: Path, title: str = "") -> bool:
-    """Throughput vs batch (a panel per context), decode ms/step vs context, max batch per method; False if there
-    is nothing to plot."""
-    points = points_table(frame)
-    if points.empty:
-        return False
-    points = points[~points["out_of_memory"]]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    contexts = sorted(points["context"].unique())
-    batches = max_batch_table(frame)
-    panels = len(contexts) + 1 + (0 if batches.empty else 1)
-    columns = min(3, panels)
-    rows = math.ceil(panels / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False, dpi=110)
-    methods = list(dict.fromkeys(points.sort_values("label", key=lambda s: s != "full")["method"]))
-    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
-    flat = list(axes.flat)
-    for ax, context in zip(flat, contexts):
-        at = points[points["context"] == context]
-        for method in methods:
-            line = at[at["method"] == method].sort_values("batch")
-            if not line.empty:
-                ax.plot(line["batch"], line["throughput_tok_s"], "o-", color=colors[method], label=method,
-                        lw=2.2 if method == "full" else 1.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(at["batch"].unique()), [str(b) for b in sorted(at["batch"].unique())])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("decode throughput (tok/s)")
-        ax.set_title(f"throughput vs batch, context {context}", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    ax = flat[len(contexts)]
-    widest = points.groupby("context")["batch"].max().min()  # a batch every context measured
-    at = points[points["batch"] == widest]
-    for method in methods:
-        line = at[at["method"] == method].sort_values("context")
-        if not line.empty:
-            ax.plot(line["context"], line["decode_ms_per_step"], "o-", color=colors[method], label=method,
-                    lw=2.2 if method == "full" else 1.2)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(contexts, [str(c) for c in contexts])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("decode ms/step (lower is better)")
-    ax.set_title(f"decode cost vs context, batch {widest}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    if not batches.empty:
-        ax = flat[len(contexts) + 1]
-        shown = batches.drop_duplicates("method", keep="last")
-        bars = ax.barh(shown["method"], shown["batch"], color=[colors.get(m, "0.5") for m in shown["method"]])
-        ax.bar_label(bars, labels=[f"{b} ({_num(r, '.2g')}x)" if r is not None and not pd.isna(r) else str(b)
-                                   for b, r in zip(shown["batch"], shown["batch_vs_full"])], fontsize=7, padding=2)
-        ax.margins(x=0.25)
-        ax.set_xlabel(f"max batch ({', '.join(sorted(set(shown['source'])))}, "
-                      f"{_num(shown['budget_gb'].iloc[0])} GiB, context {shown['context'].iloc[0]})")
-        ax.set_title("max batch per method", fontsize=10)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.grid(alpha=0.3, axis="x", which="both")
-    for ax in flat[panels:]:
-        ax.axis("off")
-    handles, labels = flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9, wrap=True)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 5), 1, 0.97))
-    fig.savefig(path, dpi=fig.dpi)
-    plt.close(fig)
-    return True

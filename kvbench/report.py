@@ -1,4 +1,4 @@
-"""Roll-up of run records into a comparison table (markdown, CSV, LaTeX) and a Pareto plot.
+"""Roll-up of run records into a comparison table (markdown, CSV, LaTeX) and a Pareto plot (:mod:`kvbench.plots`).
 
 One row per method configuration: its label (a variant config reports its own name, ``h2o_local``) and the
 parameters changed from that config's defaults in a short form (``heavy_ratio=0.2``); per task, the
@@ -10,22 +10,25 @@ rank), and the ranks are averaged. ``kv_ratio`` is the compression measured on t
 (uncompressed bytes / bytes the cache held); ``kv_ratio_expected`` (``combined`` only) the product of each
 component's ratio measured alone. Decode speed is reported with the device and machine load it ran on.
 Failed runs are listed last with their error and no numbers. Records of the efficiency suite add a section
-(throughput, TTFT and decode latency per point, max batch, the papers' claims) and a plot
-(:mod:`kvbench.efficiency_report`).
+(throughput, TTFT and decode latency per point, max batch, the papers' claims: :mod:`kvbench.efficiency_report`)
+and a plot. With a paper's CSV, a table of ours beside the paper's numbers (:mod:`kvbench.paper`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from kvbench import efficiency_report
 from kvbench.errors import KvbenchError
-from kvbench.results import load_records, short_params
+from kvbench.paper import display, paper_table, read_paper, task_legend, unmatched_warning
+from kvbench.plots import plot_efficiency, plot_pareto
+from kvbench.records_frame import load_records
+from kvbench.results import short_params
 
 ID_COLUMNS = ["model", "method", "params"]
 #: A row is compared with the ``full`` record that ran the same workload.
@@ -180,30 +183,47 @@ def context_line(frame: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs/reports",
-                 formats: tuple[str, ...] = ("md", "csv", "png"), paper: str | Path | None = None) -> dict[str, Path]:
-    """Write ``<reports_dir>/<name>.<format>`` for each of ``formats`` (md, csv, png, tex); return the paths.
-    Unreadable record files are named in a warning and skipped; no readable record is a :class:`ReportError`.
-    With ``paper`` (a paper CSV, :mod:`kvbench.paper`) also ``<name>_paper.md`` and ``.csv``: ours | paper | Δ."""
-    from kvbench.paper import read_paper
+@dataclass
+class Rollup:
+    """A directory's records rolled up once: the flat records, the unreadable files, the comparison table (numbers)
+    and its display form (text cells), the line saying where the numbers come from, and the lock-file warning."""
 
-    rows = read_paper(paper) if paper is not None else None  # a bad CSV fails before anything is written
+    root: str | Path
+    frame: pd.DataFrame
+    skipped: list[tuple[Path, str]]
+    table: pd.DataFrame
+    shown: pd.DataFrame
+    context: str
+    warning: str | None
+
+
+def roll_up(root: str | Path) -> Rollup:
+    """Every readable record under ``root`` rolled up; no readable record is a :class:`ReportError`."""
     frame, skipped = collect(root)
     table = comparison_table(frame)
-    warning = lock_warning(frame)
-    for path, reason in skipped:
+    return Rollup(root, frame, skipped, table, display_table(table), context_line(frame), lock_warning(frame))
+
+
+def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path = "outputs/reports",
+                 formats: tuple[str, ...] = ("md", "csv", "png"), paper: str | Path | None = None) -> dict[str, Path]:
+    """Write ``<reports_dir>/<name>.<format>`` for each of ``formats`` (md, csv, png, tex); return the paths.
+    ``root`` is a directory of records (or its :class:`Rollup`, already built). Unreadable record files are named
+    in a warning and skipped; no readable record is a :class:`ReportError`. With ``paper`` (a paper CSV,
+    :mod:`kvbench.paper`) also ``<name>_paper.md`` and ``.csv``: ours | paper | Δ."""
+    rows = read_paper(paper) if paper is not None else None  # a bad CSV fails before anything is written
+    rollup = root if isinstance(root, Rollup) else roll_up(root)
+    frame, table, shown, context, warning = rollup.frame, rollup.table, rollup.shown, rollup.context, rollup.warning
+    for path, reason in rollup.skipped:
         print(f"kvbench-report: warning: skipped {path}: {reason}", file=sys.stderr)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    shown = display_table(table)
-    context = context_line(frame)
     if "csv" in formats:
         paths["csv"] = reports_dir / f"{name}.csv"
         table.to_csv(paths["csv"], index=False)
     if "md" in formats:
         paths["md"] = reports_dir / f"{name}.md"
-        header = (f"# {name}\n\n{context}. Records under `{root}`.\n\n"
+        header = (f"# {name}\n\n{context}. Records under `{rollup.root}`.\n\n"
                   "Each metric cell is the primary metric with its 95% interval (bootstrap over the task's samples); "
                   "↑/↓ in the header: higher/lower is better. ▼/▲: significantly worse/better than `full` on the "
                   "same workload (the 95% intervals do not overlap). `mean_rank`: the rows ranked per task "
@@ -224,7 +244,7 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs
         efficiency_report.points_table(frame).to_csv(paths["efficiency_csv"], index=False)
     if efficiency and "png" in formats:
         paths["efficiency_png"] = reports_dir / f"{name}_efficiency.png"
-        efficiency_report.plot_efficiency(frame, paths["efficiency_png"], title=context)
+        plot_efficiency(frame, paths["efficiency_png"], title=context)
     if "tex" in formats:
         paths["tex"] = reports_dir / f"{name}.tex"
         paths["tex"].write_text(shown.to_latex(index=False, escape=True, column_format="l" * len(shown.columns))
@@ -235,7 +255,7 @@ def write_report(root: str | Path, name: str, reports_dir: str | Path = "outputs
         paths["png"] = reports_dir / f"{name}.png"
         plot_pareto(plotted, paths["png"], title=context)
     if rows is not None:
-        paths.update(write_paper_report(table, rows, paper, root, reports_dir, name, context))
+        paths.update(write_paper_report(table, rows, paper, rollup.root, reports_dir, name, context))
     if warning:
         print(f"kvbench-report: {warning}", file=sys.stderr)
     return paths
@@ -245,8 +265,6 @@ def write_paper_report(table: pd.DataFrame, rows, paper, root, reports_dir: Path
                        context: str) -> dict[str, Path]:
     """``<name>_paper.md`` / ``.csv``: each roll-up row beside the paper row it reproduces (ours | paper | Δ),
     paper rows nothing matched last; a warning naming the paper rows when nothing matches at all."""
-    from kvbench.paper import display, paper_table, task_legend, unmatched_warning
-
     side, matched = paper_table(table, rows)
     if not matched:
         print(f"kvbench-report: {unmatched_warning(rows, table, paper, root)}", file=sys.stderr)
@@ -259,89 +277,6 @@ def write_paper_report(table: pd.DataFrame, rows, paper, root, reports_dir: Path
               f"{task_legend(rows, table)}\n\n")
     paths["paper_md"].write_text(header + display(side).to_markdown(index=False) + "\n", encoding="utf-8")
     return paths
-
-
-def plot_pareto(table: pd.DataFrame, path: Path, title: str = "") -> None:
-    """One panel per task: the primary metric (with its 95% interval) against the measured KV compression
-    ratio (log scale), one labelled point per method configuration; perplexity axes are logarithmic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = table.attrs.get("metrics", [])
-    higher = table.attrs.get("higher_is_better", {})
-    columns = min(3, max(1, len(metrics)))
-    rows = math.ceil(len(metrics) / columns) if metrics else 1
-    # drawn at the dpi it is saved at, so the label placement measured on screen is the one in the file
-    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False, dpi=130)
-    labels = [(m if not p else f"{m}\n{p}") for m, p in zip(table["method"], table["params"])]
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(dict.fromkeys(table["method"]))}
-    for ax, column in zip(axes.flat, metrics):
-        x, y = table["kv_ratio"].astype(float), table[column].astype(float)
-        low = (y - table[f"{column}:low"].astype(float)).clip(lower=0).fillna(0)
-        high = (table[f"{column}:high"].astype(float) - y).clip(lower=0).fillna(0)
-        for i in range(len(table)):
-            if pd.isna(y.iloc[i]):
-                continue
-            ax.errorbar(x.iloc[i], y.iloc[i], yerr=[[low.iloc[i]], [high.iloc[i]]], fmt="o", capsize=3,
-                        color=colors[table["method"].iloc[i]])
-        ax.set_xscale("log")
-        if not higher.get(column, True) and (y.dropna() > 0).all():
-            ax.set_yscale("log")
-        ax.set_xlabel("KV compression (measured, ×, log scale)")
-        ax.set_ylabel(f"{column} ({'higher' if higher.get(column, True) else 'lower'} is better)")
-        ax.set_title(column.split("/")[0], fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        ax.margins(x=0.25, y=0.2)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9, wrap=True)
-    fig.tight_layout()
-    for ax, column in zip(axes.flat, metrics):  # after the layout, so label boxes are where they will be drawn
-        _label_points(ax, table["kv_ratio"].astype(float), table[column].astype(float), labels)
-    fig.savefig(path, dpi=fig.dpi)
-    plt.close(fig)
-
-
-def _label_points(ax, x, y, labels) -> None:
-    """Labels beside their points (left of points in the right half, so nothing leaves the panel), pushed
-    apart vertically in display space so none overlap."""
-    points = [(xi, yi, label) for xi, yi, label in zip(x, y, labels) if not (pd.isna(xi) or pd.isna(yi))]
-    if not points:
-        return
-    from matplotlib.transforms import Bbox
-
-    ax.figure.canvas.draw()
-    bbox = ax.get_window_extent()
-    renderer = ax.figure.canvas.get_renderer()
-    placed = []  # display-space boxes labels must avoid: every marker, then the labels drawn so far
-    for xi, yi, _ in points:
-        px, py = ax.transData.transform((xi, yi))
-        placed.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
-    for xi, yi, label in sorted(points, key=lambda p: p[1]):
-        dx, dy = ax.transData.transform((xi, yi))
-        left = dx > (bbox.x0 + bbox.x1) / 2
-        side, lift = (-8 if left else 8), 0
-        text = ax.annotate(label, (xi, yi), xytext=(side, lift), textcoords="offset pixels", fontsize=7,
-                           va="center", ha="right" if left else "left",
-                           arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5"))
-        box = _text_box(text, renderer)
-        step = 0
-        while any(box.overlaps(other) for other in placed) and step < 400:
-            step += 1
-            lift = 3 * ((step + 1) // 2) * (1 if step % 2 else -1)  # 3 px up, 3 down, 6 up, ...
-            text.xyann = (side, lift)
-            box = _text_box(text, renderer)
-        placed.append(box)
-
-
-def _text_box(annotation, renderer):
-    """The display box of an annotation's text alone (its own extent includes the arrow)."""
-    from matplotlib.text import Text
-
-    annotation.update_positions(renderer)
-    return Text.get_window_extent(annotation, renderer)
 
 
 def _short(params) -> str:

@@ -1,27 +1,40 @@
-"""The run record: one typed schema, written atomically as JSON, read back only at its own version.
+"""The run record: one typed schema, written atomically as JSON, read back at its own version.
 
-:class:`RunRecord` is the schema. The runner writes it; tracking, the roll-up (``load_records``) and the
-report read it. ``schema_version`` changes whenever a field changes meaning; :func:`read_record` refuses
-a record of another version with a clear error instead of reading it wrongly. The README's record
-table is generated from the field docs here (``python -m kvbench.results``; a test checks they agree).
+:class:`RunRecord` is the schema, and each of its parts (``model``, ``method``, ``suite``, ``kv``, ``timing``,
+``efficiency``, ``env``, ``outputs``) is a small dataclass (:class:`RecordPart`). The runner writes records;
+tracking and the report read them (the report's flat table is :mod:`kvbench.records_frame`). On disk a record is
+a plain nested JSON object: a part is written with every field (null where unknown), or as ``{}`` while nothing
+in it is known yet (a rejected run's ``env``, the ``kv`` of a run that failed before measuring, the
+``efficiency`` of any other suite). A part also reads like that object (``record.kv["ratio"]``,
+``record.kv.get("ratio")``), so scripts written for the dict parts of schema version 2 keep working.
+
+``schema_version`` changes whenever a field changes meaning. Version 2 records (free-form dict parts) are
+upgraded in memory when read (:func:`upgrade_version_2`); any other version is refused with a clear
+:class:`RecordError` instead of being read wrongly, and the report lists such a file as unreadable. The
+README's record table is generated from the field docs here (``python -m kvbench.results``; a test checks
+that they agree). The module is over 300 lines because of those docs: they are the schema's documentation.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from kvbench.atomic import atomic_write_json
 from kvbench.errors import KvbenchError
 
+log = logging.getLogger(__name__)
 RECORD_NAME = "record.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Config keys that do not change what a run measures (excluded from the hash).
 UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device", "dry_run", "paper")
 
@@ -36,55 +49,194 @@ def _doc(text: str, default=None, factory=None):
     return field(default=default, metadata={"doc": text})
 
 
+class RecordPart(Mapping):
+    """A part of a record: a dataclass written as a JSON object of all its fields, or ``{}`` while every field is
+    at its default (nothing known yet). Read-only mapping access mirrors that object."""
+
+    def _keys(self) -> list[str]:
+        names = [f.name for f in dataclasses.fields(self)]
+        at_default = all(getattr(self, f.name) == (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                                                   else f.default) for f in dataclasses.fields(self))
+        return [] if at_default else names
+
+    def __getitem__(self, key: str):
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def to_dict(self) -> dict:
+        return {key: copy.deepcopy(getattr(self, key)) for key in self._keys()}
+
+    @classmethod
+    def from_dict(cls, data, name: str):
+        """``data`` (the JSON object, or a part already) as this part; :class:`RecordError` on an unknown key."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise RecordError(f"field {name} is not an object")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise RecordError(f"field {name} has unknown key(s) {', '.join(map(str, unknown))} "
+                              f"(valid: {', '.join(valid)})")
+        return cls(**data)
+
+
+@dataclass(eq=False)
+class ModelPart(RecordPart):
+    """The model evaluated: only `name` until it loads."""
+
+    name: str | None = _doc("the model's config name (`smollm2_135m`)")
+    n_params: int | None = _doc("parameters of the model as evaluated (after any surgery)")
+    n_layers: int | None = _doc("layers of the original model")
+    n_heads: int | None = _doc("attention heads of the original model")
+    n_kv_heads: int | None = _doc("KV heads of the original model")
+    head_dim: int | None = _doc("head dimension of the original model")
+    kv_heads_after_method: int | None = _doc("KV heads after the method's surgery")
+    dtype: str | None = _doc("the weights' dtype (`float32`)")
+
+
+@dataclass(eq=False)
+class MethodPart(RecordPart):
+    """The method and its parameters."""
+
+    name: str | None = _doc("the registered method (`h2o`)")
+    label: str | None = _doc("the method's config name, the report's label (`h2o_local` is a variant of `h2o`)")
+    label_params: dict = _doc("the parameters changed from that config's defaults (shown with the label)",
+                              factory=dict)
+    params: dict = _doc("every parameter, defaults resolved", factory=dict)
+    changed_params: dict = _doc("the parameters differing from the method's defaults", factory=dict)
+    simulated: bool = _doc("true for a masking simulation (`h2o protocol=simulate`): nothing was evicted", False)
+
+
+@dataclass(eq=False)
+class SuitePart(RecordPart):
+    """What was evaluated."""
+
+    name: str | None = _doc("the suite's config name (`quick`)")
+    runner: str | None = _doc("the registered suite that ran it (`lm_eval`)")
+    tasks: list = _doc("the tasks, in the suite's order", factory=list)
+    limit: int | None = _doc("examples per task (null: all)")
+    query_aware: bool = _doc("the question compressed with the context (true), or fed after it (the default)", False)
+
+
+@dataclass(eq=False)
+class KvPart(RecordPart):
+    """The KV cache, bytes measured from the cache's own tensors."""
+
+    full_bytes: int | None = _doc("what an uncompressed cache holds for the same tokens, summed over requests")
+    stored_bytes: int | None = _doc("what the method's cache held after context compression, summed over requests")
+    ratio: float | None = _doc("`full_bytes / stored_bytes`")
+    peak_stored_bytes: int | None = _doc("the largest cache of the run")
+    peak_full_bytes: int | None = _doc("the uncompressed bytes of that same request")
+    components: dict | None = _doc("a method with components (`combined`): each component's ratio measured alone on "
+                                   "the run's longest context, their `product` (the expected ratio) and the "
+                                   "`measured` ratio on that context")
+    notes: dict | None = _doc("what a method adapted, counted over prefills (e.g. PyramidKV's clamped budgets)")
+
+
+@dataclass(eq=False)
+class TimingPart(RecordPart):
+    """Where the time went (seconds) and the speeds measured."""
+
+    wall_s: float | None = _doc("the whole run")
+    load_apply_s: float | None = _doc("loading the model and applying the method")
+    eval_s: float | None = _doc("the suite")
+    prefill_tok_s: float | None = _doc("prefill tokens per second (compression included)")
+    decode_tok_s: float | None = _doc("decoded tokens per second")
+    decode_ms_per_token: float | None = _doc("milliseconds per decoded token")
+
+
+@dataclass(eq=False)
+class EfficiencyPart(RecordPart):
+    """The efficiency suite's measurements (`{}` for any other suite)."""
+
+    points: list = _doc(
+        "one per (batch, context): `batch_size`, `context_length`, `new_tokens` (EOS ignored), `ttft_s` (prefill + "
+        "compression of the batch), `decode_ms_per_step`, `throughput_tok_s` (B·new_tokens / decode time), each the "
+        "median over `repeats` with `_min`/`_max`; `kv_bytes` (the cache after prefill), `kv_bytes_peak` (over "
+        "decoding), `kv_full_bytes`, `kv_ratio`, `peak_memory_bytes`, `memory_source`; `out_of_memory` on a point "
+        "that did not fit", factory=list)
+    max_batch: dict | None = _doc(
+        "`budget_gb`, `context_length`, `batch`, `source` (`search`: largest batch that ran under the budget on CUDA; "
+        "`derived`: weights + measured cache bytes per sequence at context + new tokens against the budget, "
+        "activations not counted); null without a budget")
+    model_bytes: int | None = _doc("the loaded model's weights and buffers")
+    memory_source: str | None = _doc("`cuda_max_allocated`, or `rss_high_water`: the process's resident-set peak "
+                                     "(approximate)")
+    memory_reset: bool | None = _doc("whether that peak could be reset before each run")
+    workload: dict | None = _doc("`corpus`, `seed`, `new_tokens`, `repeats`, `warmup`, `eos`")
+
+
+@dataclass(eq=False)
+class EnvPart(RecordPart):
+    """Where the run ran."""
+
+    python: str | None = _doc("Python version")
+    torch: str | None = _doc("torch version")
+    transformers: str | None = _doc("transformers version")
+    lm_eval: str | None = _doc("lm-eval version")
+    kvbench: str | None = _doc("kvbench version")
+    device: str | None = _doc("the GPU's name, or `cpu (<n> cores)`")
+    git_commit: str | None = _doc("kvbench's commit (null outside a checkout)")
+    torch_threads: int | None = _doc("torch's CPU threads")
+    load_avg_1m: float | None = _doc("the machine's load when the run started")
+    lock_sha256: str | None = _doc("sha256 of the `requirements.lock` the package was installed from")
+    lock_drift: list | None = _doc("pinned packages installed at another version (empty in a locked environment)")
+
+
+@dataclass(eq=False)
+class OutputsPart(RecordPart):
+    """Where the run's files are."""
+
+    dir: str | None = _doc("the run dir")
+    wandb: str | None = _doc("the W&B run's status (`offline`, `disabled`, or what failed)")
+    wandb_dir: str | None = _doc("the W&B run's directory")
+
+
+#: The record's parts and their dataclasses.
+PARTS: dict[str, type[RecordPart]] = {"model": ModelPart, "method": MethodPart, "suite": SuitePart, "kv": KvPart,
+                                      "timing": TimingPart, "efficiency": EfficiencyPart, "env": EnvPart,
+                                      "outputs": OutputsPart}
+
+
 @dataclass
 class RunRecord:
-    """One run of one configuration (ARCHITECTURE.md, "Result record")."""
+    """One run of one configuration (ARCHITECTURE.md, "Result record"). A part may be given as the dict it is
+    written as (it is read into its dataclass, also when assigned later)."""
 
     run_id: str = _doc("12-hex-digit id of this run")
     created_at: str = _doc("UTC time the run started (ISO 8601)")
     status: str = _doc("`running`, `complete` or `failed`", "running")
     config_hash: str = _doc("hash of the resolved config, minus logger/force/paths: the skip key", "")
     config: dict = _doc("the resolved config", factory=dict)
-    model: dict = _doc("`name`; once loaded `n_params`, `n_layers`, `n_heads`, `n_kv_heads`, `head_dim` (the "
-                       "original model), `kv_heads_after_method`, `dtype`", factory=dict)
-    method: dict = _doc("`name`, `label` (the method's config name: `h2o_local` is a variant of `h2o`), "
-                        "`label_params` (the parameters changed from that config's defaults: the report's label), "
-                        "`params` (defaults resolved), `changed_params` (those differing from the method's defaults), "
-                        "`simulated` (true for a masking simulation, `h2o protocol=simulate`: nothing was evicted)",
-                        factory=dict)
-    suite: dict = _doc("`name`, `runner`, `tasks`, `limit`, `query_aware` (the question compressed with the context, "
-                       "or fed after it: the default)", factory=dict)
+    model: ModelPart = _doc(ModelPart.__doc__, factory=ModelPart)
+    method: MethodPart = _doc(MethodPart.__doc__, factory=MethodPart)
+    suite: SuitePart = _doc(SuitePart.__doc__, factory=SuitePart)
     metrics: dict = _doc("`{task: {metric: value}}`, written as each task finishes", factory=dict)
     primary_metrics: dict = _doc("`{task: {name, higher_is_better}}`: the column a table shows", factory=dict)
     stderr: dict = _doc("`{task: {metric: standard error}}` where the evaluator computes one", factory=dict)
     n_samples: dict = _doc("`{task: examples scored}`", factory=dict)
     intervals: dict = _doc("`{task: [low, high]}`: 95% interval of the primary metric, bootstrapped over the task's "
                            "samples (1000 resamples, seed 0, the task's own aggregation)", factory=dict)
-    kv: dict = _doc("`full_bytes`, `stored_bytes` (summed over requests, after context compression), `ratio`, "
-                    "`peak_stored_bytes`, `peak_full_bytes`; for a method with components (`combined`) also "
-                    "`components`: each component's ratio measured alone on the run's longest context, their "
-                    "`product` (the expected ratio) and the `measured` ratio on that context; `notes`: what a method "
-                    "adapted, counted over prefills (e.g. PyramidKV's clamped budgets)", factory=dict)
-    timing: dict = _doc("`wall_s`, `load_apply_s`, `eval_s`, `prefill_tok_s`, `decode_tok_s`, "
-                        "`decode_ms_per_token`", factory=dict)
-    efficiency: dict = _doc("efficiency suite only (else empty): `points`, one per (batch, context): `batch_size`, "
-                            "`context_length`, `new_tokens` (EOS ignored), `ttft_s` (prefill + compression of the batch), "
-                            "`decode_ms_per_step`, `throughput_tok_s` (B·new_tokens / decode time), each the median over "
-                            "`repeats` with `_min`/`_max`; `kv_bytes` (the cache after prefill), `kv_bytes_peak` (over "
-                            "decoding), `kv_full_bytes`, `kv_ratio`, `peak_memory_bytes`, `memory_source` "
-                            "(`cuda_max_allocated`, or `rss_high_water`: the process's resident-set peak, reset per run "
-                            "where `memory_reset`; approximate), `out_of_memory` on a point that did not fit; "
-                            "`max_batch`: `budget_gb`, `context_length`, `batch`, `source` (`search`: largest batch that "
-                            "ran under the budget on CUDA; `derived`: weights + measured cache bytes per sequence at "
-                            "context + new tokens against the budget, activations not counted); `model_bytes`; `workload`",
-                            factory=dict)
-    env: dict = _doc("`python`, `torch`, `transformers`, `lm_eval`, `kvbench`, `device`, `git_commit`, "
-                     "`torch_threads`, `load_avg_1m` (the machine's load when the run started), `lock_sha256` (sha256 of the `requirements.lock` the package was installed "
-                     "from), `lock_drift` (pinned packages installed at another version; empty in a locked "
-                     "environment)", factory=dict)
+    kv: KvPart = _doc(KvPart.__doc__, factory=KvPart)
+    timing: TimingPart = _doc(TimingPart.__doc__, factory=TimingPart)
+    efficiency: EfficiencyPart = _doc(EfficiencyPart.__doc__, factory=EfficiencyPart)
+    env: EnvPart = _doc(EnvPart.__doc__, factory=EnvPart)
     error: str | None = _doc("`<ErrorType>: <message>` of a failed run, else null")
-    outputs: dict = _doc("`dir` (the run dir) and `wandb_dir`", factory=dict)
-    schema_version: int = _doc("version of this schema; a record of another version is refused", SCHEMA_VERSION)
+    outputs: OutputsPart = _doc(OutputsPart.__doc__, factory=OutputsPart)
+    schema_version: int = _doc("version of this schema; version 2 is upgraded when read, any other is refused",
+                               SCHEMA_VERSION)
+
+    def __setattr__(self, name: str, value) -> None:
+        part = PARTS.get(name)
+        super().__setattr__(name, value if part is None else part.from_dict(value, name))
 
     # -- results of a run ---------------------------------------------------------------------------
     def add_task(self, task: str, metrics: dict, primary: str, higher_is_better: bool = True,
@@ -103,21 +255,50 @@ class RunRecord:
 
     # -- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The record as the plain nested object written to disk."""
+        return {f.name: value.to_dict() if isinstance(value, RecordPart) else copy.deepcopy(value)
+                for f in dataclasses.fields(self) for value in (getattr(self, f.name),)}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "record") -> "RunRecord":
         if not isinstance(data, dict) or "run_id" not in data:
             raise RecordError(f"{source} is not a kvbench run record")
         version = data.get("schema_version", 1)
-        if version != SCHEMA_VERSION:
+        if version == 2:
+            data = upgrade_version_2(data, source)
+        elif version != SCHEMA_VERSION:
             raise RecordError(f"{source} has record schema version {version}; this kvbench reads version "
-                              f"{SCHEMA_VERSION} only (re-run it, or report it with the kvbench that wrote it)")
+                              f"{SCHEMA_VERSION} (and upgrades version 2): re-run it, or report it with the kvbench "
+                              "that wrote it")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise RecordError(f"{source} has unknown field(s) {', '.join(unknown)} for schema version {version}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (RecordError, TypeError) as error:
+            raise RecordError(f"{source}: {error}") from None
+
+
+def upgrade_version_2(data: dict, source: str = "record") -> dict:
+    """A version 2 record as version 3, in memory (the file is left as it is). Version 2 parts were free-form
+    dicts: keys no version 2 kvbench wrote are dropped, and what early version 2 records lack is filled as the
+    version 2 report read it: ``method.label`` = the method's name, ``method.label_params`` = its
+    ``changed_params`` (else none), ``method.changed_params`` = its ``params``; every other missing key is null
+    (``simulated`` and ``query_aware``: false)."""
+    upgraded = dict(data, schema_version=SCHEMA_VERSION)
+    for name, part in PARTS.items():
+        value = data.get(name) or {}
+        if not isinstance(value, dict):
+            raise RecordError(f"{source}: field {name} is not an object")
+        known = {f.name for f in dataclasses.fields(part)}
+        upgraded[name] = {key: item for key, item in value.items() if key in known}
+    method = upgraded["method"]
+    if method:
+        method.setdefault("label", method.get("name"))
+        method.setdefault("label_params", method.get("changed_params", {}))
+        method.setdefault("changed_params", method.get("params", {}))
+    return upgraded
 
 
 def short_params(params: dict, prefix: str = "") -> str:
@@ -137,10 +318,12 @@ def short_params(params: dict, prefix: str = "") -> str:
 
 
 def record_fields_markdown() -> str:
-    """The README's record table, generated from the schema."""
+    """The README's record table, generated from the schema: a row per field, and one per field of each part."""
     rows = ["| field | content |", "|---|---|"]
     for f in dataclasses.fields(RunRecord):
         rows.append(f"| `{f.name}` | {f.metadata['doc']} |")
+        for sub in dataclasses.fields(PARTS[f.name]) if f.name in PARTS else ():
+            rows.append(f"| `{f.name}.{sub.name}` | {sub.metadata['doc']} |")
     return "\n".join(rows)
 
 
@@ -150,37 +333,10 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _file_mode() -> int:
-    """The mode a new file gets under the user's umask (``mkstemp`` would leave 0600 through the rename)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` atomically: a temp file in the same directory, then rename over ``path``.
-    A failure leaves the previous file (if any) untouched and no temp file behind. The file gets the
-    permissions of any other file the user creates (umask), so colleagues can read shared results."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
+# -- record files -------------------------------------------------------------------------------------
 def write_record(path: str | os.PathLike, record: RunRecord | dict) -> Path:
     """Write ``record`` as JSON atomically (serialised first, so a bad value never touches the file)."""
-    data = record.to_dict() if isinstance(record, RunRecord) else record
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+    return atomic_write_json(path, record.to_dict() if isinstance(record, RunRecord) else record)
 
 
 def rescue_dir() -> Path:
@@ -200,9 +356,7 @@ class RecordStore:
         self.paths = [Path(p) for p in paths]
         self.failed: dict[Path, str] = {}
 
-    def save(self, record: "RunRecord") -> list[Path]:
-        import logging
-
+    def save(self, record: RunRecord) -> list[Path]:
         if not self.paths:  # a store that keeps nothing (a data-parallel rank other than 0)
             return []
         written = []
@@ -211,19 +365,18 @@ class RecordStore:
                 written.append(write_record(path, record))
             except OSError as error:
                 if path not in self.failed:
-                    logging.getLogger(__name__).warning("could not write the record to %s (%s)", path, error)
+                    log.warning("could not write the record to %s (%s)", path, error)
                 self.failed[path] = f"{type(error).__name__}: {error}"
         if not written:
             rescued = rescue_dir() / f"{record.run_id}.json"
             write_record(rescued, record)
-            logging.getLogger(__name__).warning("kvbench: the record could not be written where configured; "
-                                                "saved to %s", rescued)
+            log.warning("kvbench: the record could not be written where configured; saved to %s", rescued)
             written.append(rescued)
         return written
 
 
 def read_record(path: str | os.PathLike) -> RunRecord:
-    """The record at ``path``; :class:`RecordError` if it is not a readable record of this schema version."""
+    """The record at ``path`` (a version 2 record upgraded); :class:`RecordError` if it cannot be read as one."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -252,7 +405,8 @@ def find_complete_record(records_dir: str | os.PathLike, digest: str) -> Path | 
 def iter_records(root: str | os.PathLike, skipped: list | None = None):
     """``(path, record)`` for every record JSON under ``root`` (``record.json`` in run dirs and
     ``<hash>.json`` in records dirs). Files that are not records are passed over; files that look like
-    records but cannot be read are appended to ``skipped`` as ``(path, reason)``."""
+    records but cannot be read (corrupt, another schema version) are appended to ``skipped`` as
+    ``(path, reason)``."""
     for path in sorted(Path(root).rglob("*.json")):
         if path.name.startswith("."):
             continue
@@ -270,64 +424,6 @@ def _head(path: Path) -> str:
             return handle.read(4096)
     except OSError:
         return ""
-
-
-def load_records(root: str | os.PathLike, skipped: list | None = None):
-    """All records under ``root`` as one flat DataFrame (one row per run, duplicates by run_id dropped)."""
-    import pandas as pd
-
-    rows, higher = [], {}
-    for path, record in iter_records(root, skipped):
-        suite = record.suite or {}
-        row = {
-            "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
-            "model": record.model.get("name"), "method": record.method.get("name"),
-            "label": _label(record.method),
-            "method_params": json.dumps(record.method.get("changed_params", record.method.get("params", {})),
-                                        sort_keys=True, default=str),
-            "label_params": json.dumps(record.method.get("label_params", record.method.get("changed_params", {})),
-                                       sort_keys=True, default=str),
-            "suite": suite.get("name"), "tasks": json.dumps(suite.get("tasks")), "limit": suite.get("limit"),
-            "query_aware": bool(suite.get("query_aware", False)),
-            "kv_full_bytes": record.kv.get("full_bytes"), "kv_stored_bytes": record.kv.get("stored_bytes"),
-            "kv_ratio": record.kv.get("ratio"),
-            "kv_expected_ratio": (record.kv.get("components") or {}).get("product"),
-            "kv_longest_ratio": (record.kv.get("components") or {}).get("measured"),
-            "decode_tok_s": record.timing.get("decode_tok_s"), "prefill_tok_s": record.timing.get("prefill_tok_s"),
-            "wall_s": record.timing.get("wall_s"), "lock_sha256": record.env.get("lock_sha256"),
-            "device": record.env.get("device"), "load_avg_1m": record.env.get("load_avg_1m"), "error": record.error,
-            "efficiency": json.dumps(record.efficiency, default=str) if record.efficiency else None,
-        }
-        for task, primary in record.primary_metrics.items():
-            column = f"{task}/{primary['name']}"
-            row[column] = record.primary_value(task)
-            low_high = record.intervals.get(task) or [None, None]
-            row[f"{column}:low"], row[f"{column}:high"] = low_high
-            row[f"{column}:n"] = record.n_samples.get(task)
-            higher[f"{task}/{primary['name']}"] = bool(primary.get("higher_is_better", True))
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame = frame.sort_values("created_at").drop_duplicates("run_id", keep="last").reset_index(drop=True)
-    frame.attrs["higher_is_better"] = higher  # per metric column: its direction
-    return frame
-
-
-def _label(method: dict) -> str:
-    """The report's label: the config name, marked ``(simulated)`` for a masking simulation unless it says so."""
-    label = method.get("label") or method.get("name")
-    return f"{label} (simulated)" if method.get("simulated") and "simulated" not in label else label
-
-
-def _jsonable(value):
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(value)
 
 
 if __name__ == "__main__":  # pragma: no cover

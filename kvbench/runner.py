@@ -10,24 +10,27 @@ for the same resolved config is reused unless ``force``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from kvbench.environment import environment
+from kvbench.errors import KvbenchError
 from kvbench.eval import distributed
 from kvbench.eval.component_ratios import component_ratios
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.models import describe_model, load_base_model, placed, private_copy
-from kvbench.errors import KvbenchError
-from kvbench.results import (RECORD_NAME, RecordStore, RunRecord, config_hash, find_complete_record, read_record,
-                             stored_record_path, write_record)
-from kvbench.suites import RunContext
+from kvbench.results import (RECORD_NAME, EnvPart, KvPart, MethodPart, ModelPart, OutputsPart, RecordStore, RunRecord,
+                             SuitePart, config_hash, find_complete_record, read_record, stored_record_path,
+                             write_record)
+from kvbench.suites import RunContext, TaskResult
 from kvbench.tracking import Tracker
 from kvbench.validation import RunPlan, check_destinations, validate
 
@@ -49,66 +52,77 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
     started = time.perf_counter()
     main = distributed.is_main_process()
     try:
-        plan = validate(cfg)
+        plan = validate(cfg, method_config=method_config)
     except KvbenchError as error:  # rejected before anything ran: the record says why (a sweep's table shows it)
         digest = config_hash(resolved)
-        record_store(cfg, output_dir, digest, main).save(rejected_record(cfg, resolved, digest, output_dir, error))
+        rejected = rejected_record(cfg, resolved, digest, output_dir, error, method_config)
+        record_store(cfg, output_dir, digest, main).save(rejected)
         raise
     resolved["method"] = {"name": plan.method.name, **plan.method.params()}
     digest = config_hash(resolved)
     if not cfg.force and (existing := find_complete_record(cfg.records_dir, digest)):
-        record = read_record(existing)
-        if main:
-            write_record(output_dir / RECORD_NAME, record)
-        log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
-        return record
+        return reuse(existing, output_dir, main)
     store = record_store(cfg, output_dir, digest, main)
-    record = new_record(cfg, resolved, digest, plan, output_dir, method_config)
-
-    def save() -> None:
-        store.save(record)
-
-    save()
+    record = new_record(cfg, resolved, digest, plan, output_dir)
+    store.save(record)
     tracker = Tracker(cfg.logger if main else OmegaConf.create({"mode": "disabled"}), resolved,
                       run_name=f"{cfg.model.name}-{plan.method.name}", run_id=record.run_id, group=sweep_id,
                       job_type=plan.method.name)
-    record.outputs.update(wandb=tracker.status, wandb_dir=tracker.run_dir)
-    exit_code = 0
+    record.outputs.wandb, record.outputs.wandb_dir = tracker.status, tracker.run_dir
     try:
-        t0 = time.perf_counter()
-        model, tokenizer, reference_config = load_and_apply(cfg, plan.method, reuse_loaded, job_num)
-        record.timing["load_apply_s"] = time.perf_counter() - t0
-        record.model = describe_model(cfg.model.name, model, reference_config)
-        protocol = CompressionProtocol(model, plan.method, reference_config)
-        context = RunContext(protocol, tokenizer, cfg.model, output_dir, cfg.seed)
-        t0 = time.perf_counter()
-        record.efficiency = context.efficiency  # filled in place by the efficiency suite, saved with every task
-        for result in plan.suite.run(plan.suite_plan, context):
-            record.add_task(result.task, result.metrics, result.primary, result.higher_is_better, result.stderr,
-                            result.n, result.interval)
-            tracker.log_task(result.task, result.metrics, result.samples)
-            save()
-        if record.efficiency.get("points"):
-            tracker.log_efficiency(record.efficiency["points"])
-        record.timing["eval_s"] = time.perf_counter() - t0
-        protocol.stats = distributed.combined_stats(protocol.stats)
-        record.kv = protocol.stats.kv_summary()
-        if main and (components := component_ratios(protocol)) is not None:
-            record.kv["components"] = components
-        record.timing.update(protocol.stats.speed_summary())
+        evaluate(cfg, plan, record, lambda: store.save(record), tracker, output_dir, reuse_loaded, job_num)
         record.status = "complete"
     except BaseException as error:  # record what failed, keep what was computed, then re-raise
-        record.status = "failed"
-        record.error = f"{type(error).__name__}: {error}"
-        exit_code = 1
+        record.status, record.error = "failed", f"{type(error).__name__}: {error}"
         raise
     finally:
-        record.timing["wall_s"] = time.perf_counter() - started
+        record.timing.wall_s = time.perf_counter() - started
+        store.save(record)
+        tracker.finish(record, exit_code=0 if record.status == "complete" else 1)
+        if record.outputs.wandb != tracker.status:  # logging or finishing W&B failed: say so
+            record.outputs.wandb = tracker.status
+            store.save(record)
+    return record
+
+
+def evaluate(cfg: DictConfig, plan: RunPlan, record: RunRecord, save: Callable[[], object], tracker: Tracker,
+             output_dir: Path, reuse_loaded: bool = False, job_num: int = 0) -> None:
+    """Load the model, apply the method and run the suite through the protocol, filling ``record`` (``save``d
+    after every task): the model's shape, every task's scores, the KV bytes and the timings."""
+    t0 = time.perf_counter()
+    model, tokenizer, reference_config = load_and_apply(cfg, plan.method, reuse_loaded, job_num)
+    record.timing.load_apply_s = time.perf_counter() - t0
+    record.model = ModelPart(**describe_model(cfg.model.name, model, reference_config))
+    protocol = CompressionProtocol(model, plan.method, reference_config)
+    t0 = time.perf_counter()
+    for result in plan.suite.run(plan.suite_plan, RunContext(protocol, tokenizer, cfg.model, output_dir, cfg.seed)):
+        add_result(record, result, tracker)
         save()
-        tracker.finish(record, exit_code=exit_code)
-        if record.outputs.get("wandb") != tracker.status:  # logging or finishing W&B failed: say so
-            record.outputs["wandb"] = tracker.status
-            save()
+    if record.efficiency.points:
+        tracker.log_efficiency(record.efficiency.points)
+    record.timing.eval_s = time.perf_counter() - t0
+    protocol.stats = distributed.combined_stats(protocol.stats)
+    components = component_ratios(protocol) if distributed.is_main_process() else None
+    record.kv = KvPart(**protocol.stats.kv_summary(), components=components)
+    record.timing = dataclasses.replace(record.timing, **protocol.stats.speed_summary())
+
+
+def add_result(record: RunRecord, result: TaskResult, tracker: Tracker) -> None:
+    """A suite's result into the record and W&B: its task's scores, and the efficiency measurements it carries."""
+    if result.efficiency is not None:
+        record.efficiency = result.efficiency
+    if result.task is not None:
+        record.add_task(result.task, result.metrics, result.primary, result.higher_is_better, result.stderr,
+                        result.n, result.interval)
+        tracker.log_task(result.task, result.metrics, result.samples)
+
+
+def reuse(existing: Path, output_dir: Path, main: bool) -> RunRecord:
+    """The complete record of the same resolved config, copied to the run dir instead of running again."""
+    record = read_record(existing)
+    if main:
+        write_record(output_dir / RECORD_NAME, record)
+    log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
     return record
 
 
@@ -131,67 +145,39 @@ def load_and_apply(cfg: DictConfig, method, reuse_loaded: bool = False, job_num:
     return method.apply(model, tokenizer), tokenizer, reference_config
 
 
-def rejected_record(cfg: DictConfig, resolved: dict, digest: str, output_dir: Path, error: Exception) -> RunRecord:
-    """The ``failed`` record of a run that validation rejected: its config and the one-line reason."""
+# -- the record of a run: a new one, or one validation rejected (the same typed parts) -----------------------------
+def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, output_dir: Path) -> RunRecord:
+    """The ``running`` record of a validated run: its config, the method and its label, the suite, the machine."""
+    method = plan.method
+    return RunRecord(
+        run_id=_new_run_id(), created_at=_now(), config_hash=digest, config=resolved,
+        model=ModelPart(name=cfg.model.name),
+        method=MethodPart(name=method.name, label=plan.label, label_params=plan.label_params, params=method.params(),
+                          changed_params=method.changed_params(), simulated=bool(method.single_pass)),
+        suite=suite_part(cfg.suite), env=EnvPart(**environment()), outputs=OutputsPart(dir=str(output_dir)))
+
+
+def rejected_record(cfg: DictConfig, resolved: dict, digest: str, output_dir: Path, error: Exception,
+                    method_config: str | None = None) -> RunRecord:
+    """The ``failed`` record of a run that validation rejected: its config and the one-line reason. The method
+    could not be built, so its label is its config's name and no parameter is known to differ."""
     method = resolved.get("method") or {}
     return RunRecord(
-        run_id=uuid.uuid4().hex[:12], created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        status="failed", config_hash=digest, config=resolved, model={"name": cfg.model.name},
-        method={"name": method.get("name"), "params": {k: v for k, v in method.items() if k != "name"},
-                "changed_params": {}},
-        suite={"name": cfg.suite.name, "runner": cfg.suite.runner, "tasks": list(cfg.suite.tasks), "limit": cfg.suite.limit},
-        error=f"{type(error).__name__}: {error}", outputs={"dir": str(output_dir)},
-    )
+        run_id=_new_run_id(), created_at=_now(), status="failed", config_hash=digest, config=resolved,
+        model=ModelPart(name=cfg.model.name),
+        method=MethodPart(name=method.get("name"), label=method_config or method.get("name"),
+                          params={k: v for k, v in method.items() if k != "name"}),
+        suite=suite_part(cfg.suite), error=f"{type(error).__name__}: {error}", outputs=OutputsPart(dir=str(output_dir)))
 
 
-def method_label(method, method_config: str | None) -> tuple[str, dict]:
-    """``(label, params shown with it)``: a variant config (``h2o_local``) reports its own name and the
-    parameters changed from *its* defaults; otherwise the method's name and those changed from the method's."""
-    if method_config and method_config != method.name:
-        from kvbench.compose import compose_config
-        from kvbench.validation import build_method_from
-
-        try:
-            variant = build_method_from(compose_config([f"method={method_config}"]).method)
-        except KvbenchError:
-            variant = None
-        if variant is not None and variant.name == method.name:
-            return method_config, method.changed_params(variant)
-    return method.name, method.changed_params()
+def suite_part(suite: DictConfig) -> SuitePart:
+    return SuitePart(name=suite.name, runner=suite.runner, tasks=list(suite.tasks), limit=suite.limit,
+                     query_aware=bool(suite.get("query_aware", False)))
 
 
-def dry_run(cfg: DictConfig, method_config: str | None = None) -> str:
-    """``dry_run=true``: every check :func:`validate` makes (no weights loaded, nothing run) and one line saying
-    what the job would run; checks that need the network while offline are named as not checked."""
-    from kvbench.results import short_params
-
-    unavailable: list[str] = []
-    plan = validate(cfg, unavailable)
-    method, suite = plan.method, cfg.suite
-    label, changed = method_label(method, method_config)
-    params = short_params(changed)
-    shots = dict(suite.get("num_fewshot_per_task") or {})
-    fewshot = (f" num_fewshot={suite.get('num_fewshot')}" if suite.get("num_fewshot") is not None else "") + (
-        " " + " ".join(f"num_fewshot[{k}]={v}" for k, v in shots.items()) if shots else "")
-    line = (f"model={cfg.model.name} method={label}{' ' + params if params else ''}"
-            f"{' (simulated)' if method.single_pass else ''} suite={suite.name} tasks=[{', '.join(suite.tasks)}]"
-            f"{fewshot} limit={suite.limit}{' query_aware' if suite.get('query_aware') else ''}")
-    if unavailable:
-        return f"{line}: ok, except not checked offline: " + "; ".join(unavailable)
-    return f"{line}: ok"
+def _new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
-def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, output_dir: Path,
-               method_config: str | None = None) -> RunRecord:
-    method, suite = plan.method, cfg.suite
-    label, label_params = method_label(method, method_config)
-    return RunRecord(
-        run_id=uuid.uuid4().hex[:12],
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        config_hash=digest, config=resolved, model={"name": cfg.model.name},
-        method={"name": method.name, "label": label, "label_params": label_params, "params": method.params(),
-                "changed_params": method.changed_params(), **({"simulated": True} if method.single_pass else {})},
-        suite={"name": suite.name, "runner": suite.runner, "tasks": list(suite.tasks), "limit": suite.limit,
-               "query_aware": bool(suite.get("query_aware", False))},
-        env=environment(), outputs={"dir": str(output_dir)},
-    )
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from kvbench.results import RunRecord
@@ -53,8 +57,7 @@ class Tracker:
 
     @staticmethod
     def _start(mode: str, kwargs: dict):
-        import wandb
-
+        wandb = _wandb()
         Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
         settings = wandb.Settings(init_timeout=INIT_TIMEOUT_S, finish_timeout=FINISH_TIMEOUT_S, x_graphql_retry_max=2,
                                   x_graphql_timeout_seconds=10, silent=True)
@@ -73,8 +76,7 @@ class Tracker:
             return
         flat = {f"{task}/{k}": v for k, v in metrics.items() if _is_number(v)}
         if samples:
-            import wandb
-
+            wandb = _wandb()
             columns = list(samples[0])
             flat[f"{task}/samples"] = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in samples])
         if flat:
@@ -87,8 +89,7 @@ class Tracker:
             return
 
         def log() -> None:
-            import wandb
-
+            wandb = _wandb()
             columns = list(dict.fromkeys(key for point in points for key in point))
             payload = {"efficiency/points": wandb.Table(columns=columns,
                                                         data=[[p.get(c) for c in columns] for p in points])}
@@ -134,8 +135,7 @@ def log_rollup(logger_cfg, sweep_id: str, table, image_path: str | None, name: s
         return tracker.status
 
     def log() -> None:
-        import wandb
-
+        wandb = _wandb()
         payload = {"rollup/table": wandb.Table(dataframe=table.astype(str))}
         if image_path:
             payload["rollup/pareto"] = wandb.Image(str(image_path))
@@ -149,6 +149,14 @@ def log_rollup(logger_cfg, sweep_id: str, table, image_path: str | None, name: s
     return tracker.status
 
 
+def _wandb():
+    """The ``wandb`` module, imported on first use: it takes seconds, and a run whose logger is disabled (or never
+    reaches a log call) does not need it."""
+    import wandb
+
+    return wandb
+
+
 def _one_line(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
@@ -157,8 +165,6 @@ def _one_line(error: BaseException) -> str:
 def _wait_for_offline_log(run_dir: str, timeout_s: float = 10.0) -> None:
     """wandb-core writes an offline run's transaction log shortly *after* ``finish()`` returns;
     wait until it is on disk and stable, so the run is complete when kvbench moves on."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     last = -1
     while time.monotonic() < deadline:
@@ -185,10 +191,6 @@ def read_offline_run(run_dir: str | Path) -> dict:
 
     Read with W&B's own reader of the run's ``.wandb`` transaction log (``wandb leet inspect --json``),
     not a parser of kvbench's: the binary format is W&B's to change."""
-    import json
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:

@@ -2,7 +2,8 @@
 
 :func:`validate` builds the method (its dataclass checks its own parameters), the suite (its ``validate``
 reads task names, options and data files and returns the plan its ``run`` reuses), checks the model
-source, and lets the method check the model's config (not its weights). Every failure is a
+source, lets the method check the model's config (not its weights), and names the method as the record and the
+report will (a variant config's label needs only its config). Every failure is a
 :class:`~kvbench.errors.KvbenchError` whose message names the value and the valid choices.
 """
 
@@ -15,8 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from kvbench.compose import compose_config
 from kvbench.config import WANDB_MODES, cache_root
-from kvbench.errors import ConfigError, OfflineUnavailable
+from kvbench.errors import ConfigError, KvbenchError, OfflineUnavailable
 from kvbench.eval import distributed
 from kvbench.methods import Method, build_method
 from kvbench.models import JOB_DEVICES, check_model_source, load_config
@@ -25,11 +27,14 @@ from kvbench.suites import Suite, build_suite
 
 @dataclass
 class RunPlan:
-    """A validated run: the method object, the suite and the suite's plan."""
+    """A validated run: the method object, the suite and the suite's plan, and the method's label in the record
+    and the report (:func:`method_label`)."""
 
     method: Method
     suite: Suite
     suite_plan: Any
+    label: str
+    label_params: dict
 
 
 def build_method_from(method_cfg) -> Method:
@@ -38,8 +43,23 @@ def build_method_from(method_cfg) -> Method:
     return build_method(params.pop("name"), **params)
 
 
-def validate(cfg: DictConfig, unavailable: list[str] | None = None) -> RunPlan:
-    """Check the whole run before the model loads; return what the run needs.
+def method_label(method: Method, method_config: str | None) -> tuple[str, dict]:
+    """``(label, params shown with it)``: a variant config (``h2o_local``) reports its own name and the
+    parameters changed from *its* defaults (its config composed alone); otherwise the method's name and those
+    changed from the method's."""
+    if method_config and method_config != method.name:
+        try:
+            variant = build_method_from(compose_config([f"method={method_config}"]).method)
+        except KvbenchError:
+            variant = None
+        if variant is not None and variant.name == method.name:
+            return method_config, method.changed_params(variant)
+    return method.name, method.changed_params()
+
+
+def validate(cfg: DictConfig, unavailable: list[str] | None = None, method_config: str | None = None) -> RunPlan:
+    """Check the whole run before the model loads; return what the run needs. ``method_config`` is the name of
+    the method's config (``h2o_local``; Hydra's choice), for the label.
 
     With ``unavailable`` (a dry run), a check that needs the network while offline (a hub model's config, hub
     data: :class:`~kvbench.errors.OfflineUnavailable`) is appended there as a note instead of failing; the plan's
@@ -62,7 +82,7 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None) -> RunPlan:
     config = _checked(lambda: load_config(cfg.model), unavailable)
     if config is not None:
         method.check_model(config)
-    return RunPlan(method, suite, suite_plan)
+    return RunPlan(method, suite, suite_plan, *method_label(method, method_config))
 
 
 def _checked(check, unavailable: list[str] | None):

@@ -186,15 +186,18 @@ def test_report_names_a_corrupt_or_other_version_record_and_skips_it(tmp_path):
     write_record(tmp_path / "runs" / "a" / "record.json", good)
     (tmp_path / "runs" / "b").mkdir()
     (tmp_path / "runs" / "b" / "record.json").write_text('{"run_id": "2", "status": "compl')
-    old = dict(good.to_dict(), run_id="3", schema_version=1)
-    (tmp_path / "runs" / "c").mkdir()
-    (tmp_path / "runs" / "c" / "record.json").write_text(json.dumps(old))
+    for name, version in (("c", 1), ("d", 4)):  # older than version 2, and from a newer kvbench
+        (tmp_path / "runs" / name).mkdir()
+        (tmp_path / "runs" / name / "record.json").write_text(json.dumps(dict(good.to_dict(), run_id=name,
+                                                                              schema_version=version)))
     result = _cli([str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "out")], tmp_path, prog="kvbench-report")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning: skipped" in line]
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert any(str(tmp_path / "runs" / "b" / "record.json") in w and "not a readable JSON record" in w for w in warnings)
-    assert any("schema version 1; this kvbench reads version 2" in w for w in warnings)
+    for name, version in (("c", 1), ("d", 4)):
+        assert any(str(tmp_path / "runs" / name / "record.json") in w
+                   and f"schema version {version}; this kvbench reads version 3" in w for w in warnings)
 
 
 # -- sweeps: a rejected job is a failed record, a failed row, a summary line and exit code 1 ------------

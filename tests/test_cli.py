@@ -128,3 +128,12 @@ def test_help_says_what_kvbench_is_with_examples_and_the_user_facing_groups(tmp_
     assert text.startswith("kvbench: benchmark KV-cache compression in LLMs")
     assert "kvbench -m method=full,h2o,minicache" in text and "method:" in text and "h2o_local" in text
     assert "schema" not in text and "powered by Hydra" not in text
+
+
+def test_help_imports_neither_torch_nor_transformers_nor_lm_eval(tmp_path):
+    code = ("import sys; sys.argv = ['kvbench', '--help']\n"
+            "from kvbench.cli import main; main()\n"
+            "print('heavy:', sorted({'torch', 'transformers', 'lm_eval', 'pandas'} & set(sys.modules)))")
+    result = _run([sys.executable, "-c", code], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "heavy: []"

@@ -13,6 +13,7 @@ from kvbench import models, results
 from kvbench.cli import report_main
 from kvbench.compose import compose_config
 from kvbench.config import CONF_DIR
+from kvbench.dry_run import dry_run
 from kvbench.paper import PaperError, read_paper
 from kvbench.report import write_report
 
@@ -149,8 +150,6 @@ def _sweep_jobs(name: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
 def test_every_job_of_every_paper_experiment_passes_the_dry_run_without_loading(name, monkeypatch):
-    from kvbench.runner import dry_run
-
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
     jobs = _sweep_jobs(name)
     assert jobs
@@ -177,17 +176,3 @@ def test_the_dry_run_flag_prints_every_job_of_a_sweep_and_runs_nothing(tmp_path)
     assert "method=h2o_simulated (simulated)" in result.stdout
     assert f"kvbench: dry run: {len(jobs)} jobs validated, nothing loaded or run" in result.stdout
     assert not list(tmp_path.rglob("record.json"))  # nothing ran, nothing recorded
-
-
-def test_dry_run_validates_without_loading_and_reports_bad_values(monkeypatch):
-    from kvbench.errors import MethodConfigError
-    from kvbench.runner import dry_run
-
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
-    line = dry_run(compose_config(["method=h2o_simulated", "suite.num_fewshot=5"]), "h2o_simulated")
-    assert line == ("model=smollm2_135m method=h2o_simulated (simulated) suite=quick tasks=[kvbench_passkey_short, "
-                    "kvbench_prose_ppl] num_fewshot=5 limit=32: ok")
-    hub = dry_run(compose_config(["model=llama2_7b", "method=full"]))
-    assert hub.startswith("model=llama2_7b method=full suite=quick") and "ok, except not checked offline: " in hub
-    with pytest.raises(MethodConfigError, match="method.kv_heads=5 is larger than the model.s 3 KV heads"):
-        dry_run(compose_config(["method=svd_gqa", "method.kv_heads=5"]))

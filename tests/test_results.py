@@ -1,4 +1,4 @@
-"""Result records: atomic writes, stable config hashes, loading many records."""
+"""Result records: the typed schema and its JSON, version 2 records upgraded, stable config hashes, record files."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_config_hash_ignores_logger_and_force_but_not_the_method():
     assert results.config_hash(base) != results.config_hash(base | {"method": {"name": "h2o", "heavy_ratio": 0.2}})
 
 
-def test_a_failed_write_leaves_the_previous_record_intact(tmp_path):
+def test_a_record_that_cannot_be_serialised_leaves_the_previous_one_intact(tmp_path):
     path = tmp_path / "record.json"
     results.write_record(path, {"run_id": "a"})
 
@@ -38,21 +38,37 @@ def test_a_failed_write_leaves_the_previous_record_intact(tmp_path):
     assert os.listdir(tmp_path) == ["record.json"]  # no temp file left behind
 
 
+def test_a_part_is_written_whole_with_nulls_or_as_an_empty_object_until_anything_is_known(tmp_path):
+    record = _record("1")
+    record.model = {"name": "m"}
+    record.kv = {}
+    data = json.loads(results.write_record(tmp_path / "r.json", record).read_text())
+    assert data["model"] == {"name": "m", "n_params": None, "n_layers": None, "n_heads": None, "n_kv_heads": None,
+                             "head_dim": None, "kv_heads_after_method": None, "dtype": None}
+    assert data["kv"] == data["efficiency"] == data["env"] == {}
+    assert data["suite"] == {"name": "quick", "runner": None, "tasks": [], "limit": None, "query_aware": False}
+    assert data["schema_version"] == 3
+    back = results.read_record(tmp_path / "r.json")
+    assert back == record and isinstance(back.model, results.ModelPart) and back.kv.ratio is None
+
+
+def test_a_part_reads_like_the_json_object_it_is_written_as():
+    record = _record("1")
+    assert isinstance(record.kv, results.KvPart) and record.kv.ratio == 2.0  # a dict given is read into its part
+    assert record.kv["ratio"] == record.kv.get("ratio") == 2.0 and "ratio" in record.kv
+    assert dict(record.kv) == record.kv.to_dict() == record.to_dict()["kv"]
+    assert record.kv.get("components") is None and not record.efficiency and record.efficiency.get("points") is None
+    with pytest.raises(KeyError):
+        record.env["device"]  # nothing known: the part is {} on disk
+    with pytest.raises(results.RecordError, match="field kv has unknown key.s. colour"):
+        record.kv = {"ratio": 2.0, "colour": "red"}
+
+
 def test_only_complete_records_count_as_finished(tmp_path):
     results.write_record(tmp_path / "abc.json", _record("1", status="failed"))
     assert results.find_complete_record(tmp_path, "abc") is None
     results.write_record(tmp_path / "abc.json", _record("1"))
     assert results.find_complete_record(tmp_path, "abc") == tmp_path / "abc.json"
-
-
-def test_load_records_flattens_primary_metrics_and_drops_duplicate_runs(tmp_path):
-    results.write_record(tmp_path / "a" / "record.json", _record("1", acc=0.25))
-    results.write_record(tmp_path / "records" / "h.json", _record("1", acc=0.25))  # same run stored twice
-    results.write_record(tmp_path / "b" / "record.json", _record("2", method="h2o", created="2026-01-02T00:00:00", acc=0.75))
-    (tmp_path / "c.json").write_text("{not json")
-    frame = results.load_records(tmp_path)
-    assert sorted(frame["run_id"]) == ["1", "2"]
-    assert dict(zip(frame["method"], frame["t/acc"])) == {"full": 0.25, "h2o": 0.75}
 
 
 def test_the_readme_record_table_is_the_one_generated_from_the_schema():
@@ -65,21 +81,34 @@ def test_the_readme_record_table_is_the_one_generated_from_the_schema():
 
 def test_a_record_of_another_schema_version_or_with_unknown_fields_is_refused(tmp_path):
     record = _record("1").to_dict()
-    for bad, message in ((dict(record, schema_version=1), "schema version 1; this kvbench reads version 2"),
+    for bad, message in ((dict(record, schema_version=1), "schema version 1; this kvbench reads version 3"),
+                         (dict(record, schema_version=4), "schema version 4; this kvbench reads version 3"),
                          ({k: v for k, v in record.items() if k != "schema_version"}, "schema version 1"),
-                         (dict(record, colour="red"), "unknown field")):
-        results.atomic_write_text(tmp_path / "r.json", json.dumps(bad))
+                         (dict(record, colour="red"), "unknown field"),
+                         (dict(record, kv={"ratio": 1.0, "colour": "red"}), r"r.json: field kv has unknown key\(s\) colour"),
+                         (dict(record, kv=[1.0]), "r.json: field kv is not an object")):
+        (tmp_path / "r.json").write_text(json.dumps(bad))
         with pytest.raises(results.RecordError, match=message):
             results.read_record(tmp_path / "r.json")
 
 
-def test_records_are_written_with_the_users_umask_not_mkstemps_0600(tmp_path):
-    old = os.umask(0o022)
-    try:
-        path = results.write_record(tmp_path / "r.json", _record("1"))
-    finally:
-        os.umask(old)
-    assert (path.stat().st_mode & 0o777) == 0o644
+def test_a_version_2_record_is_read_as_version_3_and_its_file_left_alone(tmp_path):
+    """Version 2 parts were free-form: a rejected run's method had no label, its suite no query_aware."""
+    v2 = {"run_id": "1", "created_at": "2026-01-01", "status": "failed", "config_hash": "h", "config": {},
+          "model": {"name": "m"}, "method": {"name": "h2o", "params": {"heavy_ratio": 0.2}, "changed_params": {}},
+          "suite": {"name": "quick", "runner": "lm_eval", "tasks": ["t"], "limit": 2}, "metrics": {},
+          "primary_metrics": {}, "stderr": {}, "n_samples": {}, "intervals": {}, "kv": {}, "timing": {"wall_s": 1.0},
+          "efficiency": {}, "env": {}, "error": "ConfigError: bad", "outputs": {"dir": "d"}, "schema_version": 2}
+    (tmp_path / "r.json").write_text(json.dumps(v2))
+    record = results.read_record(tmp_path / "r.json")
+    assert record.schema_version == 3 and record.error == "ConfigError: bad" and record.timing.wall_s == 1.0
+    assert (record.method.label, record.method.label_params, record.method.simulated) == ("h2o", {}, False)
+    assert record.suite.query_aware is False and record.suite.tasks == ["t"] and not record.kv
+    assert json.loads((tmp_path / "r.json").read_text()) == v2
+    oldest = dict(v2, method={"name": "h2o", "params": {"heavy_ratio": 0.2}})  # before changed_params existed
+    (tmp_path / "r.json").write_text(json.dumps(oldest))
+    method = results.read_record(tmp_path / "r.json").method
+    assert (method.changed_params, method.label_params) == ({"heavy_ratio": 0.2}, {})
 
 
 def test_a_record_that_cannot_be_written_where_configured_goes_to_the_rescue_dir(tmp_path, monkeypatch, caplog):

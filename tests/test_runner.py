@@ -63,7 +63,7 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     record = runner.run(cfg_for(), tmp_path / "run")
     on_disk = read_record(tmp_path / "run" / "record.json")
     assert on_disk.to_dict() == json.loads(json.dumps(record.to_dict(), default=str))
-    assert record.status == "complete" and record.error is None and record.schema_version == 2
+    assert record.status == "complete" and record.error is None and record.schema_version == 3
     assert set(record.metrics) == {"kvbench_recall_mc", "kvbench_prose_ppl"}
     assert record.primary_metrics["kvbench_prose_ppl"] == {"name": "word_perplexity", "higher_is_better": False}
     assert record.n_samples == {"kvbench_recall_mc": 1, "kvbench_prose_ppl": 1}
@@ -72,12 +72,27 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     expected_model = {"name": "tiny_llama", "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
     assert {k: record.model[k] for k in expected_model} == expected_model
     assert record.model["n_params"] > 0
-    assert record.method == {"name": "full", "label": "full", "label_params": {}, "params": {}, "changed_params": {}}
+    assert record.method == {"name": "full", "label": "full", "label_params": {}, "params": {}, "changed_params": {},
+                             "simulated": False}
     assert record.kv["stored_bytes"] == record.kv["full_bytes"] > 0 and record.kv["ratio"] == 1.0
     for key in ("wall_s", "prefill_tok_s", "eval_s"):
         assert record.timing[key] > 0
     assert {"python", "torch", "transformers", "lm_eval", "device", "git_commit", "lock_sha256"} <= set(record.env)
     assert (tmp_path / "run" / "samples_kvbench_recall_mc.jsonl").read_text().count("\n") == 1
+
+
+def test_a_result_carrying_measurements_only_replaces_the_efficiency_part_and_adds_no_task():
+    from kvbench.results import EfficiencyPart, RunRecord
+    from kvbench.suites import TaskResult
+
+    class NoTasks:
+        def log_task(self, *args):
+            raise AssertionError("a measurement is not a task")
+
+    record = RunRecord(run_id="1", created_at="t")
+    oom = EfficiencyPart(points=[{"batch_size": 64, "context_length": 8, "new_tokens": 2, "out_of_memory": True}])
+    runner.add_result(record, TaskResult.measurements(oom), NoTasks())
+    assert record.efficiency is oom and record.metrics == {} and record.primary_metrics == {}
 
 
 def test_a_finished_config_is_skipped_unless_forced(cfg_for, tmp_path, monkeypatch):
@@ -182,11 +197,31 @@ def test_records_carry_intervals_and_a_resolved_default_is_one_configuration(cfg
 
 def test_a_variant_config_is_labelled_by_its_own_name_and_its_own_changes():
     from kvbench.methods import build_method
+    from kvbench.validation import method_label
 
     local = build_method("h2o", heavy_ratio=0.0, recent_ratio=0.3)
-    assert runner.method_label(local, "h2o_local") == ("h2o_local", {"recent_ratio": 0.3})
-    assert runner.method_label(local, None) == ("h2o", {"heavy_ratio": 0.0, "recent_ratio": 0.3})
-    assert runner.method_label(build_method("combined"), "combined") == ("combined", {})
+    assert method_label(local, "h2o_local") == ("h2o_local", {"recent_ratio": 0.3})
+    assert method_label(local, None) == ("h2o", {"heavy_ratio": 0.0, "recent_ratio": 0.3})
+    assert method_label(build_method("combined"), "combined") == ("combined", {})
+
+
+def test_a_rejected_run_records_the_same_parts_as_a_run_with_its_label(cfg_for, no_model_loading, tmp_path):
+    from kvbench.validation import validate
+
+    cfg = cfg_for("method=h2o_local", "suite.limit=0")
+    with pytest.raises(SuiteConfigError):
+        runner.run(cfg, tmp_path / "run", method_config="h2o_local")
+    rejected = read_record(tmp_path / "run" / "record.json")
+    good = cfg_for("method=h2o_local")
+    plan = validate(good, method_config="h2o_local")
+    accepted = runner.new_record(good, {}, "h", plan, tmp_path / "ok")
+    assert rejected.status == "failed" and rejected.error.startswith("SuiteConfigError: suite.limit=0")
+    for part in ("model", "method", "suite", "outputs"):
+        assert type(getattr(rejected, part)) is type(getattr(accepted, part))
+    assert (rejected.method.name, rejected.method.label) == (accepted.method.name, accepted.method.label) == (
+        "h2o", "h2o_local")
+    assert rejected.suite.query_aware is False and rejected.suite.to_dict().keys() == accepted.suite.to_dict().keys()
+    assert rejected.method.params == accepted.method.params
 
 
 def test_a_simulated_run_is_labelled_simulated_in_the_record_and_the_report(cfg_for, tmp_path):
@@ -196,6 +231,6 @@ def test_a_simulated_run_is_labelled_simulated_in_the_record_and_the_report(cfg_
     assert record.status == "complete" and record.method["simulated"] is True
     assert record.kv["ratio"] == 1.0  # a masking simulation stores every token
     real = runner.run(cfg_for("method=h2o"), tmp_path / "real")
-    assert "simulated" not in real.method and real.kv["ratio"] > 1
+    assert real.method.simulated is False and real.kv.ratio > 1
     table = comparison_table(tmp_path / "records")
     assert sorted(table["method"]) == ["h2o", "h2o (simulated)"]

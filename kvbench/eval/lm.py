@@ -27,6 +27,7 @@ import subprocess
 from collections import OrderedDict
 from pathlib import Path
 
+import yaml
 from lm_eval import utils as lm_utils
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
@@ -63,7 +64,7 @@ def quiet_lm_eval() -> None:
     """Drop lm-eval's irrelevant warnings (above) at kvbench's entry points, and let lm-eval look up the
     current directory's git commit without git printing ``fatal: not a git repository`` for every task run
     outside a repository (kvbench records its own commit in ``env.git_commit``). Idempotent."""
-    import lm_eval.evaluator
+    import lm_eval.evaluator  # seconds to import: only where kvbench evaluates through lm-eval
 
     for name in ("lm_eval.models.huggingface", "lm_eval.api.task", "lm_eval.evaluator"):
         logger = logging.getLogger(name)
@@ -75,8 +76,6 @@ def quiet_lm_eval() -> None:
 def query_fields() -> dict[str, str]:
     """kvbench's offline tasks whose docs keep a question apart: ``{task: doc field}`` (their YAML's
     ``metadata.kvbench_query_field``)."""
-    import yaml
-
     class _Loader(yaml.SafeLoader):  # read the YAML without resolving lm-eval's !function tags
         pass
 

@@ -7,18 +7,22 @@ compression, so every scored or generated token sees only what the method kept.
 
 :class:`CompressionProtocol` also measures what the cache really holds (bytes summed
 over its tensors, next to what an uncompressed cache would hold for the same tokens)
-and times prefill and decoding. The lm-eval model, LongBench and the synthetic tasks
+and times prefill and decoding (:mod:`kvbench.eval.measurements`). The lm-eval model, LongBench and the synthetic tasks
 all go through it, so a method is measured the same way everywhere.
 
 Single-pass methods (``method.single_pass``: H2O's masking simulation, ``h2o protocol=simulate``) are
-measured differently, as their paper did: each request's whole sequence goes through ONE forward on a fresh
-cache (the method masks attention inside it), its continuation's log-probs read from that forward;
-generation re-runs the whole sequence once per new token. Nothing is compressed, so bytes are full bytes.
+measured differently, as their paper did, by :class:`SinglePassProtocol`: each request's whole sequence goes
+through ONE forward on a fresh cache (the method masks attention inside it), its continuation's log-probs read
+from that forward; generation re-runs the whole sequence once per new token. Nothing is compressed, so bytes
+are full bytes. ``CompressionProtocol(model, method)`` builds the right one of the two.
 
 Query-agnostic vs query-aware (:meth:`CompressionProtocol.generate`): by default a question kept apart
 from its document is fed *after* compression (the method never sees it when choosing what to keep, as
 kvpress does); ``query_aware=True`` puts it inside the compressed prompt, the setting SnapKV and PyramidKV
 assume. Suites pass their ``suite.query_aware``; records and reports carry it.
+
+The module is a little over 300 lines because both protocols live here: ``CompressionProtocol(...)`` chooses
+between them, which a second module could only do through an import cycle.
 """
 
 from __future__ import annotations
@@ -26,19 +30,15 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 
 from kvbench.cache.accounting import cache_nbytes, full_cache_nbytes
 from kvbench.errors import KvbenchError
+from kvbench.eval.measurements import CacheNotWrittenError, ProtocolStats, check_cache_written
 
-
-class CacheNotWrittenError(KvbenchError, RuntimeError):
-    """The model ran, but the method's cache holds nothing (or fewer tokens than it was given).
-
-    A method that silently stopped caching (e.g. a replacement attention that no longer receives
-    the cache after an upstream rename) must never produce a number."""
+__all__ = ["CacheNotWrittenError", "CompressionProtocol", "PaddingError", "ProtocolStats", "SinglePassError",
+           "SinglePassProtocol", "check_cache_written"]
 
 
 class SinglePassError(KvbenchError, ValueError):
@@ -50,52 +50,22 @@ class PaddingError(KvbenchError, ValueError):
     inexact), so a batch is refused rather than silently approximated."""
 
 
-@dataclass
-class ProtocolStats:
-    """What one run measured. Bytes are sums over requests, taken right after context compression."""
-
-    n_prefills: int = 0
-    prefill_tokens: int = 0
-    prefill_s: float = 0.0
-    decode_tokens: int = 0
-    decode_s: float = 0.0
-    scored_tokens: int = 0
-    full_bytes: int = 0
-    stored_bytes: int = 0
-    peak_stored_bytes: int = 0
-    peak_full_bytes: int = 0
-    #: What the caches had to adapt (e.g. PyramidKV's clamped budgets): ``{note: prefills it applied to}``.
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        return self.full_bytes / self.stored_bytes if self.stored_bytes else None
-
-    def kv_summary(self) -> dict:
-        """The record's ``kv`` field: bytes measured from the cache, and the compression ratio."""
-        summary = {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
-                   "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
-        if self.notes:
-            summary["notes"] = dict(self.notes)
-        return summary
-
-    def speed_summary(self) -> dict:
-        """Prefill and decode speed over the run (prefill includes compression)."""
-        return {"prefill_tok_s": self.prefill_tokens / self.prefill_s if self.prefill_s else None,
-                "decode_tok_s": self.decode_tokens / self.decode_s if self.decode_s else None,
-                "decode_ms_per_token": 1000 * self.decode_s / self.decode_tokens if self.decode_tokens else None}
-
-    def summary(self) -> dict:
-        return {**asdict(self), **self.kv_summary(), **self.speed_summary()}
-
-
 class CompressionProtocol:
     """Prefill → compress → score/generate for one model and one method: batch 1, or a batch of equal-length
     prompts (``prefill_batch`` / ``generate_batch``; never padded).
 
     ``reference_config`` is the model's config *before* any weight surgery: the
     uncompressed byte count of a request is measured against it.
+
+    The protocol is chosen once, from the method: ``CompressionProtocol(model, method, ...)`` with a single-pass
+    method (``method.single_pass``) builds a :class:`SinglePassProtocol` (as ``pathlib.Path`` builds a
+    ``PosixPath``), so every caller measures a method under its own protocol.
     """
+
+    def __new__(cls, model=None, method=None, reference_config=None):
+        if cls is CompressionProtocol and getattr(method, "single_pass", False):
+            cls = SinglePassProtocol
+        return super().__new__(cls)
 
     def __init__(self, model, method, reference_config=None):
         self.model = model
@@ -156,9 +126,6 @@ class CompressionProtocol:
     def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
         """A fresh cache holding ``B`` equal-length prompts (a ``[B, n]`` batch, no padding), compressed by the
         method. Every row equals a batch-1 :meth:`prefill` of that prompt (tested per method)."""
-        if getattr(self.method, "single_pass", False):
-            raise SinglePassError(f"method={self.method.name} protocol=simulate scores each request in one masked "
-                                  "forward: it has no cache to fill in batches (use protocol=real)")
         ids = self.batch_ids(batch)
         if ids.shape[1] > len(self.longest_context):
             self.longest_context = ids[0].tolist()
@@ -172,16 +139,22 @@ class CompressionProtocol:
         for i in range(0, n, step):
             self.forward_batch(cache, ids[:, i : i + step], last_logits_only=True)
             self.method.compress(cache)
-        self.stats.prefill_s += time.perf_counter() - start
+        seconds = time.perf_counter() - start
         for note in cache.notes() if hasattr(cache, "notes") else ():
             self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
-        self.stats.prefill_tokens += batch * n
+        self._count_prefill(cache, n, batch, seconds)
+        return cache
+
+    def _count_prefill(self, cache, n_tokens: int, batch: int, seconds: float) -> None:
+        """Add a prefill of ``batch`` × ``n_tokens`` tokens to the stats: its time, tokens and the bytes its cache
+        holds (a cache that holds nothing is a :class:`CacheNotWrittenError`)."""
+        self.stats.prefill_s += seconds
+        self.stats.prefill_tokens += batch * n_tokens
         self.stats.n_prefills += batch
-        stored, full = self.measure(cache, n, batch)
-        check_cache_written(cache, n, stored, getattr(self.method, "name", type(self.method).__name__))
+        stored, full = self.measure(cache, n_tokens, batch)
+        check_cache_written(cache, n_tokens, stored, getattr(self.method, "name", type(self.method).__name__))
         self.stats.stored_bytes += stored
         self.stats.full_bytes += full
-        return cache
 
     # -- scoring ------------------------------------------------------------------------------
     def score_continuations(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
@@ -190,8 +163,6 @@ class CompressionProtocol:
         ``context`` must be non-empty. Its last token is fed with the continuation so every
         scored position sees the compressed cache.
         """
-        if getattr(self.method, "single_pass", False):
-            return [self._score_single_pass(context, continuation) for continuation in continuations]
         cache = self.prefill(context[:-1])
         results = []
         for i, continuation in enumerate(continuations):
@@ -204,10 +175,7 @@ class CompressionProtocol:
 
     def stream_logprob(self, context: Sequence[int], continuation: Sequence[int], chunk: int) -> float:
         """Sum of log-probs of ``continuation`` streamed through the cache ``chunk`` tokens at a time,
-        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding). A single-pass
-        method scores the whole window in one forward (``chunk`` does not apply)."""
-        if getattr(self.method, "single_pass", False):
-            return self._score_single_pass(context, continuation)[0]
+        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding)."""
         cache = self.prefill(context[:-1])
         inputs = [context[-1], *continuation[:-1]]
         total = 0.0
@@ -241,8 +209,6 @@ class CompressionProtocol:
         ``stop(generated_ids)`` is true.
         """
         prompt = list(context) + list(query)
-        if getattr(self.method, "single_pass", False):
-            return self._generate_single_pass(prompt, max_new_tokens, stop, eos_token_ids)
         split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
         pending = prompt[split:]
@@ -298,30 +264,36 @@ class CompressionProtocol:
         return (generated, torch.stack(logits_seen, dim=1)) if return_logits else generated
 
 
-    # -- single-pass methods (a masking simulation) -----------------------------------------------
-    def _one_pass(self, token_ids: Sequence[int], last_logits_only: bool = False) -> torch.Tensor:
-        """``token_ids`` in one forward on a fresh cache, measured like a prefill; returns the logits."""
-        cache = self.method.new_cache(self.model)
-        if len(token_ids) > len(self.longest_context):
-            self.longest_context = list(token_ids)
-        start = time.perf_counter()
-        logits = self.forward(cache, token_ids, last_logits_only=last_logits_only)
-        self.stats.prefill_s += time.perf_counter() - start
-        self.stats.prefill_tokens += len(token_ids)
-        self.stats.n_prefills += 1
-        stored, full = self.measure(cache, len(token_ids))
-        check_cache_written(cache, len(token_ids), stored, getattr(self.method, "name", type(self.method).__name__))
-        self.stats.stored_bytes += stored
-        self.stats.full_bytes += full
-        return logits
+class SinglePassProtocol(CompressionProtocol):
+    """The protocol of a single-pass method (``method.single_pass``: H2O's masking simulation, ``h2o
+    protocol=simulate``), measured as its paper did: each request's whole sequence goes through ONE forward on a
+    fresh cache (the method masks attention inside it) and its continuation's log-probs are read from that forward;
+    generation re-runs the whole sequence once per new token. Nothing is compressed, so bytes are full bytes, and
+    there is no cache to fill in batches."""
 
-    def _score_single_pass(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
-        logits = self._one_pass([*context, *continuation[:-1]])
-        self.stats.scored_tokens += len(continuation)
-        return _continuation_logprob(logits[len(context) - 1:], continuation)
+    def __init__(self, model, method, reference_config=None):
+        if not getattr(method, "single_pass", False):
+            raise TypeError(f"SinglePassProtocol measures single-pass methods only; method="
+                            f"{getattr(method, 'name', method)!r} compresses its cache: use CompressionProtocol")
+        super().__init__(model, method, reference_config)
 
-    def _generate_single_pass(self, prompt: list[int], max_new_tokens: int, stop, eos_token_ids) -> list[int]:
-        """Greedy decoding where every step re-runs the whole sequence (the simulation's mask depends on it)."""
+    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
+        raise SinglePassError(f"method={self.method.name} protocol=simulate scores each request in one masked "
+                              "forward: it has no cache to fill in batches (use protocol=real)")
+
+    def score_continuations(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
+        """Each continuation scored in one forward over context + continuation."""
+        return [self._score(context, continuation) for continuation in continuations]
+
+    def stream_logprob(self, context: Sequence[int], continuation: Sequence[int], chunk: int) -> float:
+        """The whole window scored in one forward (``chunk`` does not apply)."""
+        return self._score(context, continuation)[0]
+
+    def generate(self, context: Sequence[int], max_new_tokens: int, stop: Callable[[list[int]], bool] | None = None,
+                 eos_token_ids: Sequence[int] = (), query: Sequence[int] = (), query_aware: bool = False) -> list[int]:
+        """Greedy decoding where every step re-runs the whole sequence (the simulation's mask depends on it); the
+        query is part of the one sequence, so ``query_aware`` changes nothing."""
+        prompt = list(context) + list(query)
         generated: list[int] = []
         eos = set(eos_token_ids)
         logits = self._one_pass(prompt, last_logits_only=True)
@@ -338,24 +310,20 @@ class CompressionProtocol:
         self.stats.decode_tokens += len(generated)
         return generated
 
+    def _one_pass(self, token_ids: Sequence[int], last_logits_only: bool = False) -> torch.Tensor:
+        """``token_ids`` in one forward on a fresh cache, measured like a prefill; returns the logits."""
+        cache = self.method.new_cache(self.model)
+        if len(token_ids) > len(self.longest_context):
+            self.longest_context = list(token_ids)
+        start = time.perf_counter()
+        logits = self.forward(cache, token_ids, last_logits_only=last_logits_only)
+        self._count_prefill(cache, len(token_ids), 1, time.perf_counter() - start)
+        return logits
 
-def check_cache_written(cache, n_tokens: int, stored: int, method_name: str) -> None:
-    """Raise :class:`CacheNotWrittenError` unless ``cache`` saw ``n_tokens`` tokens in every layer and holds bytes.
-
-    Every kvbench cache reports the *logical* length (tokens seen, evicted or not) as its sequence length,
-    so this holds for compressing caches too; a layer that was never updated is not initialised."""
-    layers = getattr(cache, "layers", [])
-    idle = [i for i, layer in enumerate(layers) if not getattr(layer, "is_initialized", True)]
-    seen = cache.get_seq_length()
-    if stored > 0 and seen == n_tokens and not idle:
-        return
-    what = f"{stored} bytes and reports {seen} tokens seen"
-    if idle:
-        what += f"; layers {idle[:8]}{'...' if len(idle) > 8 else ''} were never written"
-    raise CacheNotWrittenError(
-        f"method={method_name}: after prefilling {n_tokens} tokens the KV cache holds {what}. The model ran "
-        "without filling its cache, so no result is recorded (is the installed transformers the locked "
-        "version? see `make setup`)")
+    def _score(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
+        logits = self._one_pass([*context, *continuation[:-1]])
+        self.stats.scored_tokens += len(continuation)
+        return _continuation_logprob(logits[len(context) - 1:], continuation)
 
 
 def _continuation_logprob(logits: torch.Tensor, continuation: Sequence[int]) -> tuple[float, bool]:

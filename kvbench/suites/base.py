@@ -32,6 +32,7 @@ from kvbench.config import ModelConfig, SuiteConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import bootstrap
 from kvbench.registry import Registry
+from kvbench.results import EfficiencyPart
 
 #: Every suite, by its ``runner``; :meth:`~kvbench.registry.Registry.discover` imports every module of this
 #: package, so a new suite module edits no other file.
@@ -55,9 +56,13 @@ def sample_rows(ids, predictions, targets, scores) -> list[dict]:
 
 @dataclass
 class TaskResult:
-    """One task's scores. ``primary`` names the metric a table shows; ``stderr`` and ``n`` where known."""
+    """One task's scores. ``primary`` names the metric a table shows; ``stderr`` and ``n`` where known.
 
-    task: str
+    A result may also carry the efficiency suite's measurements so far (``efficiency``: the record's part, a new
+    object each time, replacing the record's); one with ``task=None`` carries only those (a point that ran out of
+    memory is measured, not scored)."""
+
+    task: str | None
     metrics: dict[str, float]
     primary: str
     higher_is_better: bool = True
@@ -67,6 +72,13 @@ class TaskResult:
     interval: tuple[float, float] | None = None
     #: Per-sample outputs for dashboards (the first :data:`SAMPLES_LOGGED`): ``{id, prediction, target, score}``.
     samples: list[dict] = field(default_factory=list)
+    #: The efficiency suite's measurements up to and including this result (the record's ``efficiency`` part).
+    efficiency: EfficiencyPart | None = None
+
+    @classmethod
+    def measurements(cls, efficiency: EfficiencyPart) -> "TaskResult":
+        """A result that carries measurements only: no task, no metric."""
+        return cls(None, {}, "", efficiency=efficiency)
 
     @classmethod
     def from_samples(cls, task: str, metrics: dict, primary: str, items, aggregate, higher_is_better: bool = True,
@@ -89,9 +101,6 @@ class RunContext:
     model_cfg: ModelConfig
     output_dir: Path
     seed: int = 0
-    #: The record's ``efficiency`` field, filled by the efficiency suite as it measures (the runner saves it
-    #: with every task result).
-    efficiency: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -5,19 +5,26 @@ At batch 1 and short contexts decoding is bound by the weights, so a smaller cac
 claims are serving numbers at large batch. This suite measures a grid of batch sizes × context lengths on one
 seeded prose workload (the local corpus cut to exact token lengths, identical for every method), each point a
 batch of equal-length prompts through the method's cache (batch > 1 is exact: ``tests/eval/test_batch.py``).
-The measurements are :mod:`kvbench.eval.efficiency`'s; the record's ``efficiency`` field holds every point and
-the max batch, and each point is also a task result (``ctx<N>_b<B>``: throughput, decode ms/step, TTFT).
+The measurements are :mod:`kvbench.eval.efficiency`'s. Each point is a task result (``ctx<N>_b<B>``: throughput,
+decode ms/step, TTFT) that also carries every point so far, the max batch and the workload: the record's
+``efficiency`` part (:class:`~kvbench.results.EfficiencyPart`), which the runner takes from each result.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
+from tqdm import tqdm
+
 from kvbench.config import SuiteConfig
+from kvbench.corpus import check_source
 from kvbench.errors import SuiteConfigError
+from kvbench.eval import efficiency as eff
+from kvbench import models
+from kvbench.results import EfficiencyPart
 from kvbench.suites.base import RunContext, Suite, TaskResult, register
 
 log = logging.getLogger(__name__)
@@ -82,8 +89,6 @@ class Efficiency(Suite):
         if budget is not None and not budget > 0:
             raise SuiteConfigError(f"suite.options.memory_budget_gb={budget!r} must be a positive number of GiB "
                                    "(or null for no max-batch figure)")
-        from kvbench.corpus import check_source
-
         check_source(opts.corpus)
         if model_cfg is not None:
             too_long = [n for n in contexts if n > model_cfg.max_length]
@@ -91,9 +96,7 @@ class Efficiency(Suite):
                 raise SuiteConfigError(f"suite.options.context_lengths {too_long} exceed model.max_length="
                                        f"{model_cfg.max_length} (choose lengths <= {model_cfg.max_length})")
             if budget is not None:
-                from kvbench.models import estimated_model_nbytes
-
-                weights = estimated_model_nbytes(model_cfg)
+                weights = models.estimated_model_nbytes(model_cfg)
                 if budget * (1 << 30) <= weights:
                     raise SuiteConfigError(
                         f"suite.options.memory_budget_gb={budget} is smaller than model={model_cfg.name} itself "
@@ -101,17 +104,10 @@ class Efficiency(Suite):
         return {"points": [(n, b) for n in contexts for b in batches]}
 
     def run(self, plan, context: RunContext) -> Iterator[TaskResult]:
-        from tqdm import tqdm
-
-        from kvbench.eval import efficiency as eff
-
+        """A result per measured point (``ctx<N>_b<B>``), then the max batch (with a budget); each carries the
+        measurements so far, the record's ``efficiency`` part."""
         opts, protocol = self.options, context.protocol
-        record = context.efficiency
-        record.update(points=[], max_batch=None, memory_source=None, workload={
-            "corpus": opts.corpus, "seed": opts.seed, "new_tokens": opts.new_tokens, "repeats": opts.repeats,
-            "warmup": opts.warmup, "eos": "ignored"})
         model_bytes = eff.model_nbytes(protocol.model)
-        record["model_bytes"] = model_bytes
         budget = opts.memory_budget_gb
         if budget is not None and budget * eff.GIB <= model_bytes:  # after surgery, on the real weights
             raise SuiteConfigError(f"suite.options.memory_budget_gb={budget} is smaller than the loaded model "
@@ -120,8 +116,14 @@ class Efficiency(Suite):
         workloads = {n: eff.prose_workload(context.tokenizer, widest, n, opts.seed, opts.corpus)
                      for n in sorted({n for n, _ in plan["points"]})}
         probe = eff.MemoryProbe(protocol.device)
-        record["memory_source"] = probe.source
-        record["memory_reset"] = probe.resettable
+        points: list[dict] = []
+        measured = EfficiencyPart(workload={"corpus": opts.corpus, "seed": opts.seed, "new_tokens": opts.new_tokens,
+                                            "repeats": opts.repeats, "warmup": opts.warmup, "eos": "ignored"},
+                                  model_bytes=model_bytes, memory_source=probe.source, memory_reset=probe.resettable)
+
+        def so_far(**changes) -> EfficiencyPart:  # a new part each time: the record never shares the suite's list
+            return replace(measured, points=list(points), **changes)
+
         oom = eff.out_of_memory_errors() if protocol.device.type == "cuda" else ()
         bar = tqdm(plan["points"], desc=f"efficiency {getattr(protocol.method, 'name', '')}", unit="point")
         for length, batch in bar:
@@ -131,24 +133,24 @@ class Efficiency(Suite):
                                           opts.warmup, probe)
             except oom:  # a point too large for the device: recorded as such, the grid goes on
                 eff.free_memory(protocol.device)
-                record["points"].append({"batch_size": batch, "context_length": length, "new_tokens": opts.new_tokens,
-                                         "out_of_memory": True})
+                points.append({"batch_size": batch, "context_length": length, "new_tokens": opts.new_tokens,
+                               "out_of_memory": True})
+                yield TaskResult.measurements(so_far())
                 continue
-            record["points"].append(point)
+            points.append(point)
             log.info("context %d, batch %d: %.1f tok/s, %.1f ms/step, TTFT %.2f s", length, batch,
                      point["throughput_tok_s"], point["decode_ms_per_step"], point["ttft_s"])
             yield TaskResult(f"ctx{length}_b{batch}", {k: point[k] for k in ("throughput_tok_s", "decode_ms_per_step",
                                                                               "ttft_s")},
-                             primary="throughput_tok_s", higher_is_better=True, n=opts.repeats)
+                             primary="throughput_tok_s", higher_is_better=True, n=opts.repeats, efficiency=so_far())
         bar.close()
         if budget is not None:
-            record["max_batch"] = self._max_batch(protocol, record["points"], workloads, model_bytes)
-            yield TaskResult("max_batch", {"batch": record["max_batch"]["batch"]}, primary="batch")
+            max_batch = self._max_batch(protocol, points, workloads, model_bytes)
+            yield TaskResult("max_batch", {"batch": max_batch["batch"]}, primary="batch",
+                             efficiency=so_far(max_batch=max_batch))
 
     def _max_batch(self, protocol, points: list[dict], workloads: dict, model_bytes: int) -> dict:
         """At the longest context: derived from measured bytes (always), searched on CUDA."""
-        from kvbench.eval import efficiency as eff
-
         opts = self.options
         length = max(workloads)
         measured = [p for p in points if p["context_length"] == length and not p.get("out_of_memory")]

@@ -24,7 +24,7 @@ from kvbench.eval.longbench import jsonl, predict_dataset, sample_score, score_r
 from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, LongBenchOfflineError, check_datasets, data_file,
                                          hub_data_dir, load_records, offline)
 from kvbench.eval.prompts import resolve_chat
-from kvbench.results import atomic_write_text
+from kvbench.atomic import atomic_write_text
 from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from kvbench.eval.ruler import SyntheticError, generate
 from kvbench.eval.ruler_tasks import TASK_NAMES, TASKS
 from kvbench.eval.intervals import mean
 from kvbench.eval.string_match import sample_match_all, string_match_all, string_match_part
-from kvbench.results import atomic_write_text
+from kvbench.atomic import atomic_write_text
 from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
 
 log = logging.getLogger(__name__)

@@ -50,6 +50,25 @@ def test_every_point_of_the_grid_is_measured_with_medians_and_their_range(record
     assert record.primary_metrics["ctx48_b2"] == {"name": "throughput_tok_s", "higher_is_better": True}
 
 
+def test_the_suite_yields_its_measurements_as_a_new_part_with_every_result(tiny_gqa, tmp_path):
+    from kvbench.eval.protocol import CompressionProtocol
+    from kvbench.methods import build_method
+    from kvbench.suites import RunContext, build_suite
+
+    model, tokenizer = tiny_gqa
+    cfg = compose_config(["model=tiny_llama", "logger=none", *GRID, "suite.options.repeats=1",
+                          "suite.options.memory_budget_gb=0.004"])
+    suite = build_suite(cfg.suite)
+    protocol = CompressionProtocol(model, build_method("full"))
+    results = list(suite.run(suite.validate(cfg.model), RunContext(protocol, tokenizer, cfg.model, tmp_path)))
+    parts = [r.efficiency for r in results]
+    assert [r.task for r in results] == ["ctx24_b1", "ctx24_b2", "ctx48_b1", "ctx48_b2", "max_batch"]
+    assert [len(p.points) for p in parts] == [1, 2, 3, 4, 4]  # each result: every point measured so far
+    assert len({id(p) for p in parts}) == len({id(p.points) for p in parts}) == 5  # nothing shared between them
+    assert [p.max_batch for p in parts[:-1]] == [None] * 4 and parts[-1].max_batch["source"] == "derived"
+    assert parts[0].workload["new_tokens"] == 3 and parts[0].memory_source == "rss_high_water"
+
+
 def test_full_cache_bytes_are_the_formula_and_grow_with_batch_and_decoded_tokens(records):
     by_key = {(p["context_length"], p["batch_size"]): p for p in records["full"].efficiency["points"]}
     per_token = 2 * 4 * 2 * 16 * 4  # 2 (K, V) · 4 layers · 2 KV heads · head dim 16 · float32

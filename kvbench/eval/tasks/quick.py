@@ -42,7 +42,7 @@ def _materialise(name: str, records: list[dict]):
     """Write ``records`` to ``<cache>/<name>.jsonl`` (atomically) and return them as a test split."""
     import datasets
 
-    from kvbench.results import atomic_write_text
+    from kvbench.atomic import atomic_write_text
 
     atomic_write_text(cache_dir() / f"{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return {"test": datasets.Dataset.from_list(records)}

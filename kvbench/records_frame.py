@@ -1,0 +1,67 @@
+"""Records as one flat table (a pandas DataFrame, one row per run): what the roll-up, the efficiency section and
+the paper tables read. The report side's only view of the typed record (:mod:`kvbench.results`).
+
+A row holds the run's identity (model, method label and parameters, suite, tasks, limit, protocol), its KV and
+speed figures, the machine it ran on, its error, and per task ``<task>/<primary metric>`` with ``:low``/``:high``
+(95% interval) and ``:n``. The efficiency suite's measurements travel as one JSON column (``efficiency``), read by
+:mod:`kvbench.efficiency_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from kvbench.results import MethodPart, RunRecord, iter_records
+
+
+def method_label(method: MethodPart) -> str:
+    """The report's label: the config name, marked ``(simulated)`` for a masking simulation unless it says so."""
+    label = method.label or method.name
+    return f"{label} (simulated)" if method.simulated and "simulated" not in label else label
+
+
+def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
+    """``(row, {metric column: higher is better})`` of one record."""
+    model, method, suite, kv, timing, env = record.model, record.method, record.suite, record.kv, record.timing, record.env
+    components = kv.components or {}
+    row = {
+        "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
+        "model": model.name, "method": method.name, "label": method_label(method),
+        "method_params": json.dumps(method.changed_params, sort_keys=True, default=str),
+        "label_params": json.dumps(method.label_params, sort_keys=True, default=str),
+        "suite": suite.name, "tasks": json.dumps(suite.tasks), "limit": suite.limit,
+        "query_aware": bool(suite.query_aware),
+        "kv_full_bytes": kv.full_bytes, "kv_stored_bytes": kv.stored_bytes, "kv_ratio": kv.ratio,
+        "kv_expected_ratio": components.get("product"), "kv_longest_ratio": components.get("measured"),
+        "decode_tok_s": timing.decode_tok_s, "prefill_tok_s": timing.prefill_tok_s, "wall_s": timing.wall_s,
+        "lock_sha256": env.lock_sha256, "device": env.device, "load_avg_1m": env.load_avg_1m, "error": record.error,
+        "efficiency": json.dumps(record.efficiency.to_dict(), default=str) if record.efficiency else None,
+    }
+    higher = {}
+    for task, primary in record.primary_metrics.items():
+        column = f"{task}/{primary['name']}"
+        row[column] = record.primary_value(task)
+        row[f"{column}:low"], row[f"{column}:high"] = record.intervals.get(task) or [None, None]
+        row[f"{column}:n"] = record.n_samples.get(task)
+        higher[column] = bool(primary.get("higher_is_better", True))
+    return row, higher
+
+
+def load_records(root: str | os.PathLike, skipped: list | None = None) -> pd.DataFrame:
+    """All records under ``root`` as one flat DataFrame (one row per run, duplicates by run_id dropped); the
+    direction of each metric column is in ``frame.attrs["higher_is_better"]``. Unreadable record files are
+    appended to ``skipped`` as ``(path, reason)``."""
+    rows, higher = [], {}
+    for path, record in iter_records(root, skipped):
+        row, directions = record_row(path, record)
+        rows.append(row)
+        higher.update(directions)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values("created_at").drop_duplicates("run_id", keep="last").reset_index(drop=True)
+    frame.attrs["higher_is_better"] = higher  # per metric column: its direction
+    return frame

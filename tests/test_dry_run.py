@@ -1,0 +1,26 @@
+"""``dry_run=true``: every check a run makes before its model loads, and one line saying what it would run."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvbench import models
+from kvbench.compose import compose_config
+from kvbench.dry_run import dry_run
+from kvbench.errors import MethodConfigError
+
+
+def test_dry_run_validates_without_loading_and_reports_bad_values(monkeypatch):
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
+    line = dry_run(compose_config(["method=h2o_simulated", "suite.num_fewshot=5"]), "h2o_simulated")
+    assert line == ("model=smollm2_135m method=h2o_simulated (simulated) suite=quick tasks=[kvbench_passkey_short, "
+                    "kvbench_prose_ppl] num_fewshot=5 limit=32: ok")
+    hub = dry_run(compose_config(["model=llama2_7b", "method=full"]))
+    assert hub.startswith("model=llama2_7b method=full suite=quick") and "ok, except not checked offline: " in hub
+    with pytest.raises(MethodConfigError, match="method.kv_heads=5 is larger than the model.s 3 KV heads"):
+        dry_run(compose_config(["method=svd_gqa", "method.kv_heads=5"]))
+
+
+def test_a_variant_config_is_named_with_the_parameters_changed_from_its_own_defaults():
+    line = dry_run(compose_config(["method=h2o_local", "method.recent_ratio=0.25"]), "h2o_local")
+    assert line.startswith("model=smollm2_135m method=h2o_local recent_ratio=0.25 suite=quick")
