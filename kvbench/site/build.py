@@ -82,7 +82,7 @@ class Site:
         target = self.out / path
         target.parent.mkdir(parents=True, exist_ok=True)
         html = self.env.get_template(template).render(
-            **self.common, root=root, page=page, title=title, charts=charts, **clean(context))
+            **self.common, root=root, page=page, title=title, charts=charts, **context)
         target.write_text(html, encoding="utf-8")
         return target
 
@@ -117,11 +117,11 @@ def write_site(root: str | Path | Rollup, out: str | Path, name: str | None = No
     pareto = pareto_figures(rollup)
     index = site.page("index.html.j2", "index.html", "overview", "overview", charts=bool(pareto),
                       n_records=len(rollup.frame), context=rollup.context, warning=rollup.warning,
-                      skipped=[(str(p), r) for p, r in rollup.skipped], overview=overview(rollup), pareto=pareto,
-                      figures=pareto, verdict_tests=any(c.endswith(":test") for c in rollup.table.columns))
+                      skipped=[(str(p), r) for p, r in rollup.skipped], overview=clean(overview(rollup)),
+                      pareto=pareto, figures=clean(pareto), verdict_tests=any(c.endswith(":test") for c in rollup.table.columns))
     charts = efficiency.figures(rollup.frame)
     site.page("efficiency.html.j2", "efficiency.html", "efficiency", "efficiency", charts=bool(charts),
-              figures=charts, max_batch=efficiency.max_batch(rollup.frame), roofline=efficiency.roofline(rollup.frame))
+              figures=clean(charts), max_batch=efficiency.max_batch(rollup.frame), roofline=efficiency.roofline(rollup.frame))
     if rows is not None:
         side, matched = paper_table(rollup.table, rows)
         site.page("paper.html.j2", "paper.html", "paper", "paper", paper=str(paper), legend=task_legend(rows, rollup.table),

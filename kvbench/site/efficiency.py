@@ -24,8 +24,8 @@ def _lines(points: pd.DataFrame, x: str, y: str, group: list[str], name) -> list
 
 
 def _layout(title: str, x: str, y: str, log_x: bool = False) -> dict:
-    return {"title": {"text": title}, "xaxis": {"title": {"text": x}, "type": "log" if log_x else "linear"},
-            "yaxis": {"title": {"text": y}}, "hovermode": "closest", "margin": {"t": 50, "l": 60, "r": 20, "b": 50}}
+    return {"title": {"text": title}, "xaxis": {"title": {"text": x}, "type": "log" if log_x else "linear", "automargin": True},
+            "yaxis": {"title": {"text": y}, "automargin": True}, "hovermode": "closest", "margin": {"t": 50, "l": 20, "r": 20, "b": 20}}
 
 
 def figures(frame: pd.DataFrame) -> list[dict]:

@@ -77,9 +77,18 @@ def _plain(value, digits: str = ".3g") -> list:
     return [str(value), str(value), None, None]
 
 
+def _error(text) -> list:
+    """A failed run's error: its first line (160 characters) in the cell, the whole of it in the tooltip."""
+    if blank(text):
+        return [None, "", None, None]
+    first = str(text).splitlines()[0] if str(text).strip() else str(text)
+    return [first, first if len(first) <= 160 else first[:160] + "…", str(text), None]
+
+
 def overview(rollup: Rollup) -> dict:
     """``{columns, rows}``: one row per record, in the roll-up's order, each with the link to its run page."""
-    table, frame = rollup.table, rollup.frame.set_index("run_id", drop=False)
+    table = rollup.table
+    records = {row["run_id"]: row for row in rollup.frame[["run_id", "suite", "query_aware", "status"]].to_dict("records")}
     metrics = table.attrs.get("metrics", [])
     higher = table.attrs.get("higher_is_better", {})
     extra = [c for c in ("mean_rank", "kv_ratio", "kv_ratio_longest", "kv_ratio_expected", "decode_tok_s", "error")
@@ -87,15 +96,15 @@ def overview(rollup: Rollup) -> dict:
     columns = [{"key": k, "title": k} for k in ("method", "params", "model", "suite", "protocol", "status")]
     columns += [{"key": m, "title": f"{m} {'↑' if higher.get(m, True) else '↓'}",
                  "tip": "higher is better" if higher.get(m, True) else "lower is better"} for m in metrics]
-    columns += [{"key": c, "title": c} for c in extra]
+    columns += [{"key": c, "title": c, "wrap": c == "error"} for c in extra]
     rows = []
-    for run_id, (_, row) in zip(table.attrs["run_ids"], table.iterrows()):
-        record = frame.loc[run_id]
+    for run_id, row in zip(table.attrs["run_ids"], table.to_dict("records")):  # dicts: iterrows copies attrs per row
+        record = records[run_id]
         protocol = "query-aware" if record["query_aware"] else "query-agnostic"
         ids = [row["method"], row["params"], row["model"], record["suite"], protocol, record["status"]]
         cells = [_plain(v) for v in ids]
         cells += [_metric_cell(row, m) for m in metrics]
-        cells += [_plain(row[c], ".2f" if c == "mean_rank" else ".3g") for c in extra]
+        cells += [_error(row[c]) if c == "error" else _plain(row[c], ".2f" if c == "mean_rank" else ".3g") for c in extra]
         rows.append({"id": run_id, "href": run_href(run_id),
                      "f": {"model": str(row["model"]), "method": str(row["method"]), "suite": str(record["suite"]),
                            "protocol": protocol}, "c": cells})
@@ -105,7 +114,7 @@ def overview(rollup: Rollup) -> dict:
 def pareto_figures(rollup: Rollup) -> list[dict]:
     """Per task: a Plotly figure of the primary metric against ``kv_ratio``, one trace per method label, each point's
     hover text naming the configuration and its ``customdata`` the run page."""
-    table = rollup.table.assign(_run=rollup.table.attrs["run_ids"])
+    table = rollup.table.assign(_run=list(rollup.table.attrs["run_ids"]))
     plotted = table[table["kv_ratio"].notna()]
     higher = table.attrs.get("higher_is_better", {})
     figures = []
@@ -125,7 +134,9 @@ def pareto_figures(rollup: Rollup) -> list[dict]:
         direction = "higher is better" if higher.get(column, True) else "lower is better"
         figures.append({"id": f"pareto-{index}", "data": traces, "layout": {
             "title": {"text": html.escape(f"{column} ({direction})")},
-            "xaxis": {"title": {"text": "KV ratio (uncompressed / stored bytes, measured)"}, "type": "log"},
-            "yaxis": {"title": {"text": html.escape(column)}}, "hovermode": "closest",
-            "margin": {"t": 50, "l": 60, "r": 20, "b": 50}}})
+            "xaxis": {"title": {"text": "KV ratio (uncompressed / stored bytes, measured)"}, "type": "log",
+                      "automargin": True},
+            "yaxis": {"title": {"text": html.escape(column)}, "automargin": True, "exponentformat": "e"},
+            "hovermode": "closest",
+            "margin": {"t": 50, "l": 20, "r": 20, "b": 20}}})
     return figures

@@ -40,11 +40,13 @@ def scores(record: RunRecord) -> list[dict]:
 
 def samples_table(rows: list[dict]) -> dict:
     """The per-sample rows as the browser table's ``{columns, rows}`` (filter by task)."""
-    columns = [{"key": k, "title": k} for k in ("task", "id", "prompt", "prediction", "reference", "score")]
+    columns = [{"key": k, "title": k, "wrap": k in ("prompt", "prediction", "reference")}
+               for k in ("task", "id", "prompt", "prediction", "reference", "score")]
     out = []
     for row in rows:
         cells = [[row[k], row[k], None, None] for k in ("task", "id", "prompt", "prediction", "reference")]
-        cells.append([row["score"], number(row["score"], ".4g"), None, None])
+        score = None if blank(row["score"]) else row["score"]
+        cells.append([score, number(score, ".4g"), None, None])
         out.append({"id": "", "f": {"task": row["task"]}, "c": cells})
     return {"columns": columns, "rows": out}
 

@@ -101,8 +101,13 @@ class Chromium:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def screenshot(self, path) -> None:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path, full_page: bool = False) -> None:
+        params = {}
+        if full_page:
+            height = self.eval("document.documentElement.scrollHeight")
+            width = self.eval("document.documentElement.scrollWidth")
+            params = {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}}
+        data = self.call("Page.captureScreenshot", format="png", **params)["data"]
         with open(path, "wb") as handle:
             handle.write(base64.b64decode(data))
 
@@ -116,3 +121,17 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.process.kill()
             self.profile.cleanup()
+
+
+if __name__ == "__main__":  # python -m tests.site.chromium PAGE.html OUT.png [--full]: a screenshot
+    import sys
+    from pathlib import Path
+
+    browser = Chromium(find_chromium() or sys.exit("no chromium on PATH"))
+    try:
+        seconds = browser.open(Path(sys.argv[1]).resolve().as_uri())
+        time.sleep(1)  # the charts draw after the load event
+        browser.screenshot(sys.argv[2], full_page="--full" in sys.argv)
+        print(f"{version(find_chromium())}: {sys.argv[1]} loaded in {seconds:.2f} s, console errors: {browser.errors}")
+    finally:
+        browser.close()

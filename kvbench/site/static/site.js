@@ -1,6 +1,6 @@
 /* kvbench site: the sortable, filterable, paged tables of the overview and the run pages, and the Plotly charts.
    Every string from a record is put in the page with textContent (never innerHTML): a record cannot inject markup.
-   Table data: {columns: [{title, tip}], rows: [{href, id, f: {filter: value}, c: [[sort, text, tip, mark], ...]}]}. */
+   Table data: {columns: [{key, title, tip, wrap}], rows: [{href, id, f: {filter: value}, c: [[sort, text, tip, mark], ...]}]}. */
 (function () {
   "use strict";
 
@@ -113,11 +113,11 @@
     var pages = Math.max(1, Math.ceil(rows.length / size));
     this.page = Math.min(Math.max(this.page, 0), pages - 1);
     var start = this.page * size, shown = rows.slice(start, start + size);
-    var body = el("tbody");
+    var body = el("tbody"), columns = this.data.columns;
     shown.forEach(function (row) {
       var tr = el("tr", {"data-run": row.id || ""});
       row.c.forEach(function (cell, i) {
-        var td = el("td");
+        var td = el("td", columns[i].wrap ? {"class": "wrap"} : {});
         if (cell[2]) { td.setAttribute("title", cell[2]); }
         if (i === 0 && row.href) {
           td.appendChild(el("a", {href: row.href}, cell[1]));
