@@ -101,6 +101,14 @@ class Chromium:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def wait_for(self, expression: str, timeout: float = 60) -> None:
+        """Poll until ``expression`` is true in the page (what a script draws after the load event)."""
+        deadline = time.monotonic() + timeout
+        while not self.eval(expression):
+            if time.monotonic() > deadline:
+                raise TimeoutError(expression)
+            time.sleep(0.1)
+
     def screenshot(self, path, full_page: bool = False) -> None:
         params = {}
         if full_page:
@@ -130,7 +138,7 @@ if __name__ == "__main__":  # python -m tests.site.chromium PAGE.html OUT.png [-
     browser = Chromium(find_chromium() or sys.exit("no chromium on PATH"))
     try:
         seconds = browser.open(Path(sys.argv[1]).resolve().as_uri())
-        time.sleep(1)  # the charts draw after the load event
+        browser.wait_for("document.body.dataset.charts === 'drawn'")  # the charts draw after the load event
         browser.screenshot(sys.argv[2], full_page="--full" in sys.argv)
         print(f"{version(find_chromium())}: {sys.argv[1]} loaded in {seconds:.2f} s, console errors: {browser.errors}")
     finally:

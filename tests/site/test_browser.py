@@ -46,6 +46,7 @@ def _column(browser, key: str) -> list[str]:
 
 def test_overview_loads_without_errors_has_a_row_per_record_and_sorts_by_ratio(browser, site, tmp_path):
     seconds = browser.open(site.as_uri())
+    browser.wait_for("document.body.dataset.charts === 'drawn'")
     print(f"overview loaded in {seconds:.2f} s")
     assert browser.errors == []
     browser.eval("""(() => { const s = document.querySelector('#overview .page-size');
@@ -65,6 +66,7 @@ def test_overview_loads_without_errors_has_a_row_per_record_and_sorts_by_ratio(b
 
 def test_a_pareto_points_tooltip_names_its_configuration(browser, site):
     browser.open(site.as_uri())
+    browser.wait_for("document.body.dataset.charts === 'drawn'")
     text = browser.eval("""(() => {
         const plot = document.getElementById('pareto-0');
         const trace = plot.data.findIndex(t => t.name === 'h2o');

@@ -118,6 +118,7 @@ def test_paper_page_sets_ours_beside_the_paper(records_dir, tmp_path):
     assert 'href="paper.html"' in index.read_text()
 
 
+@pytest.mark.slow  # about 30 s on two busy cores
 def test_2000_records_build_in_under_a_minute(tmp_path):
     write_many(tmp_path / "many", 2000)
     start = time.perf_counter()

@@ -148,6 +148,7 @@
         if (href) { window.location.href = href; }
       });
     });
+    document.body.setAttribute("data-charts", "drawn");
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -156,6 +157,6 @@
     Array.prototype.forEach.call(tables, function (root) {
       window.kvbenchTables[root.id] = new Table(root, readJSON(root.getAttribute("data-table")));
     });
-    charts();
+    window.setTimeout(charts, 0);  // the table first: it is usable while Plotly draws
   });
 })();
