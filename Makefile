@@ -48,7 +48,8 @@ test-browser: setup
 		|| echo "make test-browser: Debian's chromium could not be installed: the browser test will skip"
 	$(OFFLINE) $(PY) -m pytest -q -m browser -s tests/site/test_browser.py
 
-# The committed example site: from the records of the quickstart and the paper miniatures (SITE_RECORDS).
+# The committed example site, from the committed records under SITE_RECORDS (reports/records: for now tiny-model
+# sweeps; the quickstart's and the paper miniatures' records belong there).
 SITE_RECORDS ?= reports/records
 site: setup
 	rm -rf reports/site
