@@ -12,6 +12,7 @@ import pytest
 
 from kvbench.cli import report_main
 from kvbench.report import roll_up
+from kvbench.results import write_record
 from kvbench.site import write_site
 from tests.site.conftest import COMMIT, INJECTION, write_many
 
@@ -52,6 +53,26 @@ def test_corrupt_and_truncated_records_are_listed_with_their_paths_and_the_rest_
     assert str(records_dir / "corrupt" / "record.json") in listed
     assert str(records_dir / "truncated" / "record.json") in listed
     assert listed.count("<li>") == 2
+
+
+@pytest.mark.parametrize("breaks", [
+    lambda d: d["metrics"]["mc"].update(acc="n/a"),  # a metric that is not a number
+    lambda d: d.update(metrics=[0.5]),  # a part of the wrong type
+    lambda d: d.update(intervals={"mc": [0.1]}),  # an interval that is not a pair
+    lambda d: d.update(kv=None, env="cpu"),
+], ids=["metric_text", "metrics_list", "interval_single", "parts_null"])
+def test_a_record_with_fields_of_the_wrong_shape_is_listed_with_its_path_and_the_rest_builds(breaks, tmp_path):
+    from tests.site.conftest import make_record
+
+    write_record(tmp_path / "runs" / "good" / "record.json", make_record(1, "full", {}, 1000))
+    data = make_record(2, "h2o", {}, 200).to_dict()
+    breaks(data)
+    (tmp_path / "runs" / "bad").mkdir()
+    (tmp_path / "runs" / "bad" / "record.json").write_text(json.dumps(data), encoding="utf-8")
+    index = write_site(tmp_path / "runs", tmp_path / "site")
+    listed = re.search(r'<ul class="skipped">(.*?)</ul>', index.read_text(), re.S).group(1)
+    assert str(tmp_path / "runs" / "bad" / "record.json") in listed
+    assert [row["f"]["method"] for row in embedded(index, "overview-data")["rows"]] == ["full"]
 
 
 def test_a_directory_with_no_readable_record_gets_a_site_that_lists_the_files(tmp_path):
