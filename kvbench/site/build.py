@@ -99,6 +99,11 @@ def _rollup(root: Path) -> tuple[Rollup | None, list]:
         return None, skipped
 
 
+def _listed(skipped: list) -> list[tuple[str, str]]:
+    """``(path, reason)`` per unreadable file, the reason without the path it often repeats."""
+    return [(str(path), str(reason).removeprefix(str(path)).lstrip(": ") or str(reason)) for path, reason in skipped]
+
+
 def write_site(root: str | Path | Rollup, out: str | Path, name: str | None = None,
                paper: str | Path | None = None) -> Path:
     """Write the site for ``root`` (a directory of records, or its :class:`~kvbench.report.Rollup`) into ``out``;
@@ -111,13 +116,13 @@ def write_site(root: str | Path | Rollup, out: str | Path, name: str | None = No
     site = Site(out, name or Path(source).resolve().name, source, rows is not None and rollup is not None)
     if rollup is None:
         return site.page("index.html.j2", "index.html", "overview", "overview", n_records=0, context="",
-                         warning=None, skipped=[(str(p), r) for p, r in skipped], verdict_tests=False,
+                         warning=None, skipped=_listed(skipped), verdict_tests=False,
                          overview={"columns": [], "rows": []}, pareto=[], figures=[])
     _write_runs(site, rollup.frame)
     pareto = pareto_figures(rollup)
     index = site.page("index.html.j2", "index.html", "overview", "overview", charts=bool(pareto),
                       n_records=len(rollup.frame), context=rollup.context, warning=rollup.warning,
-                      skipped=[(str(p), r) for p, r in rollup.skipped], overview=clean(overview(rollup)),
+                      skipped=_listed(rollup.skipped), overview=clean(overview(rollup)),
                       pareto=pareto, figures=clean(pareto), verdict_tests=any(c.endswith(":test") for c in rollup.table.columns))
     charts = efficiency.figures(rollup.frame)
     site.page("efficiency.html.j2", "efficiency.html", "efficiency", "efficiency", charts=bool(charts),
