@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from kvbench.cli import report_main
-from kvbench.report import roll_up
 from kvbench.results import write_record
 from kvbench.site import write_site
 from tests.site.conftest import COMMIT, INJECTION, write_many
@@ -139,7 +138,7 @@ def test_paper_page_sets_ours_beside_the_paper(records_dir, tmp_path):
     assert 'href="paper.html"' in index.read_text()
 
 
-@pytest.mark.slow  # about 30 s on two busy cores
+@pytest.mark.slow  # 9-30 s on two shared cores (load average 10), records written in 15 s more
 def test_2000_records_build_in_under_a_minute(tmp_path):
     write_many(tmp_path / "many", 2000)
     start = time.perf_counter()
@@ -149,21 +148,3 @@ def test_2000_records_build_in_under_a_minute(tmp_path):
     assert len(embedded(index, "overview-data")["rows"]) == 2000
     assert len(list((tmp_path / "site" / "runs").glob("*.html"))) == 2000
     assert seconds < 60
-
-
-def test_verdict_tooltips_come_from_the_rollups_test_columns(records_dir):
-    from kvbench.site.overview import overview
-
-    rollup = roll_up(records_dir)
-    plain = overview(rollup)
-    marks = [cell for row in plain["rows"] for cell in row["c"] if cell[3]]
-    assert marks and all(cell[2] is None for cell in marks)  # the mark alone: the roll-up has no test columns
-    column = "mc/acc"
-    rollup.table[f"{column}:verdict"] = rollup.table[f"{column}:vs_full"]
-    rollup.table[f"{column}:test"] = "wilcoxon"
-    rollup.table[f"{column}:p_value"] = 0.0123
-    rollup.table[f"{column}:n_pairs"] = 12
-    tipped = overview(rollup)
-    position = [c["key"] for c in tipped["columns"]].index(column)
-    cells = [row["c"][position] for row in tipped["rows"] if row["c"][position][3]]
-    assert cells and all(cell[2] == "wilcoxon, p = 0.0123, n = 12" for cell in cells)
