@@ -1,6 +1,8 @@
 # The two commands of the README. Both create .venv (if missing) and install from the committed lock.
 #   make quickstart   set up, then run every method on the bundled model (table in outputs/reports/quickstart.md)
-#   make test         set up, then run the test suite (what CI runs)
+#   make test         set up, then run the test suite (what CI runs), less the browser tier
+#   make test-browser the site in headless Chromium (installs Debian's chromium if missing; skips if it cannot)
+#   make site         the static results site of SITE_RECORDS in reports/site/ (kvbench-report --html)
 # Maintenance:
 #   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
@@ -19,7 +21,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup quickstart test lock test-latest examples
+.PHONY: setup quickstart test test-browser site lock test-latest examples
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
@@ -39,7 +41,19 @@ examples: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart reports_dir=reports
 
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q -m "not browser"
+
+test-browser: setup
+	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+		|| echo "make test-browser: Debian's chromium could not be installed: the browser test will skip"
+	$(OFFLINE) $(PY) -m pytest -q -m browser -s tests/site/test_browser.py
+
+# The committed example site, from the committed records under SITE_RECORDS (reports/records: for now tiny-model
+# sweeps; the quickstart's and the paper miniatures' records belong there).
+SITE_RECORDS ?= reports/records
+site: setup
+	rm -rf reports/site
+	$(VENV)/bin/kvbench-report $(SITE_RECORDS) --html reports/site --name "kvbench example"
 
 lock:
 	rm -rf .venv-lock

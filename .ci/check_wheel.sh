@@ -2,7 +2,7 @@
 # Build kvbench's wheel, install it without -e into a scratch directory, and from a directory outside the
 # checkout: check that it ships every YAML of conf/ and its lock, compose every config (tests/test_configs.py
 # run against the wheel), dry-run a few experiments through the installed `kvbench`, and run a one-example
-# job on the tiny random model.
+# job on the tiny random model, and build the results site of that job from the installed kvbench-report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -67,3 +67,7 @@ record = read_record(sys.argv[1])
 assert record.status == 'complete' and record.metrics, record
 print('wheel job:', record.status, record.metrics, 'kv ratio', record.kv['ratio'])
 " "$SCRATCH/run/record.json"
+# The results site from the installed wheel: its templates, script and styles are package data.
+"$SCRATCH/site/bin/kvbench-report" "$SCRATCH/run" --html "$SCRATCH/html" > /dev/null
+test -f "$SCRATCH/html/index.html" && test -f "$SCRATCH/html/assets/site.js" && test -f "$SCRATCH/html/assets/plotly.min.js"
+echo "wheel site: $(ls "$SCRATCH/html/runs" | wc -l) run page(s), $(du -sh "$SCRATCH/html" | cut -f1) in all"

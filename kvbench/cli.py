@@ -47,6 +47,7 @@ Examples:
   kvbench suite=ruler method=snapkv              RULER-style retrieval at 384/768 tokens
   kvbench -m hydra/launcher=slurm hydra.launcher.partition=gpu model=llama2_7b method=full,h2o
   kvbench-report outputs/sweeps/<time>           roll up any directory of records (md, csv, png; --format latex)
+  kvbench-report outputs/sweeps/<time> --html site/   the same as a static site to browse (site/index.html)
 
 Config groups (conf/):
 {groups}
@@ -181,7 +182,7 @@ def summary(record, output_dir: Path) -> str:
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    """``kvbench-report DIR [--name NAME] [--reports-dir outputs/reports] [--format latex ...]``."""
+    """``kvbench-report DIR [--name NAME] [--reports-dir outputs/reports] [--format latex ...] [--html OUT]``."""
     parser = argparse.ArgumentParser(prog="kvbench-report", description="Roll result records up into tables and plots.")
     parser.add_argument("dir", help="directory searched recursively for result records")
     parser.add_argument("--name", help="table name (default: the directory's name)")
@@ -191,13 +192,23 @@ def report_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paper", metavar="CSV",
                         help="a paper's numbers (experiments/<paper>/paper_<table>.csv): also write <name>_paper.md "
                              "and .csv with ours | paper | delta per task")
+    parser.add_argument("--html", metavar="OUT",
+                        help="write a static site (overview, Pareto, efficiency, run pages; opens from file://) into "
+                             "OUT; the md/csv/png files are then written only if --format asks for them")
     args = parser.parse_args(argv)
     root = Path(args.dir)
+    name = args.name or root.resolve().name
     from kvbench.report import write_report  # the entry point of a report: pandas and matplotlib
 
     try:
-        formats = tuple("tex" if f == "latex" else f for f in (args.format or ["md", "csv", "png"]))
-        paths = write_report(root, args.name or root.resolve().name, args.reports_dir, formats, paper=args.paper)
+        paths = {}
+        if args.format or not args.html:
+            formats = tuple("tex" if f == "latex" else f for f in (args.format or ["md", "csv", "png"]))
+            paths = write_report(root, name, args.reports_dir, formats, paper=args.paper)
+        if args.html:
+            from kvbench.site import write_site  # Jinja2 and the site's templates
+
+            paths["html"] = write_site(root, args.html, name, paper=args.paper)
     except (KvbenchError, OSError) as error:
         fail(error, prog="kvbench-report")
     for path in paths.values():

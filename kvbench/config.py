@@ -130,6 +130,8 @@ class RunConfig:
     #: Where roll-up tables and plots go, and the name of a sweep's table.
     reports_dir: str = "outputs/reports"
     report_name: Optional[str] = None
+    #: Also write a sweep's roll-up as a static site, ``<reports_dir>/<report_name>_site/index.html``.
+    html: bool = False
     #: Where each job of a parallel sweep puts its model: null = ``model.device_map``; ``round_robin`` = job k
     #: on GPU k mod n (joblib workers on a multi-GPU box). Not part of the config hash.
     job_device: Optional[str] = None

@@ -45,6 +45,8 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
     for task, primary in record.primary_metrics.items():
         column = f"{task}/{primary['name']}"
         row[column] = record.primary_value(task)
+        if row[column] is not None and (isinstance(row[column], bool) or not isinstance(row[column], (int, float))):
+            raise TypeError(f"{column} is {row[column]!r}, not a number")
         row[f"{column}:low"], row[f"{column}:high"] = record.intervals.get(task) or [None, None]
         row[f"{column}:n"] = record.n_samples.get(task)
         higher[column] = bool(primary.get("higher_is_better", True))
@@ -53,11 +55,17 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
 
 def load_records(root: str | os.PathLike, skipped: list | None = None) -> pd.DataFrame:
     """All records under ``root`` as one flat DataFrame (one row per run, duplicates by run_id dropped); the
-    direction of each metric column is in ``frame.attrs["higher_is_better"]``. Unreadable record files are
+    direction of each metric column is in ``frame.attrs["higher_is_better"]``. Unreadable record files, and records
+    whose fields have the wrong shape (a metric that is not a number, an interval that is not a pair), are
     appended to ``skipped`` as ``(path, reason)``."""
     rows, higher = [], {}
     for path, record in iter_records(root, skipped):
-        row, directions = record_row(path, record)
+        try:
+            row, directions = record_row(path, record)
+        except (AttributeError, TypeError, ValueError, KeyError) as error:  # valid JSON, wrong shapes inside
+            if skipped is not None:
+                skipped.append((path, f"malformed record: {type(error).__name__}: {error}"))
+            continue
         rows.append(row)
         higher.update(directions)
     frame = pd.DataFrame(rows)

@@ -106,7 +106,9 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     table["_failed"], table["_baseline_last"] = failed.values, (frame["method"] != "full").values
     order = ["_failed", "model", *(["protocol"] if "protocol" in table else []), "_baseline_last", "method", "params"]
     table = table.sort_values(order, kind="stable")
-    table.attrs = {"higher_is_better": higher, "metrics": metrics}
+    # run_ids: the record behind each row, in the table's order (the site links each row to its run page); an Index,
+    # which pandas copies in one step wherever it copies attrs (a list would be deep-copied item by item, per row)
+    table.attrs = {"higher_is_better": higher, "metrics": metrics, "run_ids": pd.Index(frame.loc[table.index, "run_id"])}
     return table.drop(columns=["_failed", "_baseline_last"]).reset_index(drop=True)
 
 

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 3
 #: Config keys that do not change what a run measures (excluded from the hash).
-UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "job_device", "dry_run", "paper")
+UNHASHED_KEYS = ("logger", "force", "records_dir", "reports_dir", "report_name", "html", "job_device", "dry_run",
+                "paper")
 
 
 class RecordError(KvbenchError):

@@ -106,7 +106,8 @@ class RollupCallback(Callback):
 
     @staticmethod
     def _roll_up(config, sweep_dir: Path) -> None:
-        """The sweep's table, built once: written (md, csv, png), printed, and logged to W&B."""
+        """The sweep's table, built once: written (md, csv, png; with ``html=true`` a static site beside them,
+        ``<reports_dir>/<name>_site/index.html``), printed, and logged to W&B."""
         from kvbench.report import roll_up, write_report  # pandas and matplotlib, at the sweep's end only
 
         name = config.get("report_name") or f"sweep_{sweep_dir.name}"
@@ -116,6 +117,12 @@ class RollupCallback(Callback):
         except KvbenchError as error:  # no record, or a bad paper CSV
             print(f"kvbench: no sweep table: {error}", file=sys.stderr)
             return
+        if config.get("html"):
+            from kvbench.site import write_site  # html=true: the roll-up as a static site too
+
+            site = write_site(rollup, Path(config.get("reports_dir", "outputs/reports")) / f"{name}_site", name,
+                              paper=config.get("paper"))
+            print(f"kvbench: sweep site written to {site}")
         print(f"kvbench: sweep table written to {paths['md']}")
         print(paths["md"].read_text(encoding="utf-8"))
         log_rollup(config.logger, sweep_dir.name, rollup.shown, paths.get("png"), name)

@@ -63,3 +63,20 @@ def test_failed_jobs_are_read_from_their_records_at_the_sweeps_end(tmp_path, cap
     out, err = capsys.readouterr()
     assert "kvbench: 1 of 2 jobs failed: 1_h2o: RuntimeError: disk on fire" in err
     assert "kvbench: sweep table written to" in out and (tmp_path / "reports" / "t.md").exists()
+
+
+def test_html_true_writes_the_sweeps_rollup_as_a_site_beside_its_table(tmp_path, capsys):
+    from kvbench.results import RunRecord, write_record
+    from kvbench.sweep import RollupCallback
+
+    for job, method in enumerate(["full", "h2o"]):
+        write_record(tmp_path / "sweep" / f"{job}_{method}" / "record.json", RunRecord(
+            run_id=f"{job:012x}", created_at=f"2026-01-01T00:00:0{job}", status="complete", model={"name": "m"},
+            method={"name": method}, suite={"name": "s"}, metrics={"t": {"acc": 0.5}},
+            primary_metrics={"t": {"name": "acc", "higher_is_better": True}}))
+    config = _sweep_config(tmp_path)
+    config.html = True
+    RollupCallback().on_multirun_end(config)
+    site = tmp_path / "reports" / "t_site"
+    assert (site / "index.html").is_file() and len(list((site / "runs").glob("*.html"))) == 2
+    assert f"kvbench: sweep site written to {site / 'index.html'}" in capsys.readouterr().out
