@@ -141,7 +141,11 @@
     var figures = readJSON("figures") || [];
     figures.forEach(function (figure) {
       var div = document.getElementById(figure.id);
-      if (!div || typeof Plotly === "undefined") { return; }
+      if (!div) { return; }
+      if (typeof Plotly === "undefined") {  // the committed example ships without Plotly's own file (see README)
+        div.textContent = "Charts need assets/plotly.min.js, which kvbench-report --html writes (make site).";
+        return;
+      }
       Plotly.newPlot(div, figure.data, figure.layout, {displaylogo: false, responsive: true});
       div.on("plotly_click", function (event) {  // a point's customdata is its run page
         var href = event.points && event.points[0] && event.points[0].customdata;
