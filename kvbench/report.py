@@ -153,13 +153,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-#: The longest error a table cell shows (a record may carry a huge one: the record keeps it whole).
-ERROR_CHARS = 300
-
-
-def _short_error(error) -> str:
+def _short_error(error, limit: int = 300) -> str:
+    """An error as one table cell of at most ``limit`` characters (a record may carry a huge one and keeps it whole)."""
     text = str(error).replace("\n", " ")
-    return text if len(text) <= ERROR_CHARS else f"{text[:ERROR_CHARS]}… ({len(text)} characters; the record has all)"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters; the record has all)"
 
 
 def skipped_note(skipped: list[tuple[Path, str]]) -> str:
