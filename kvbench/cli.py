@@ -121,7 +121,9 @@ def _run_job(cfg) -> JobFailure | None:
         if not multirun:
             fail(error)
         print(f"kvbench: error: job {job} ({cfg.method.name}): {error}", file=sys.stderr)
-        return None  # the job's failed record is written; the sweep goes on
+        if (Path(hydra_cfg.runtime.output_dir) / RECORD_NAME).exists():
+            return None  # the job's failed record is written; the sweep goes on
+        return JobFailure(f"job {job}", str(error))  # no record where the sweep's end looks (a full disk)
     except Exception:
         if not multirun or debug_mode():
             raise

@@ -6,8 +6,12 @@ sha256 (``env.lock_sha256``) and the pinned packages whose installed version dif
 (``env.lock_drift``, empty when the environment is the locked one), so a figure can be traced to the
 exact environment that produced it.
 
-``python -m kvbench.environment check`` exits 1 when the installed packages drift from the lock
-(``make setup`` runs it after installing).
+``requirements-cuda.lock`` beside it pins what the CUDA build of the same torch adds (nvidia-*, triton, cuda-*),
+so a GPU set-up (``make setup-cuda``) is pinned too; the two files never pin the same package.
+
+``python -m kvbench.environment check`` exits 1 when the installed packages drift from either lock (``make setup``
+runs it after installing), and with one line when the lock is missing or corrupt; ``check --cuda`` (``make
+setup-cuda``) also requires every CUDA pin installed and a CUDA build of torch.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from importlib import metadata
 from pathlib import Path
 
 LOCK_NAME = "requirements.lock"
+#: The CUDA set-up's pins beside the lock: what torch's CUDA build adds (nvidia-*, triton; ``make setup-cuda``).
+CUDA_LOCK_NAME = "requirements-cuda.lock"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
-def lock_path() -> Path | None:
+def lock_path(name: str = LOCK_NAME) -> Path | None:
     """The lock file: inside the installed package (wheel) or at the repository root (editable install)."""
     package = Path(__file__).resolve().parent
-    for candidate in (package / LOCK_NAME, package.parent / LOCK_NAME):
+    for candidate in (package / name, package.parent / name):
         if candidate.is_file():
             return candidate
     return None
@@ -45,11 +51,34 @@ def lock_pins(path: Path | None = None) -> dict[str, str]:
     if path is None:
         return {}
     pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         match = _PIN.match(line.strip())
         if match:
             pins[_canonical(match.group(1))] = match.group(2)
     return pins
+
+
+def cuda_pins() -> dict[str, str]:
+    """The CUDA lock's pins (empty where it is missing)."""
+    path = lock_path(CUDA_LOCK_NAME)
+    return lock_pins(path) if path else {}
+
+
+def cuda_gaps() -> list[str]:
+    """What a CUDA set-up lacks: CUDA-lock packages that are not installed, and a CPU build of torch."""
+    gaps = []
+    for name, version in sorted(cuda_pins().items()):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            gaps.append(f"{name} not installed, locked {version}")
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return [*gaps, "torch not installed"]
+    if torch_version.endswith("+cpu"):
+        gaps.append(f"torch {torch_version} is the CPU build (make setup-cuda installs the CUDA one)")
+    return gaps
 
 
 @lru_cache(maxsize=1)
@@ -66,9 +95,10 @@ def _public(version: str) -> str:
 def lock_drift(pins: dict[str, str] | None = None) -> list[str]:
     """Pinned packages whose installed version differs from the lock: ``["name installed X, locked Y", ...]``.
 
-    A pinned package that is not installed is not drift (optional extras); kvbench itself is not pinned.
+    A pinned package that is not installed is not drift (optional extras, or the CUDA pins on a CPU set-up);
+    kvbench itself is not pinned. The default pins are the lock's and the CUDA lock's together.
     """
-    pins = lock_pins() if pins is None else pins
+    pins = {**cuda_pins(), **lock_pins()} if pins is None else pins
     installed = {}
     for dist in metadata.distributions():
         name = dist.metadata.get("Name")
@@ -106,20 +136,43 @@ def _load_average() -> float | None:
         return None
 
 
+def lock_problem(path: Path) -> str | None:
+    """Why the lock at ``path`` cannot be trusted (unreadable, a line that is not a pin, e.g. a merge conflict or a
+    truncated write, or no pins at all), or None. A lock that only parses partly would check nothing it lost."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        return f"{path} cannot be read as a lock ({type(error).__name__})"
+    for number, line in enumerate(lines, 1):
+        if line.strip() and not line.lstrip().startswith("#") and not _PIN.match(line.strip()):
+            return f"{path} line {number} is not a 'name==version' pin: {line.strip()[:60]!r}"
+    if not any(_PIN.match(line.strip()) for line in lines):
+        return f"{path} pins no package"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``check``: the CPU set-up (installed pins of both locks at their versions); ``check --cuda``: also every
+    CUDA pin installed and torch a CUDA build. One line for a missing or corrupt lock; exit 1 on any problem."""
     args = sys.argv[1:] if argv is None else argv
-    if args != ["check"]:
-        print("usage: python -m kvbench.environment check", file=sys.stderr)
+    if args not in (["check"], ["check", "--cuda"]):
+        print("usage: python -m kvbench.environment check [--cuda]", file=sys.stderr)
         return 2
-    path = lock_path()
-    if path is None:
-        print(f"kvbench: error: no {LOCK_NAME} found next to the package or the repository root", file=sys.stderr)
-        return 1
-    drift = lock_drift()
+    names = (LOCK_NAME, CUDA_LOCK_NAME) if "--cuda" in args else (LOCK_NAME,)
+    for name in names:
+        path = lock_path(name)
+        problem = f"no {name} found next to the package or the repository root" if path is None else lock_problem(path)
+        if problem:
+            print(f"kvbench: error: {problem}; restore it (git checkout {name}) or regenerate it "
+                  f"(make {'lock-cuda' if name == CUDA_LOCK_NAME else 'lock'})", file=sys.stderr)
+            return 1
+    drift = lock_drift() + (cuda_gaps() if "--cuda" in args else [])
     if drift:
-        print(f"kvbench: the installed packages differ from {path}:\n  " + "\n  ".join(drift), file=sys.stderr)
+        print(f"kvbench: the installed packages differ from {' and '.join(names)}:\n  " + "\n  ".join(drift),
+              file=sys.stderr)
         return 1
-    print(f"kvbench: environment matches {path.name} (sha256 {lock_sha256()[:12]}, {len(lock_pins())} pins)")
+    pins = len(lock_pins()) + (len(cuda_pins()) if "--cuda" in args else 0)
+    print(f"kvbench: environment matches {' + '.join(names)} (sha256 {lock_sha256()[:12]}, {pins} pins)")
     return 0
 
 

@@ -45,6 +45,10 @@ class CorpusError(ConfigError):
     """A text corpus cannot be read; the message names it."""
 
 
+class DiskFullError(KvbenchError):
+    """A run's output could not be written for want of space; the message names the path and where the record is."""
+
+
 def debug_mode() -> bool:
     """``KVBENCH_DEBUG=1``: user errors keep their full traceback."""
     return os.environ.get("KVBENCH_DEBUG", "").lower() in ("1", "true", "yes")

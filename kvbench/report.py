@@ -151,8 +151,22 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         if column in table:
             shown[column] = table[column].map(lambda v: "" if pd.isna(v) else f"{v:.3g}" if column != "mean_rank" else f"{v:.2f}")
     if "error" in table:
-        shown["error"] = table["error"].fillna("")
+        shown["error"] = table["error"].fillna("").map(_short_error)
     return shown
+
+
+def _short_error(error, limit: int = 300) -> str:
+    """An error as one table cell of at most ``limit`` characters (a record may carry a huge one and keeps it whole)."""
+    text = str(error).replace("\n", " ")
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters; the record has all)"
+
+
+def skipped_note(skipped: list[tuple[Path, str]]) -> str:
+    """The table's line on the record files it could not read (corrupt, another schema version, unknown fields)."""
+    if not skipped:
+        return ""
+    listed = "; ".join(f"`{path}` ({_short_error(reason)})" for path, reason in skipped)
+    return f"**Skipped {len(skipped)} unreadable record file(s):** {listed}\n\n"
 
 
 def _cell(row, column: str, with_n: bool) -> str:
@@ -235,7 +249,7 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
                      "`kv_ratio_expected` the product of each component's ratio measured alone on that same context "
                      "(compare these two: ratios that depend on length, e.g. KIVI's residual, differ from the "
                      "run-wide `kv_ratio`)" if "kv_ratio_expected" in table else "") + ".\n\n"
-                  + (f"**{warning}**\n\n" if warning else ""))
+                  + (f"**{warning}**\n\n" if warning else "") + skipped_note(rollup.skipped))
         paths["md"].write_text(header + shown.to_markdown(index=False) + "\n", encoding="utf-8")
     efficiency = efficiency_report.markdown(frame)
     if efficiency and "md" in formats:

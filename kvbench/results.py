@@ -214,7 +214,7 @@ class RunRecord:
 
     run_id: str = _doc("12-hex-digit id of this run")
     created_at: str = _doc("UTC time the run started (ISO 8601)")
-    status: str = _doc("`running`, `complete` or `failed`", "running")
+    status: str = _doc("`running`, `complete`, `failed` or `interrupted` (Ctrl-C; a re-run redoes it)", "running")
     config_hash: str = _doc("hash of the resolved config, minus logger/force/paths: the skip key", "")
     config: dict = _doc("the resolved config", factory=dict)
     model: ModelPart = _doc(ModelPart.__doc__, factory=ModelPart)
@@ -350,30 +350,42 @@ class RecordStore:
     after every change.
 
     A write that fails (full disk, a directory gone) never costs the result: the other copy is still
-    written, and if both fail the record goes to :func:`rescue_dir`, named in one warning line.
+    written, and if both fail the record goes to :func:`rescue_dir` (:attr:`rescued`); :meth:`rescue_message`
+    is then the one line naming where it should have gone and where it is (the runner ends the run with it).
     """
 
     def __init__(self, *paths: str | os.PathLike):
         self.paths = [Path(p) for p in paths]
         self.failed: dict[Path, str] = {}
+        self.rescued: Path | None = None
+        self.written: list[Path] = []
 
     def save(self, record: RunRecord) -> list[Path]:
         if not self.paths:  # a store that keeps nothing (a data-parallel rank other than 0)
             return []
-        written = []
+        written, newly_failed = [], []
         for path in self.paths:
             try:
                 written.append(write_record(path, record))
             except OSError as error:
-                if path not in self.failed:
-                    log.warning("could not write the record to %s (%s)", path, error)
+                newly_failed += [] if path in self.failed else [path]
                 self.failed[path] = f"{type(error).__name__}: {error}"
+        for path in newly_failed if written else ():  # once per path; a full rescue is the runner's one line
+            log.warning("could not write the record to %s (%s); it is at %s", path, self.failed[path], written[0])
         if not written:
-            rescued = rescue_dir() / f"{record.run_id}.json"
-            write_record(rescued, record)
-            log.warning("kvbench: the record could not be written where configured; saved to %s", rescued)
-            written.append(rescued)
+            self.rescued = write_record(rescue_dir() / f"{record.run_id}.json", record)
+            written.append(self.rescued)
+        self.written = written
         return written
+
+    def rescue_message(self) -> str:
+        """``could not write the record to A, B (OSError: ...); it was saved to R``."""
+        failed, reason = ", ".join(str(p) for p in self.failed), next(iter(self.failed.values()))
+        return f"could not write the record to {failed} ({reason}); it was saved to {self.rescued}"
+
+
+class RecordRescuedError(KvbenchError):
+    """Neither of a run's record paths could be written (a full disk): the record is in the rescue dir."""
 
 
 def read_record(path: str | os.PathLike) -> RunRecord:

@@ -4,7 +4,9 @@ Everything that needs no weights is checked first (:mod:`kvbench.validation`), t
 to included; a run rejected there still leaves a ``failed`` record saying why. The record is written
 before the logger starts, rewritten atomically after every task (a failure later loses nothing already
 computed; a failed write falls back, see :class:`~kvbench.results.RecordStore`), and a complete record
-for the same resolved config is reused unless ``force``.
+for the same resolved config is reused unless ``force``. Ctrl-C leaves an ``interrupted`` record (a re-run redoes
+that job only); a record that had to go to the rescue dir, or a run output the disk had no room for, ends the run
+with one line naming the path that failed and where the record is.
 """
 
 from __future__ import annotations
@@ -12,24 +14,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import errno
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from kvbench.environment import environment
-from kvbench.errors import KvbenchError
+from kvbench.file_lock import exclusive
+from kvbench.errors import DiskFullError, KvbenchError
 from kvbench.eval import distributed
 from kvbench.eval.component_ratios import component_ratios
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.models import describe_model, load_base_model, placed, private_copy
-from kvbench.results import (RECORD_NAME, EnvPart, KvPart, MethodPart, ModelPart, OutputsPart, RecordStore, RunRecord,
-                             SuitePart, config_hash, find_complete_record, read_record, stored_record_path,
-                             write_record)
+from kvbench.results import (RECORD_NAME, EnvPart, KvPart, MethodPart, ModelPart, OutputsPart, RecordRescuedError,
+                             RecordStore, RunRecord, SuitePart, config_hash, find_complete_record, read_record,
+                             stored_record_path, write_record)
 from kvbench.suites import RunContext, TaskResult
 from kvbench.tracking import Tracker
 from kvbench.validation import RunPlan, check_destinations, validate
@@ -60,8 +65,26 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
         raise
     resolved["method"] = {"name": plan.method.name, **plan.method.params()}
     digest = config_hash(resolved)
-    if not cfg.force and (existing := find_complete_record(cfg.records_dir, digest)):
-        return reuse(existing, output_dir, main)
+    with config_lock(cfg, digest, main):  # a second sweep on this records dir waits, then skips what this one ran
+        if not cfg.force and (existing := find_complete_record(cfg.records_dir, digest)):
+            return reuse(existing, output_dir, main)
+        return execute(cfg, plan, resolved, digest, output_dir, started, reuse_loaded=reuse_loaded, job_num=job_num,
+                       sweep_id=sweep_id, main=main)
+
+
+def config_lock(cfg: DictConfig, digest: str, main: bool):
+    """The config's lock in the records dir (:mod:`kvbench.file_lock`); none on a data-parallel rank other than 0,
+    which writes nothing and must not wait for rank 0."""
+    if not main:
+        return nullcontext()
+    return exclusive(stored_record_path(cfg.records_dir, digest).with_suffix(".lock"),
+                     f"another process is running config {digest}: this job waits, then reuses its record")
+
+
+def execute(cfg: DictConfig, plan: RunPlan, resolved: dict, digest: str, output_dir: Path, started: float, *,
+            reuse_loaded: bool, job_num: int, sweep_id: str | None, main: bool) -> RunRecord:
+    """Run a validated config that has no complete record: the ``running`` record, the logger, the evaluation, and
+    the record's end (``complete``, ``failed`` or ``interrupted``), whatever ends the run."""
     store = record_store(cfg, output_dir, digest, main)
     record = new_record(cfg, resolved, digest, plan, output_dir)
     store.save(record)
@@ -70,19 +93,55 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike, reuse_loaded: bool = Fal
                       job_type=plan.method.name)
     record.outputs.wandb, record.outputs.wandb_dir = tracker.status, tracker.run_dir
     try:
-        evaluate(cfg, plan, record, lambda: store.save(record), tracker, output_dir, reuse_loaded, job_num)
-        record.status = "complete"
-    except BaseException as error:  # record what failed, keep what was computed, then re-raise
-        record.status, record.error = "failed", f"{type(error).__name__}: {error}"
-        raise
-    finally:
-        record.timing.wall_s = time.perf_counter() - started
-        store.save(record)
-        tracker.finish(record, exit_code=0 if record.status == "complete" else 1)
-        if record.outputs.wandb != tracker.status:  # logging or finishing W&B failed: say so
-            record.outputs.wandb = tracker.status
-            store.save(record)
+        try:
+            evaluate(cfg, plan, record, lambda: store.save(record), tracker, output_dir, reuse_loaded, job_num)
+            record.status = "complete"
+        except BaseException as error:  # record what failed, keep what was computed, then re-raise
+            record.status, record.error = failure(error)
+            raise
+        finally:
+            finish(record, store, tracker, started)
+    except Exception as error:
+        one_line = one_line_failure(error, store)
+        if one_line is error:
+            raise
+        raise one_line from error
+    if store.rescued:  # complete, but not where the skip rule and the sweep look: say where it is, exit non-zero
+        raise RecordRescuedError(store.rescue_message())
     return record
+
+
+def failure(error: BaseException) -> tuple[str, str]:
+    """The record's ``(status, error)`` for a run ended by ``error``: Ctrl-C is ``interrupted`` (a re-run redoes the
+    job, as it does a failed one), anything else ``failed``."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", "KeyboardInterrupt: interrupted (Ctrl-C); a re-run redoes this job"
+    return "failed", f"{type(error).__name__}: {error}"
+
+
+def finish(record: RunRecord, store: RecordStore, tracker: Tracker, started: float) -> None:
+    """The run's last record write and the W&B run's end, whatever ended the run."""
+    record.timing.wall_s = time.perf_counter() - started
+    store.save(record)
+    tracker.finish(record, exit_code=0 if record.status == "complete" else 1)
+    if record.outputs.wandb != tracker.status:  # logging or finishing W&B failed: say so
+        record.outputs.wandb = tracker.status
+        store.save(record)
+
+
+#: The errno of a write that failed for want of space (a full disk or tmpfs, a quota, a file-size limit).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def one_line_failure(error: Exception, store: RecordStore) -> Exception:
+    """What a failed run raises: ``error`` itself, or one line where the cause is the disk (a record that went to
+    the rescue dir, or a run output that could not be written: the path that failed and where the record is)."""
+    if store.rescued:
+        return RecordRescuedError(f"{store.rescue_message()}; the run failed: {type(error).__name__}: {error}")
+    if isinstance(error, OSError) and error.errno in NO_SPACE and store.written:
+        return DiskFullError(f"could not write {error.filename or 'a run output'} ({error.strerror}); the run stopped "
+                             f"and its record ({', '.join(map(str, store.written))}) keeps what was computed")
+    return error
 
 
 def evaluate(cfg: DictConfig, plan: RunPlan, record: RunRecord, save: Callable[[], object], tracker: Tracker,

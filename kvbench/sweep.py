@@ -23,7 +23,8 @@ from kvbench.tracking import log_rollup
 
 @dataclass
 class JobFailure:
-    """A job that failed without leaving a record (a dry run's), returned by the job to :class:`RollupCallback`."""
+    """A job that failed without leaving a record in the sweep dir (a dry run's, or a record that had to go to the
+    rescue dir), returned by the job to :class:`RollupCallback`."""
 
     job: str
     error: str
@@ -61,11 +62,11 @@ class RollupCallback(Callback):
         self.start = 0.0
         self.done = 0
         self.pid: int | None = None
-        self.dry_run_failures: list[JobFailure] = []
+        self.returned_failures: list[JobFailure] = []
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.total, self.start, self.done, self.pid = sweep_size(config), time.monotonic(), 0, os.getpid()
-        self.dry_run_failures = []
+        self.returned_failures = []
 
     def _in_this_process(self) -> bool:
         return self.pid == os.getpid()
@@ -85,11 +86,11 @@ class RollupCallback(Callback):
             return
         self.done += 1
         if job_return.status == JobStatus.COMPLETED and isinstance(job_return.return_value, JobFailure):
-            self.dry_run_failures.append(job_return.return_value)
+            self.returned_failures.append(job_return.return_value)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         if config.get("dry_run"):
-            failed = len(self.dry_run_failures)
+            failed = len(self.returned_failures)
             print(f"kvbench: dry run: {self.total if self.total is not None else '?'} jobs validated, nothing loaded "
                   "or run" + (f"; {failed} failed" if failed else ""), file=sys.stderr if failed else sys.stdout)
             if failed:
@@ -97,11 +98,12 @@ class RollupCallback(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))
-        failures = [failure for failure in map(_failure_in, jobs) if failure is not None]
+        failures = [failure for failure in map(_failure_in, jobs) if failure is not None] + self.returned_failures
         self._roll_up(config, sweep_dir)
         if failures:
             listed = "; ".join(f"{f.job}: {f.error.splitlines()[0][:160]}" for f in failures)
-            print(f"kvbench: {len(failures)} of {len(jobs)} jobs failed: {listed}", file=sys.stderr)
+            total = len(jobs) + len(self.returned_failures)
+            print(f"kvbench: {len(failures)} of {total} jobs failed: {listed}", file=sys.stderr)
             raise SystemExit(1)
 
     @staticmethod

@@ -127,7 +127,10 @@ def test_a_record_that_cannot_be_written_where_configured_goes_to_the_rescue_dir
     written = store.save(_record("abc", acc=0.9))
     assert written == [tmp_path / "tmp" / "kvbench-rescued-records" / "abc.json"]
     assert results.read_record(written[0]).metrics == {"t": {"acc": 0.9}}
-    assert "saved to" in caplog.text and "No space left on device" in caplog.text
+    assert store.rescued == written[0]
+    message = store.rescue_message()  # the runner's one line: where it should have gone, and where it is
+    assert (str(tmp_path / "run" / "record.json") in message and str(tmp_path / "records" / "h.json") in message
+            and "No space left on device" in message and message.endswith(f"saved to {written[0]}"))
 
 
 def test_one_copy_failing_still_writes_the_other(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def test_the_callback_keeps_the_sweeps_state_and_counts_jobs_run_in_its_own_proc
     monkeypatch.setattr("os.getpid", lambda: -1)  # a joblib worker: its copy's counts never reach this process
     callback.on_job_end(config, ended)
     monkeypatch.undo()
-    assert callback.done == 1 and callback.dry_run_failures == [JobFailure("job 1", "method.x: no such setting")]
+    assert callback.done == 1 and callback.returned_failures == [JobFailure("job 1", "method.x: no such setting")]
     with pytest.raises(SystemExit) as exit_:
         callback.on_multirun_end(config)
     assert exit_.value.code == 1
@@ -80,3 +80,23 @@ def test_html_true_writes_the_sweeps_rollup_as_a_site_beside_its_table(tmp_path,
     site = tmp_path / "reports" / "t_site"
     assert (site / "index.html").is_file() and len(list((site / "runs").glob("*.html"))) == 2
     assert f"kvbench: sweep site written to {site / 'index.html'}" in capsys.readouterr().out
+
+
+def test_a_job_whose_record_went_to_the_rescue_dir_counts_as_failed_at_the_sweeps_end(tmp_path, capsys):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from kvbench.results import RunRecord, write_record
+    from kvbench.sweep import JobFailure, RollupCallback
+
+    config = _sweep_config(tmp_path)
+    write_record(tmp_path / "sweep" / "0_full" / "record.json", RunRecord(
+        run_id="0", created_at="2026-01-01T00:00:00", status="complete", model={"name": "m"}, method={"name": "full"},
+        suite={"name": "s"}, metrics={"t": {"acc": 0.5}}, primary_metrics={"t": {"name": "acc", "higher_is_better": True}}))
+    callback = RollupCallback()
+    callback.on_multirun_start(config)
+    rescued = JobFailure("job 1", "could not write the record to a, b (OSError: No space left); it was saved to r")
+    callback.on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=rescued))
+    with pytest.raises(SystemExit) as exit_:
+        callback.on_multirun_end(config)
+    assert exit_.value.code == 1
+    assert "kvbench: 1 of 2 jobs failed: job 1: could not write the record to a, b" in capsys.readouterr().err

@@ -1,0 +1,45 @@
+"""One process at a time per config: an exclusive ``flock`` on ``<records_dir>/<config_hash>.lock``.
+
+Two sweeps sharing a records dir (two joblib sweeps with overlapping configs, a re-run started while the first is
+still going) would otherwise both see "no complete record" and both run the same config. Under the lock the second
+waits for the first, then finds its complete record and skips the job (the skip rule), so each config runs once;
+if the first failed or was interrupted, the second runs it. ``flock`` is released by the kernel when its holder
+dies, so a killed sweep never leaves a stale lock. Records are written atomically either way (:mod:`kvbench.atomic`),
+so no record is ever torn. On a file system without ``flock`` (some NFS mounts) the lock is skipped with a warning
+and two sweeps may run a config twice, each writing a whole record.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike, waiting_message: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, waiting for another holder;
+    ``waiting_message`` is logged once if it has to wait."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as error:
+        log.warning("could not open the lock %s (%s); going on without it", path, error)
+        yield
+        return
+    with handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("%s (waiting for the lock %s)", waiting_message or "waiting", path)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:  # no flock on this file system
+            log.warning("could not lock %s (%s); going on without it", path, error)
+        yield  # closing the handle releases the lock
