@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -197,7 +198,8 @@ def report_main(argv: list[str] | None = None) -> None:
 
     try:
         formats = tuple("tex" if f == "latex" else f for f in (args.format or ["md", "csv", "png"]))
-        paths = write_report(root, args.name or root.resolve().name, args.reports_dir, formats, paper=args.paper)
+        paths = write_report(root, args.name or root.resolve().name, args.reports_dir, formats, paper=args.paper,
+                             command=shlex.join(["kvbench-report", *(sys.argv[1:] if argv is None else argv)]))
     except (KvbenchError, OSError) as error:
         fail(error, prog="kvbench-report")
     for path in paths.values():
