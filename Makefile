@@ -2,7 +2,8 @@
 #   make quickstart   set up, then run every method on the bundled model (table in outputs/reports/quickstart.md)
 #   make test         set up, then run the test suite (what CI runs)
 # Maintenance:
-#   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
+#   make examples     re-run the quickstart and the fidelity sweep and overwrite their committed reports in reports/
+#                     (fidelity's records and per-sample sidecars under reports/records/; on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
 #   make test-latest  install the newest allowed versions, ignoring the lock, and run the tests (upstream drift)
@@ -35,8 +36,14 @@ setup: $(VENV)/.installed
 quickstart: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart
 
+FIDELITY := outputs/sweeps/fidelity_smollm2
 examples: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart reports_dir=reports
+	rm -rf $(FIDELITY) reports/records/fidelity_smollm2
+	$(OFFLINE) $(VENV)/bin/kvbench experiment=fidelity force=true hydra.sweep.dir=$(FIDELITY)
+	cd $(FIDELITY) && find . \( -name record.json -o -name record.samples.jsonl.gz \) \
+		-exec install -D -m 644 {} $(CURDIR)/reports/records/fidelity_smollm2/{} \;
+	$(VENV)/bin/kvbench-report reports/records/fidelity_smollm2 --name fidelity_smollm2 --reports-dir reports
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q

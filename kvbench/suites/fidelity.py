@@ -2,7 +2,8 @@
 when the model is too small for the task suites.
 
 Two tasks, on held-out prose (the ``eval`` split of the offline corpus, :mod:`kvbench.corpus`, never the calibration
-split): each prompt is the first ``prompt_tokens`` tokens of a document, and the sequence teacher-forced after it is
+split, joined and cut into pieces of ``prompt_tokens + new_tokens``): each prompt is a piece's first ``prompt_tokens``
+tokens, and the sequence teacher-forced after it is
 
 * ``greedy``: full's own greedy continuation of the prompt (``new_tokens`` tokens, EOS ignored), so the positions
   are the ones greedy decoding under ``full`` visits;
@@ -127,19 +128,16 @@ def check_vocabulary(reference, model, method) -> None:
 
 
 def prose_prompts(tokenizer, n: int, prompt_tokens: int, new_tokens: int, seed: int):
-    """``(prompts, continuations)``: ``n`` held-out documents long enough, chosen with ``seed``; each prompt their
-    first ``prompt_tokens`` tokens, each continuation the next ``new_tokens``."""
+    """``(prompts, continuations)``: the held-out documents joined into one token stream and cut into consecutive,
+    non-overlapping pieces of ``prompt_tokens + new_tokens`` tokens, ``n`` of them chosen with ``seed``; each prompt a
+    piece's first ``prompt_tokens`` tokens, each continuation the next ``new_tokens`` (the held-out split is short,
+    ~7k tokens of the bundled model's, so pieces may cross a document boundary)."""
     need = prompt_tokens + new_tokens
-    documents = pydoc_documents("eval")
-    random.Random(seed).shuffle(documents)
-    chosen = []
-    for document in documents:
-        ids = tokenizer(document, add_special_tokens=False)["input_ids"]
-        if len(ids) >= need:
-            chosen.append(ids[:need])
-        if len(chosen) == n:
-            break
-    if len(chosen) < n:
-        raise SuiteConfigError(f"only {len(chosen)} held-out documents have {need} tokens; lower suite.options.prompts "
-                               "or prompt_tokens + new_tokens")
-    return [ids[:prompt_tokens] for ids in chosen], [ids[prompt_tokens:] for ids in chosen]
+    stream = tokenizer("\n\n".join(pydoc_documents("eval")), add_special_tokens=False)["input_ids"]
+    pieces = len(stream) // need
+    if pieces < n:
+        raise SuiteConfigError(f"the held-out prose has {len(stream)} tokens: {pieces} pieces of prompt_tokens + "
+                               f"new_tokens = {need}, fewer than suite.options.prompts={n}; lower either")
+    chosen = sorted(random.Random(seed).sample(range(pieces), n))
+    return ([stream[i * need:i * need + prompt_tokens] for i in chosen],
+            [stream[i * need + prompt_tokens:(i + 1) * need] for i in chosen])
