@@ -58,6 +58,7 @@ def write_sidecar(record_path: str | os.PathLike, rows: Iterable[dict]) -> Path:
         with os.fdopen(handle, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
             for row in rows:
                 out.write((json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
+        os.chmod(temp, 0o644)  # as readable as the record beside it (mkstemp makes it private)
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

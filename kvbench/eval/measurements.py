@@ -37,18 +37,19 @@ class ProtocolStats:
     #: perplexity windows at their end).
     counted: dict = field(default_factory=dict)
 
-    def add_bytes(self, stored: int, full: int, what: str) -> None:
-        """Add one request's bytes (stored, and an uncompressed cache's for the same tokens) to the sums."""
+    def add_bytes(self, stored: int, full: int, what: str, sequences: int = 1) -> None:
+        """Add the bytes of ``sequences`` requests (stored, and an uncompressed cache's for the same tokens) to the
+        sums."""
         self.stored_bytes += stored
         self.full_bytes += full
-        self.counted[what] = self.counted.get(what, 0) + 1
+        self.counted[what] = self.counted.get(what, 0) + sequences
 
     def aggregation(self) -> str | None:
         """How the ratio was aggregated, in words (the record's ``kv.aggregation``)."""
         if not self.counted:
             return None
-        parts = {"prefills": "{} prefills (the cache after context compression)",
-                 "windows": "{} streamed perplexity windows (the cache at the window's end)"}
+        parts = {"prefills": "{} prefilled sequence(s) (the cache after context compression)",
+                 "windows": "{} streamed perplexity window(s) (the cache at the window's end)"}
         counted = " and ".join(parts[k].format(v) for k, v in sorted(self.counted.items()))
         return f"sum of full bytes / sum of stored bytes over {counted}"
 

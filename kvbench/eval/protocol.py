@@ -153,7 +153,7 @@ class CompressionProtocol:
         self.stats.n_prefills += batch
         stored, full = self.measure(cache, n_tokens, batch)
         check_cache_written(cache, n_tokens, stored, getattr(self.method, "name", type(self.method).__name__))
-        self.stats.add_bytes(stored, full, "prefills")
+        self.stats.add_bytes(stored, full, "prefills", batch)
 
     # -- scoring ------------------------------------------------------------------------------
     def score_continuations(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
