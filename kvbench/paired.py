@@ -40,6 +40,13 @@ def _scale(value, rows: dict) -> float:
     return 100.0 if abs(value - 100 * mean) < abs(value - mean) else 1.0
 
 
+def _is_proportion(tables: list[dict]) -> bool:
+    """Whether a column's per-sample scores are 0/1 in every record that has them (a proportion: Wilson intervals,
+    McNemar); a continuous metric that happens to be 0 everywhere in one row (``full``'s KL) is not."""
+    values = [r.get("score") for rows in tables for r in rows.values()]
+    return bool(values) and None not in values and is_binary(values)
+
+
 def add_paired_tests(table: pd.DataFrame, frame: pd.DataFrame, keys: pd.Series, full_by_key: pd.DataFrame,
                      metrics: list[str], higher: dict) -> int:
     """Fill the test columns of ``table`` (aligned with ``frame``) in place; return the number of comparisons."""
@@ -56,11 +63,13 @@ def add_paired_tests(table: pd.DataFrame, frame: pd.DataFrame, keys: pd.Series, 
         for name in FIELDS:
             table[f"{column}:{name}"] = None
         table[f"{column}:vs_full"] = None
+        scored = [(scores_of(path) or {}).get(task) for path in frame["path"]]
+        binary = _is_proportion([rows for rows in scored if rows])
         for index, row in frame.iterrows():
             if row["status"] != "complete" or pd.isna(row.get(column)):
                 continue
             own = (scores_of(row.get("path")) or {}).get(task)
-            if own and all("score" in r for r in own.values()) and is_binary([r["score"] for r in own.values()]):
+            if own and binary:
                 hits, scale = sum(r["score"] for r in own.values()), _scale(row[column], own)
                 low, high = wilson_interval(int(hits), len(own))
                 table.loc[index, [f"{column}:low", f"{column}:high"]] = [low * scale, high * scale]
@@ -68,7 +77,7 @@ def add_paired_tests(table: pd.DataFrame, frame: pd.DataFrame, keys: pd.Series, 
                 continue
             full = full_by_key.loc[keys[index]]
             theirs = (scores_of(full.get("path")) or {}).get(task)
-            result = compare(theirs, own, _scale(row[column], own)) if own and theirs else None
+            result = compare(theirs, own, _scale(row[column], own), binary=binary) if own and theirs else None
             if result is None:
                 table.loc[index, [f"{column}:vs_full", f"{column}:test"]] = ["untestable", NOT_TESTABLE]
                 continue

@@ -169,9 +169,10 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def compare(full_rows: dict[str, dict], method_rows: dict[str, dict], scale: float = 1.0,
-            seed: int = SEED) -> Comparison | None:
+            seed: int = SEED, binary: bool | None = None) -> Comparison | None:
     """The paired test for one task: sidecar rows (``{id: row}``) of full and of the method, matched by id; the test
-    follows the rows' type (log-likelihood pairs, binary or continuous scores). None when no id pairs."""
+    follows the rows' type (log-likelihood pairs, binary or continuous scores; ``binary`` says whether the metric is a
+    proportion when the caller knows it from more rows than these two). None when no id pairs."""
     ids = sorted(set(full_rows) & set(method_rows))
     if not ids:
         return None
@@ -182,6 +183,6 @@ def compare(full_rows: dict[str, dict], method_rows: dict[str, dict], scale: flo
     if not usable:
         return None
     full, method = [full_rows[i]["score"] for i in usable], [method_rows[i]["score"] for i in usable]
-    if is_binary(full) and is_binary(method):
+    if (is_binary(full) and is_binary(method)) if binary is None else binary:
         return mcnemar_exact(full, method, scale)
     return continuous_comparison(full, method, scale, seed)

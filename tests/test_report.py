@@ -182,3 +182,21 @@ def test_every_report_opens_with_its_provenance(tmp_path):
                  "kvbench commit abc1234 (dirty)", f"lock sha256 {'f' * 16}", "torch threads 2", "1-min load 3.5-3.5",
                  "weights GGUF Q4_1, dequantised to float32", "n per task 12"):
         assert part in line
+
+
+def test_a_continuous_metric_at_zero_in_full_is_not_a_proportion(tmp_path):
+    # fidelity's KL: full scores exactly 0 on every prompt; that column is continuous (no Wilson, no McNemar)
+    suite = {"name": "fidelity", "tasks": ["prose"], "limit": None}
+    for i, (method, kl) in enumerate((("full", [0.0] * 12), ("kivi", [0.1 + 0.01 * j for j in range(12)]))):
+        record = RunRecord(run_id=str(i + 1), created_at=f"2026-01-01T00:00:0{i}", status="complete",
+                           model={"name": "m"}, method={"name": method, "label": method}, suite=suite,
+                           metrics={"prose": {"kl": sum(kl) / 12}},
+                           primary_metrics={"prose": {"name": "kl", "higher_is_better": False}},
+                           n_samples={"prose": 12}, intervals={"prose": [min(kl), max(kl)]})
+        write_record(tmp_path / method / "record.json", record)
+        write_sidecar(tmp_path / method / "record.json",
+                      [{"task": "prose", "id": str(j), "score": v} for j, v in enumerate(kl)])
+    table = comparison_table(tmp_path).set_index("method")
+    assert (table.loc["full", "prose/kl:low"], table.loc["full", "prose/kl:high"]) == (0.0, 0.0)
+    assert table.loc["kivi", "prose/kl:test"] == "sign-flip permutation"
+    assert table.loc["kivi", "prose/kl:vs_full"] == "worse"  # 12 of 12 prompts diverge: p = 2/4096
