@@ -6,7 +6,8 @@
 #   make setup-cuda   on a Linux x86_64 GPU machine: the same, with torch's CUDA build from PyPI pinned by
 #                     requirements-cuda.lock beside requirements.lock (use instead of setup, in a fresh clone)
 # Maintenance:
-#   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
+#   make examples     re-run the quickstart and the fidelity sweep and overwrite their committed reports in reports/
+#                     (fidelity's records and per-sample sidecars under reports/records/; on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
 #   make lock-cuda    re-resolve requirements-cuda.lock (the CUDA build's nvidia-*/triton pins) against the lock
@@ -58,8 +59,14 @@ readme: setup
 quickstart: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart
 
+FIDELITY := outputs/sweeps/fidelity_smollm2
 examples: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart reports_dir=reports
+	rm -rf $(FIDELITY) reports/records/fidelity_smollm2
+	$(OFFLINE) $(VENV)/bin/kvbench experiment=fidelity force=true hydra.sweep.dir=$(FIDELITY)
+	cd $(FIDELITY) && find . \( -name record.json -o -name record.samples.jsonl.gz \) \
+		-exec install -D -m 644 {} $(CURDIR)/reports/records/fidelity_smollm2/{} \;
+	$(VENV)/bin/kvbench-report reports/records/fidelity_smollm2 --name fidelity_smollm2 --reports-dir reports
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q -m "not browser"

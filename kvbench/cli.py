@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -206,7 +207,8 @@ def report_main(argv: list[str] | None = None) -> None:
         paths = {}
         if args.format or not args.html:
             formats = tuple("tex" if f == "latex" else f for f in (args.format or ["md", "csv", "png"]))
-            paths = write_report(root, name, args.reports_dir, formats, paper=args.paper)
+            paths = write_report(root, name, args.reports_dir, formats, paper=args.paper,
+                                 command=shlex.join(["kvbench-report", *(sys.argv[1:] if argv is None else argv)]))
         if args.html:
             from kvbench.site import write_site  # Jinja2 and the site's templates
 

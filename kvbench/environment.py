@@ -108,6 +108,19 @@ def lock_drift(pins: dict[str, str] | None = None) -> list[str]:
             if name in installed and _public(installed[name]) != _public(version)]
 
 
+def git_state() -> tuple[str | None, bool | None]:
+    """``(short commit, whether tracked files differ from it)`` of kvbench's checkout; ``(None, None)`` outside one."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                                  timeout=5).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD") or None
+        return commit, (bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
 def environment() -> dict:
     """The record's ``env`` field."""
     import lm_eval
@@ -116,14 +129,11 @@ def environment() -> dict:
 
     import kvbench
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit, dirty = git_state()
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "lm_eval": lm_eval.__version__, "kvbench": kvbench.__version__, "device": device, "git_commit": commit,
+            "git_dirty": dirty,
             "torch_threads": torch.get_num_threads(), "load_avg_1m": _load_average(), "lock_sha256": lock_sha256(),
             "lock_drift": lock_drift()}
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from kvbench.errors import KvbenchError
+from kvbench.verdict import verdict
 
 REQUIRED = ("model", "method", "params", "task", "metric", "value", "source")
 OPTIONAL = ("mini_method", "mini_params", "mini_task", "scale", "note")
@@ -163,6 +164,8 @@ def paper_table(table: pd.DataFrame, rows: list[PaperRow]) -> tuple[pd.DataFrame
     configs: dict[tuple, list[PaperRow]] = {}
     for row in rows:
         configs.setdefault((row.model, row.method, tuple(sorted(row.params.items()))), []).append(row)
+    fulls = {(row.model, row.task): row.value for row in rows if row.method == "full"}
+    higher = table.attrs.get("higher_is_better", {})
     out, matched_ours, used = [], 0, set()
     for _, ours in table.iterrows():
         params = parse_params(ours["params"]) if isinstance(ours["params"], str) else {}
@@ -171,12 +174,13 @@ def paper_table(table: pd.DataFrame, rows: list[PaperRow]) -> tuple[pd.DataFrame
         matched_ours += bool(hits)
         used.update(hits)
         for key in hits or [None]:
-            out.append(_line(ours, configs[key] if key else [], columns))
-    out.extend(_line(None, group, columns) for key, group in configs.items() if key not in used)
+            out.append(_line(ours, configs[key] if key else [], columns, fulls, higher))
+    out.extend(_line(None, group, columns, fulls, higher) for key, group in configs.items() if key not in used)
     return pd.DataFrame(out), matched_ours
 
 
-def _line(ours, group: list[PaperRow], columns: dict[str, tuple[str | None, float]]) -> dict:
+def _line(ours, group: list[PaperRow], columns: dict[str, tuple[str | None, float]], fulls: dict | None = None,
+          higher: dict | None = None) -> dict:
     first = group[0] if group else None
     line = {"method": ours["method"] if ours is not None else first.method,
             "params": (ours["params"] if ours is not None else first.params_text) or "",
@@ -192,6 +196,12 @@ def _line(ours, group: list[PaperRow], columns: dict[str, tuple[str | None, floa
         line[f"{task}: ours"] = mine
         line[f"{task}: paper"] = row.value if row is not None else None
         line[f"{task}: Δ"] = mine - row.value if mine is not None and row is not None else None
+        paper_full = (fulls or {}).get((row.model, task)) if row is not None and row.method != "full" else None
+        if paper_full is not None:
+            line[f"{task}: verdict"], line[f"{task}: why"] = verdict(
+                ours, column, row.value - paper_full, scale, (higher or {}).get(column, True))
+            if row.mini_task and ours is not None and ours.get("model") != row.model:
+                line[f"{task}: why"] += f" (ours on {row.mini_task}, a stand-in task: magnitudes are indicative only)"
     line["source"] = ", ".join(dict.fromkeys(row.source for row in group)) if group else ""
     return line
 
@@ -216,9 +226,22 @@ def task_legend(rows: list[PaperRow], table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(side: pd.DataFrame) -> str:
+    """One markdown line per tested paper claim: method, task, verdict and the evidence (generated, never written by
+    hand)."""
+    lines = []
+    for _, line in side.iterrows():
+        for column in [c for c in side.columns if c.endswith(": verdict")]:
+            if isinstance(line[column], str):
+                task = column.removesuffix(": verdict")
+                label = f"{line['method']}{' ' + line['params'] if line['params'] else ''}"
+                lines.append(f"- `{label}` on `{task}`: **{line[column]}**. {line[f'{task}: why']}.")
+    return "\n".join(lines)
+
+
 def display(frame: pd.DataFrame) -> pd.DataFrame:
     """Cells as text: 3 significant figures, blanks where nothing applies."""
-    shown = frame.copy()
+    shown = frame.drop(columns=[c for c in frame.columns if c.endswith(": why")]).copy()
     for column in shown.columns:
         if column.endswith((": ours", ": paper", ": Δ")):
             shown[column] = shown[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,18 @@ def method_label(method: MethodPart) -> str:
     """The report's label: the config name, marked ``(simulated)`` for a masking simulation unless it says so."""
     label = method.label or method.name
     return f"{label} (simulated)" if method.simulated and "simulated" not in label else label
+
+
+def weight_format(model_cfg: dict, dtype: str | None) -> str | None:
+    """The weights as evaluated, in words: ``GGUF Q4_1, dequantised to float32`` for a quantised GGUF file (what a
+    quantisation method's numbers depend on), else the dtype."""
+    gguf = model_cfg.get("gguf_file")
+    if gguf:
+        kind = re.search(r"\.((?:I?Q\d[\w]*)|F16|BF16|F32)\.gguf$", str(gguf), re.IGNORECASE)
+        return f"GGUF {kind.group(1).upper() if kind else 'file'}, dequantised to {dtype or model_cfg.get('dtype')}"
+    if str(model_cfg.get("pretrained", "")).startswith("tiny:"):
+        return f"tiny random model, {dtype or model_cfg.get('dtype')}"
+    return dtype or model_cfg.get("dtype")
 
 
 def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
@@ -39,6 +52,9 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         "kv_expected_ratio": components.get("product"), "kv_longest_ratio": components.get("measured"),
         "decode_tok_s": timing.decode_tok_s, "prefill_tok_s": timing.prefill_tok_s, "wall_s": timing.wall_s,
         "lock_sha256": env.lock_sha256, "device": env.device, "load_avg_1m": env.load_avg_1m, "error": record.error,
+        "git_commit": env.git_commit, "git_dirty": env.git_dirty, "torch_threads": env.torch_threads,
+        "weight_format": weight_format(record.config.get("model") or {}, model.dtype),
+        "kv_aggregation": kv.aggregation,
         "efficiency": json.dumps(record.efficiency.to_dict(), default=str) if record.efficiency else None,
     }
     higher = {}

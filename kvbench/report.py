@@ -2,9 +2,11 @@
 
 One row per method configuration: its label (a variant config reports its own name, ``h2o_local``) and the
 parameters changed from that config's defaults in a short form (``heavy_ratio=0.2``); per task, the
-primary metric with its 95% interval and ``n`` (bootstrapped over samples by the suite), marked ``▼``/``▲``
-when it is *significantly* worse/better than the ``full`` run of the same workload (model, suite, tasks,
-limit): the two 95% intervals do not overlap. ``mean_rank`` summarises every primary metric, perplexities
+primary metric with its 95% interval and ``n`` (bootstrapped over samples by the suite; Wilson for a proportion),
+marked ``▼``/``▲`` when a *paired* test on the same samples finds it significantly worse/better than the ``full``
+run of the same workload (model, suite, tasks, limit), Holm-corrected across the table (:mod:`kvbench.paired`,
+:mod:`kvbench.statistics`); a second table lists each test, the difference from full with its interval, and the
+minimum detectable effect where nothing was found. ``mean_rank`` summarises every primary metric, perplexities
 included: per task the rows are ranked (1 = best, in the metric's own direction; ties share the average
 rank), and the ranks are averaged. ``kv_ratio`` is the compression measured on the run's own sequences
 (uncompressed bytes / bytes the cache held); ``kv_ratio_expected`` (``combined`` only) the product of each
@@ -25,8 +27,10 @@ import pandas as pd
 
 from kvbench import efficiency_report
 from kvbench.errors import KvbenchError
-from kvbench.paper import display, paper_table, read_paper, task_legend, unmatched_warning
+from kvbench.paired import HOLM_NOTE, add_paired_tests, tests_table
+from kvbench.paper import display, paper_table, read_paper, task_legend, unmatched_warning, verdict_lines
 from kvbench.plots import plot_efficiency, plot_pareto
+from kvbench.provenance import provenance
 from kvbench.records_frame import load_records
 from kvbench.results import short_params
 
@@ -71,8 +75,10 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """The table as numbers: per metric column its value, ``:low``/``:high`` (95% interval), ``:n`` and
-    ``:vs_full`` (``worse``/``better``/``same``/blank); then ``mean_rank``, the KV ratios, decode speed."""
+    """The table as numbers: per metric column its value, ``:low``/``:high`` (95% interval; Wilson for binary
+    scores), ``:n`` and the paired test against full (:mod:`kvbench.paired`: ``:vs_full`` = ``worse``/``better``/
+    ``same``/``untestable``/blank, ``:test``, ``:p_value``, ``:p_holm``, ``:diff``..., ``:mde``); then ``mean_rank``,
+    the KV ratios, decode speed."""
     frame = (root if isinstance(root, pd.DataFrame) else collect(root)[0]).copy()
     higher = frame.attrs.get("higher_is_better", {})
     metrics = metric_columns(frame)
@@ -90,10 +96,7 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
         table[f"{column}:low"] = frame.get(f"{column}:low")
         table[f"{column}:high"] = frame.get(f"{column}:high")
         table[f"{column}:n"] = frame.get(f"{column}:n")
-        table[f"{column}:vs_full"] = [
-            _versus(row, full_by_key.loc[key] if key in full_by_key.index else None, column, higher.get(column, True))
-            if not bad and method != "full" else None
-            for (_, row), key, bad, method in zip(frame.iterrows(), keys, failed, frame["method"])]
+    comparisons = add_paired_tests(table, frame, keys, full_by_key, metrics, higher)
     ranks = pd.DataFrame({c: table[c].rank(ascending=not higher.get(c, True), method="average") for c in metrics})
     table["mean_rank"] = ranks.mean(axis=1, skipna=True).where(~failed)
     table["kv_ratio"] = frame["kv_ratio"].where(~failed)
@@ -108,25 +111,13 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     table = table.sort_values(order, kind="stable")
     # run_ids: the record behind each row, in the table's order (the site links each row to its run page); an Index,
     # which pandas copies in one step wherever it copies attrs (a list would be deep-copied item by item, per row)
-    table.attrs = {"higher_is_better": higher, "metrics": metrics, "run_ids": pd.Index(frame.loc[table.index, "run_id"])}
+    table.attrs = {"higher_is_better": higher, "metrics": metrics, "comparisons": comparisons,
+                   "run_ids": pd.Index(frame.loc[table.index, "run_id"])}
     return table.drop(columns=["_failed", "_baseline_last"]).reset_index(drop=True)
 
 
 def _pairing_keys(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(["|".join(map(str, row)) for row in frame[PAIRING].itertuples(index=False)], index=frame.index)
-
-
-def _versus(row, full, column: str, higher_is_better: bool) -> str | None:
-    """``worse``/``better`` when the row's and full's 95% intervals do not overlap, else ``same``."""
-    if full is None or pd.isna(row.get(f"{column}:low")) or pd.isna(full.get(f"{column}:low")):
-        return None
-    low, high = row[f"{column}:low"], row[f"{column}:high"]
-    full_low, full_high = full[f"{column}:low"], full[f"{column}:high"]
-    if high < full_low:
-        return "worse" if higher_is_better else "better"
-    if low > full_high:
-        return "better" if higher_is_better else "worse"
-    return "same"
 
 
 def lock_warning(frame: pd.DataFrame) -> str | None:
@@ -221,11 +212,14 @@ def roll_up(root: str | Path) -> Rollup:
 
 
 def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path = "outputs/reports",
-                 formats: tuple[str, ...] = ("md", "csv", "png"), paper: str | Path | None = None) -> dict[str, Path]:
+                 formats: tuple[str, ...] = ("md", "csv", "png"), paper: str | Path | None = None,
+                 command: str | None = None) -> dict[str, Path]:
     """Write ``<reports_dir>/<name>.<format>`` for each of ``formats`` (md, csv, png, tex); return the paths.
     ``root`` is a directory of records (or its :class:`Rollup`, already built). Unreadable record files are named
     in a warning and skipped; no readable record is a :class:`ReportError`. With ``paper`` (a paper CSV,
-    :mod:`kvbench.paper`) also ``<name>_paper.md`` and ``.csv``: ours | paper | Δ."""
+    :mod:`kvbench.paper`) also ``<name>_paper.md`` and ``.csv``: ours | paper | Δ, and the generated verdicts. Every
+    markdown file opens with its provenance (:mod:`kvbench.provenance`; ``command``: the command as run, by default
+    this process's)."""
     rows = read_paper(paper) if paper is not None else None  # a bad CSV fails before anything is written
     rollup = root if isinstance(root, Rollup) else roll_up(root)
     frame, table, shown, context, warning = rollup.frame, rollup.table, rollup.shown, rollup.context, rollup.warning
@@ -233,16 +227,17 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
         print(f"kvbench-report: warning: skipped {path}: {reason}", file=sys.stderr)
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
+    origin = provenance(frame, rollup.root, command)
     paths: dict[str, Path] = {}
     if "csv" in formats:
         paths["csv"] = reports_dir / f"{name}.csv"
         table.to_csv(paths["csv"], index=False)
     if "md" in formats:
         paths["md"] = reports_dir / f"{name}.md"
-        header = (f"# {name}\n\n{context}. Records under `{rollup.root}`.\n\n"
+        header = (f"# {name}\n\n{context}.\n\n{origin}\n\n"
                   "Each metric cell is the primary metric with its 95% interval (bootstrap over the task's samples); "
-                  "↑/↓ in the header: higher/lower is better. ▼/▲: significantly worse/better than `full` on the "
-                  "same workload (the 95% intervals do not overlap). `mean_rank`: the rows ranked per task "
+                  "↑/↓ in the header: higher/lower is better; intervals of proportions are Wilson intervals. "
+                  + HOLM_NOTE.format(m=table.attrs.get("comparisons", 0)) + " `mean_rank`: the rows ranked per task "
                   "(1 = best, perplexities lowest-first, ties averaged), averaged over every task. `kv_ratio`: "
                   "uncompressed bytes / bytes the cache held, measured on the run's own sequences"
                   + ("; for composite methods, `kv_ratio_longest` is the ratio on the run's longest context and "
@@ -250,7 +245,7 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
                      "(compare these two: ratios that depend on length, e.g. KIVI's residual, differ from the "
                      "run-wide `kv_ratio`)" if "kv_ratio_expected" in table else "") + ".\n\n"
                   + (f"**{warning}**\n\n" if warning else "") + skipped_note(rollup.skipped))
-        paths["md"].write_text(header + shown.to_markdown(index=False) + "\n", encoding="utf-8")
+        paths["md"].write_text(header + shown.to_markdown(index=False) + "\n" + tests_markdown(table), encoding="utf-8")
     efficiency = efficiency_report.markdown(frame)
     if efficiency and "md" in formats:
         with paths["md"].open("a", encoding="utf-8") as handle:
@@ -271,7 +266,7 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
         paths["png"] = reports_dir / f"{name}.png"
         plot_pareto(plotted, paths["png"], title=context)
     if rows is not None:
-        paths.update(write_paper_report(table, rows, paper, rollup.root, reports_dir, name, context))
+        paths.update(write_paper_report(table, rows, paper, rollup.root, reports_dir, name, f"{context}.\n\n{origin}"))
     if warning:
         print(f"kvbench-report: {warning}", file=sys.stderr)
     return paths
@@ -286,13 +281,28 @@ def write_paper_report(table: pd.DataFrame, rows, paper, root, reports_dir: Path
         print(f"kvbench-report: {unmatched_warning(rows, table, paper, root)}", file=sys.stderr)
     paths = {"paper_csv": reports_dir / f"{name}_paper.csv", "paper_md": reports_dir / f"{name}_paper.md"}
     side.to_csv(paths["paper_csv"], index=False)
-    header = (f"# {name}: ours beside the paper\n\nOurs: {context}. Records under `{root}`. Paper: `{paper}`.\n\n"
+    header = (f"# {name}: ours beside the paper\n\nOurs: {context}\n\nPaper: `{paper}`.\n\n"
               "Each task: ours | paper | Δ (ours − paper, in the paper's unit). A row of ours matches a paper row on "
               "the method label and every parameter the paper file names; rows with a blank `model` are paper-only "
               "(no run reproduces them); rows with a blank `paper model` have no paper number.\n\n"
               f"{task_legend(rows, table)}\n\n")
-    paths["paper_md"].write_text(header + display(side).to_markdown(index=False) + "\n", encoding="utf-8")
+    verdicts = verdict_lines(side)
+    paths["paper_md"].write_text(header + display(side).to_markdown(index=False) + "\n"
+                                 + (f"\n## Verdicts\n\nGenerated from the paired test of each row against our `full` "
+                                    f"and the paper's direction (kvbench.verdict):\n\n{verdicts}\n" if verdicts else ""),
+                                 encoding="utf-8")
     return paths
+
+
+def tests_markdown(table: pd.DataFrame) -> str:
+    """The paired tests behind ▼/▲, one row per comparison with full (empty when nothing was compared)."""
+    tests = tests_table(table)
+    if tests.empty:
+        return ""
+    return (f"\n## Paired tests against `full`\n\n{HOLM_NOTE.format(m=table.attrs.get('comparisons', 0))} "
+            "Δ: method − full in the column's unit, 95% interval (exact conditional for McNemar, paired bootstrap "
+            "otherwise). \"detectable at this n\": the smallest |Δ| the test would find with power 0.8; a row "
+            "without it found a difference.\n\n" + tests.to_markdown(index=False) + "\n")
 
 
 def _short(params) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from kvbench.atomic import atomic_write_json
 from kvbench.errors import KvbenchError
+from kvbench.sample_scores import write_sidecar
 
 log = logging.getLogger(__name__)
 RECORD_NAME = "record.json"
@@ -140,6 +141,8 @@ class KvPart(RecordPart):
                                    "the run's longest context, their `product` (the expected ratio) and the "
                                    "`measured` ratio on that context")
     notes: dict | None = _doc("what a method adapted, counted over prefills (e.g. PyramidKV's clamped budgets)")
+    aggregation: str | None = _doc("how `ratio` was aggregated: the requests whose bytes the sums count (prefills after "
+                                   "context compression; perplexity windows, streamed without a prefill, at their end)")
 
 
 @dataclass(eq=False)
@@ -186,6 +189,7 @@ class EnvPart(RecordPart):
     kvbench: str | None = _doc("kvbench version")
     device: str | None = _doc("the GPU's name, or `cpu (<n> cores)`")
     git_commit: str | None = _doc("kvbench's commit (null outside a checkout)")
+    git_dirty: bool | None = _doc("whether tracked files of that checkout differed from the commit (null outside one)")
     torch_threads: int | None = _doc("torch's CPU threads")
     load_avg_1m: float | None = _doc("the machine's load when the run started")
     lock_sha256: str | None = _doc("sha256 of the `requirements.lock` the package was installed from")
@@ -360,13 +364,17 @@ class RecordStore:
         self.rescued: Path | None = None
         self.written: list[Path] = []
 
-    def save(self, record: RunRecord) -> list[Path]:
+    def save(self, record: RunRecord, scores: list[dict] | None = None) -> list[Path]:
+        """Write ``record`` to every path; with ``scores`` (per-sample rows) also each copy's sidecar
+        (:mod:`kvbench.sample_scores`)."""
         if not self.paths:  # a store that keeps nothing (a data-parallel rank other than 0)
             return []
         written, newly_failed = [], []
         for path in self.paths:
             try:
                 written.append(write_record(path, record))
+                if scores is not None:
+                    write_sidecar(path, scores)
             except OSError as error:
                 newly_failed += [] if path in self.failed else [path]
                 self.failed[path] = f"{type(error).__name__}: {error}"
@@ -374,6 +382,8 @@ class RecordStore:
             log.warning("could not write the record to %s (%s); it is at %s", path, self.failed[path], written[0])
         if not written:
             self.rescued = write_record(rescue_dir() / f"{record.run_id}.json", record)
+            if scores is not None:
+                write_sidecar(self.rescued, scores)
             written.append(self.rescued)
         self.written = written
         return written

@@ -35,6 +35,7 @@ from kvbench.models import describe_model, load_base_model, placed, private_copy
 from kvbench.results import (RECORD_NAME, EnvPart, KvPart, MethodPart, ModelPart, OutputsPart, RecordRescuedError,
                              RecordStore, RunRecord, SuitePart, config_hash, find_complete_record, read_record,
                              stored_record_path, write_record)
+from kvbench.sample_scores import copy_sidecar
 from kvbench.suites import RunContext, TaskResult
 from kvbench.tracking import Tracker
 from kvbench.validation import RunPlan, check_destinations, validate
@@ -94,7 +95,8 @@ def execute(cfg: DictConfig, plan: RunPlan, resolved: dict, digest: str, output_
     record.outputs.wandb, record.outputs.wandb_dir = tracker.status, tracker.run_dir
     try:
         try:
-            evaluate(cfg, plan, record, lambda: store.save(record), tracker, output_dir, reuse_loaded, job_num)
+            evaluate(cfg, plan, record, lambda scores=None: store.save(record, scores), tracker, output_dir, reuse_loaded,
+                     job_num)
             record.status = "complete"
         except BaseException as error:  # record what failed, keep what was computed, then re-raise
             record.status, record.error = failure(error)
@@ -144,19 +146,22 @@ def one_line_failure(error: Exception, store: RecordStore) -> Exception:
     return error
 
 
-def evaluate(cfg: DictConfig, plan: RunPlan, record: RunRecord, save: Callable[[], object], tracker: Tracker,
+def evaluate(cfg: DictConfig, plan: RunPlan, record: RunRecord, save: Callable[..., object], tracker: Tracker,
              output_dir: Path, reuse_loaded: bool = False, job_num: int = 0) -> None:
     """Load the model, apply the method and run the suite through the protocol, filling ``record`` (``save``d
-    after every task): the model's shape, every task's scores, the KV bytes and the timings."""
+    after every task, with the per-sample scores so far): the model's shape, every task's scores, the KV bytes and
+    the timings."""
     t0 = time.perf_counter()
     model, tokenizer, reference_config = load_and_apply(cfg, plan.method, reuse_loaded, job_num)
     record.timing.load_apply_s = time.perf_counter() - t0
     record.model = ModelPart(**describe_model(cfg.model.name, model, reference_config))
     protocol = CompressionProtocol(model, plan.method, reference_config)
     t0 = time.perf_counter()
+    scores: list[dict] = []
     for result in plan.suite.run(plan.suite_plan, RunContext(protocol, tokenizer, cfg.model, output_dir, cfg.seed)):
         add_result(record, result, tracker)
-        save()
+        scores.extend(result.scores)
+        save(scores)
     if record.efficiency.points:
         tracker.log_efficiency(record.efficiency.points)
     record.timing.eval_s = time.perf_counter() - t0
@@ -177,10 +182,12 @@ def add_result(record: RunRecord, result: TaskResult, tracker: Tracker) -> None:
 
 
 def reuse(existing: Path, output_dir: Path, main: bool) -> RunRecord:
-    """The complete record of the same resolved config, copied to the run dir instead of running again."""
+    """The complete record of the same resolved config (and its per-sample scores), copied to the run dir instead of
+    running again."""
     record = read_record(existing)
     if main:
         write_record(output_dir / RECORD_NAME, record)
+        copy_sidecar(existing, output_dir / RECORD_NAME)
     log.info("skipping: a complete record for this config exists (%s); use force=true to re-run", existing)
     return record
 

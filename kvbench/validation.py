@@ -77,6 +77,9 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None, method_confi
     if suite.needs_cache and getattr(method, "single_pass", False):
         raise ConfigError(f"method={method.name} protocol=simulate is a masking simulation with no compressed cache, "
                           f"so suite.runner={cfg.suite.runner} has nothing to measure (set method.protocol=real)")
+    if suite.compares_to_full and getattr(method, "changes_vocabulary", False):
+        raise ConfigError(f"suite.runner={cfg.suite.runner} compares next-token distributions with full's over one "
+                          f"vocabulary, and method={method.name} changes the tokenizer or vocabulary: use a task suite")
     check_model_source(cfg.model)
     suite_plan = _checked(lambda: suite.validate(cfg.model), unavailable)
     config = _checked(lambda: load_config(cfg.model), unavailable)

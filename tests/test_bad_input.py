@@ -57,7 +57,7 @@ def run_in(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, expected", [
     (["method=no_such_method"], "method=no_such_method is not a kvbench method config (choose one of: combined, full"),
     (["model=no_such_model"], "model=no_such_model is not a kvbench model config (choose one of: bloomz_7b1"),
-    (["suite=no_such_suite"], "suite=no_such_suite is not a kvbench suite config (choose one of: efficiency, h2o_paper"),
+    (["suite=no_such_suite"], "suite=no_such_suite is not a kvbench suite config (choose one of: efficiency, fidelity, h2o_paper"),
     (["experiment=nope"], "experiment=nope is not a kvbench experiment config (choose one of: baselines, "),
     (["method=h2o", "method.heavy_ratoi=0.3"],
      "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi' (valid: heavy_ratio, heavy_tokens, protocol, recent_ratio"),

@@ -8,6 +8,8 @@ import pytest
 
 from kvbench.report import collect, comparison_table, display_table, lock_warning, write_report
 from kvbench.results import RunRecord, write_record
+from kvbench.sample_scores import sidecar_path, write_sidecar
+from kvbench.statistics import wilson_interval
 
 QUICK = {"name": "quick", "tasks": ["mc", "ppl"], "limit": 12}
 
@@ -26,35 +28,84 @@ def _record(run_id, method, acc, ppl, stored=500, status="complete", label=None,
         env={"device": "cpu (2 cores)", "load_avg_1m": 1.5})
 
 
+def _scores(acc_hits, doc_ll, n=12) -> list[dict]:
+    """Sidecar rows: ``mc`` right on the samples in ``acc_hits``; ``ppl`` one (log-likelihood, 10 words) per doc."""
+    return ([{"task": "mc", "id": str(i), "score": float(i in acc_hits)} for i in range(n)]
+            + [{"task": "ppl", "id": str(i), "loglikelihood": ll, "weight": 10.0} for i, ll in enumerate(doc_ll)])
+
+
+def _roll_up_rows(md: str) -> str:
+    """The roll-up table's rows of a markdown report (not its legend, not the paired tests below it)."""
+    return "\n".join(line for line in md.split("## Paired tests")[0].splitlines() if line.startswith("|"))
+
+
+FULL_LL = [-23.0 - i % 3 for i in range(12)]
+
+
 @pytest.fixture
 def sweep(tmp_path):
     records = [
-        _record("1", "full", 0.80, 10.0, 1000, acc_ci=(0.70, 0.90), ppl_ci=(9.0, 11.0)),
-        _record("2", "h2o", 0.50, 30.0, 200, acc_ci=(0.35, 0.65), ppl_ci=(25.0, 36.0)),  # worse on both
-        _record("3", "h2o", 0.78, 10.5, 200, label="h2o_local", label_params={"recent_ratio": 0.3},
-                acc_ci=(0.66, 0.88), ppl_ci=(9.5, 11.6)),  # overlaps full on both: not significant
-        _record("4", "combined", 0.60, 12.0, 50, label_params={"layers": None, "tokens_params": {"heavy_ratio": 0.2}},
-                acc_ci=(0.55, 0.65), ppl_ci=(11.2, 12.9)),
-        _record("5", "minicache", 0.1, 99.0, 700, status="failed"),
+        (_record("1", "full", 10 / 12, 10.0, 1000, acc_ci=(0.70, 0.90), ppl_ci=(9.0, 11.0)),
+         _scores(range(10), FULL_LL)),
+        (_record("2", "h2o", 0.0, 30.0, 200, acc_ci=(0.0, 0.0), ppl_ci=(25.0, 36.0)),  # worse on every sample
+         _scores([], [ll - 10 for ll in FULL_LL])),
+        (_record("3", "h2o", 9 / 12, 10.5, 200, label="h2o_local", label_params={"recent_ratio": 0.3},
+                 acc_ci=(0.66, 0.88), ppl_ci=(9.5, 11.6)),  # one discordant sample, log-likelihoods either way
+         _scores(range(9), [ll + (0.5 if i % 2 else -0.6) for i, ll in enumerate(FULL_LL)])),
+        (_record("4", "combined", 8 / 12, 12.0, 50, label_params={"layers": None, "tokens_params": {"heavy_ratio": 0.2}},
+                 acc_ci=(0.55, 0.65), ppl_ci=(11.2, 12.9)),  # acc 2 discordant pairs, perplexity worse on every doc
+         _scores(range(8), [ll - 2 for ll in FULL_LL])),
+        (_record("5", "minicache", 0.1, 99.0, 700, status="failed"), None),
     ]
-    records[4].error = "MethodConfigError: method.gamma=1.5 must be in [0, 1]"
-    for i, record in enumerate(records):
+    records[4][0].error = "MethodConfigError: method.gamma=1.5 must be in [0, 1]"
+    for i, (record, scores) in enumerate(records):
         write_record(tmp_path / str(i) / "record.json", record)
+        if scores is not None:
+            write_sidecar(tmp_path / str(i) / "record.json", scores)
     return tmp_path
 
 
-def test_cells_carry_value_interval_and_n_and_significance_against_full(sweep):
+def test_cells_carry_value_interval_and_n_and_a_paired_test_against_full(sweep):
     table = comparison_table(sweep).set_index("method")
     h2o = table.loc["h2o"]
-    assert (h2o["mc/acc"], h2o["mc/acc:low"], h2o["mc/acc:high"], h2o["mc/acc:n"]) == (0.5, 0.35, 0.65, 12)
+    low, high = wilson_interval(0, 12)
+    assert (h2o["mc/acc"], h2o["mc/acc:low"], h2o["mc/acc:high"], h2o["mc/acc:n"]) == (0.0, low, high, 12)
+    assert low == 0 < high  # a proportion's interval is never [0, 0]
     assert h2o["mc/acc:vs_full"] == "worse" and h2o["ppl/word_perplexity:vs_full"] == "worse"
-    assert table.loc["h2o_local", "mc/acc:vs_full"] == "same"  # intervals overlap: not marked
-    assert table.loc["combined", "ppl/word_perplexity:vs_full"] == "worse"  # 11.2 > full's 11.0 (lower is better)
+    assert h2o["mc/acc:test"] == "exact McNemar" and h2o["mc/acc:p_value"] == pytest.approx(2 * 0.5 ** 10)
+    # Holm over 3 rows x 2 metrics: two perplexity p-values (2/4096) rank first, so this third one is multiplied by 4
+    assert h2o["mc/acc:p_holm"] == pytest.approx(4 * 2 * 0.5 ** 10)
+    assert table.loc["h2o_local", "mc/acc:vs_full"] == "same"  # one discordant pair: not marked
+    assert table.loc["h2o_local", "mc/acc:mde"] == pytest.approx(0.5)  # at least 6 of 12 discordant pairs needed
+    assert table.loc["combined", "ppl/word_perplexity:vs_full"] == "worse"  # every document lost log-likelihood
+    assert table.loc["combined", "mc/acc:vs_full"] == "same"
     assert pd.isna(table.loc["full", "mc/acc:vs_full"])
     shown = display_table(comparison_table(sweep)).set_index("method")
     assert list(shown.columns[2:4]) == ["mc/acc (↑, n=12)", "ppl/word_perplexity (↓, n=12)"]  # the suite's order
-    assert shown.loc["h2o", "mc/acc (↑, n=12)"] == "0.5 [0.35, 0.65] ▼"
-    assert shown.loc["h2o_local", "mc/acc (↑, n=12)"] == "0.78 [0.66, 0.88]"
+    assert shown.loc["h2o", "mc/acc (↑, n=12)"] == f"0 [{low:.3g}, {high:.3g}] ▼"
+    assert shown.loc["h2o_local", "mc/acc (↑, n=12)"].endswith("]")  # not significant: no mark
+
+
+def test_zero_of_six_against_four_of_six_is_not_marked_and_says_what_it_could_detect(tmp_path):
+    # the paper_h2o_lm_eval_mini case: full 4/6, the method 0/6; the old interval rule marked it worse
+    for i, (method, hits) in enumerate((("full", range(4)), ("h2o", ()))):
+        path = tmp_path / method / "record.json"
+        write_record(path, _record(str(i + 1), method, len(hits) / 6, 10.0, n=6, acc_ci=(len(hits) / 6,) * 2))
+        write_sidecar(path, _scores(hits, FULL_LL[:6], n=6))
+    h2o = comparison_table(tmp_path).set_index("method").loc["h2o"]
+    assert h2o["mc/acc:vs_full"] == "same" and h2o["mc/acc:p_value"] == pytest.approx(0.125)
+    assert h2o["mc/acc:mde"] == pytest.approx(1.0)  # at n = 6 only 0/6 against 6/6 is detectable
+    md = write_report(tmp_path, "small", tmp_path / "reports", formats=("md",))["md"].read_text()
+    assert "▼" not in _roll_up_rows(md) and "|Δ| ≥ 1" in md
+
+
+def test_a_record_without_per_sample_scores_is_not_testable_never_compared_by_intervals(sweep):
+    sidecar_path(sweep / "0" / "record.json").unlink()  # full's sidecar deleted
+    table = comparison_table(sweep).set_index("method")
+    assert set(table.loc[["h2o", "h2o_local", "combined"], "mc/acc:vs_full"]) == {"untestable"}
+    assert table.loc["h2o", "mc/acc:test"] == "not testable: no per-sample scores"
+    md = write_report(sweep, "old", sweep / "reports", formats=("md",))["md"].read_text()
+    assert "not testable: no per-sample scores" in md and "▼" not in _roll_up_rows(md)
 
 
 def test_mean_rank_includes_the_perplexity_column_in_its_own_direction(sweep):
@@ -83,14 +134,14 @@ def test_failed_runs_are_listed_last_with_their_error_and_no_numbers(sweep):
 
 def test_kv_vs_full_pairing_uses_the_full_run_of_the_same_workload(tmp_path):
     short = {"name": "quick", "tasks": ["mc", "ppl"], "limit": 2}
-    write_record(tmp_path / "a" / "record.json", _record("1", "full", 0.8, 10, 1000, acc_ci=(0.7, 0.9), ppl_ci=(9, 11)))
-    write_record(tmp_path / "b" / "record.json", _record("2", "full", 0.2, 10, 60, acc_ci=(0.1, 0.3), ppl_ci=(9, 11),
-                                                          suite=short))
-    write_record(tmp_path / "c" / "record.json", _record("3", "h2o", 0.6, 10, 9, acc_ci=(0.5, 0.7), ppl_ci=(9, 11),
-                                                          suite=short))
+    for name, record, hits, n in (("a", _record("1", "full", 1.0, 10, 1000), range(12), 12),
+                                  ("b", _record("2", "full", 0.0, 10, 60, suite=short, n=2), (), 2),
+                                  ("c", _record("3", "h2o", 1.0, 10, 9, suite=short, n=2), (0, 1), 2)):
+        write_record(tmp_path / name / "record.json", record)
+        write_sidecar(tmp_path / name / "record.json", _scores(hits, FULL_LL[:n], n=n))
     table = comparison_table(tmp_path).set_index(["method", "params"])
-    # compared with the limit-2 full run (0.1-0.3), not the limit-12 one (0.7-0.9): better, not worse
-    assert table.loc[("h2o", ""), "mc/acc:vs_full"] == "better"
+    # paired with the limit-2 full run (0/2), not the limit-12 one (12/12): two samples, both gained
+    assert table.loc[("h2o", ""), "mc/acc:n_paired"] == 2 and table.loc[("h2o", ""), "mc/acc:diff"] == 1.0
 
 
 def test_write_report_writes_markdown_csv_latex_and_a_titled_pareto_plot(sweep, tmp_path):
@@ -115,3 +166,37 @@ def test_a_table_mixing_records_from_different_lock_files_carries_a_warning(tmp_
     assert message.startswith("warning: this table mixes records from 2 different lock files")
     paths = write_report(tmp_path / "mixed", "mixed", tmp_path / "reports")
     assert message in paths["md"].read_text() and message in capsys.readouterr().err
+
+
+def test_every_report_opens_with_its_provenance(tmp_path):
+    record = _record("1", "full", 0.5, 10.0)
+    record.config = {"model": {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"}}
+    record.model = {"name": "m", "dtype": "float32"}
+    record.env = {"git_commit": "abc1234", "git_dirty": True, "lock_sha256": "f" * 64, "torch_threads": 2,
+                  "load_avg_1m": 3.5, "device": "cpu (2 cores)"}
+    write_record(tmp_path / "runs" / "a" / "record.json", record)
+    md = write_report(tmp_path / "runs", "p", tmp_path / "reports", formats=("md",),
+                      command="kvbench-report runs --name p")["md"].read_text()
+    line = next(line for line in md.splitlines() if line.startswith("Provenance: "))
+    for part in ("command `kvbench-report runs --name p`", f"records under `{tmp_path / 'runs'}`",
+                 "kvbench commit abc1234 (dirty)", f"lock sha256 {'f' * 16}", "torch threads 2", "1-min load 3.5-3.5",
+                 "weights GGUF Q4_1, dequantised to float32", "n per task 12"):
+        assert part in line
+
+
+def test_a_continuous_metric_at_zero_in_full_is_not_a_proportion(tmp_path):
+    # fidelity's KL: full scores exactly 0 on every prompt; that column is continuous (no Wilson, no McNemar)
+    suite = {"name": "fidelity", "tasks": ["prose"], "limit": None}
+    for i, (method, kl) in enumerate((("full", [0.0] * 12), ("kivi", [0.1 + 0.01 * j for j in range(12)]))):
+        record = RunRecord(run_id=str(i + 1), created_at=f"2026-01-01T00:00:0{i}", status="complete",
+                           model={"name": "m"}, method={"name": method, "label": method}, suite=suite,
+                           metrics={"prose": {"kl": sum(kl) / 12}},
+                           primary_metrics={"prose": {"name": "kl", "higher_is_better": False}},
+                           n_samples={"prose": 12}, intervals={"prose": [min(kl), max(kl)]})
+        write_record(tmp_path / method / "record.json", record)
+        write_sidecar(tmp_path / method / "record.json",
+                      [{"task": "prose", "id": str(j), "score": v} for j, v in enumerate(kl)])
+    table = comparison_table(tmp_path).set_index("method")
+    assert (table.loc["full", "prose/kl:low"], table.loc["full", "prose/kl:high"]) == (0.0, 0.0)
+    assert table.loc["kivi", "prose/kl:test"] == "sign-flip permutation"
+    assert table.loc["kivi", "prose/kl:vs_full"] == "worse"  # 12 of 12 prompts diverge: p = 2/4096

@@ -10,7 +10,8 @@ import pytest
 from kvbench import models, runner
 from kvbench.compose import compose_config
 from kvbench.errors import ModelLoadError, SuiteConfigError
-from kvbench.results import read_record
+from kvbench.results import read_record, stored_record_path
+from kvbench.sample_scores import read_sidecar
 
 TINY = ["model=tiny_llama", "logger=none", "suite.limit=1", "suite.tasks=[kvbench_recall_mc,kvbench_prose_ppl]"]
 
@@ -79,6 +80,19 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
         assert record.timing[key] > 0
     assert {"python", "torch", "transformers", "lm_eval", "device", "git_commit", "lock_sha256"} <= set(record.env)
     assert (tmp_path / "run" / "samples_kvbench_recall_mc.jsonl").read_text().count("\n") == 1
+    sidecar = read_sidecar(tmp_path / "run" / "record.json")  # per-sample scores beside both record copies
+    assert sidecar == read_sidecar(stored_record_path(tmp_path / "records", record.config_hash))
+    assert set(sidecar) == {"kvbench_recall_mc", "kvbench_prose_ppl"}
+    assert set(next(iter(sidecar["kvbench_prose_ppl"].values()))) == {"task", "id", "loglikelihood", "weight"}
+    assert next(iter(sidecar["kvbench_recall_mc"].values()))["score"] in (0.0, 1.0)
+
+
+def test_a_perplexity_only_run_records_the_ratio_of_its_streamed_windows(cfg_for, tmp_path):
+    # meanpool_gqa to 1 KV head on a model with 2: every token's cache is half as large, at any length
+    record = runner.run(cfg_for("suite.tasks=[kvbench_prose_ppl]", "suite.limit=2", "method=meanpool_gqa",
+                                "method.kv_heads=1"), tmp_path / "run")
+    assert record.kv["ratio"] == pytest.approx(2.0, rel=0.01)
+    assert record.kv["full_bytes"] > 0 and "streamed perplexity window(s)" in record.kv["aggregation"]
 
 
 def test_a_result_carrying_measurements_only_replaces_the_efficiency_part_and_adds_no_task():
@@ -101,6 +115,7 @@ def test_a_finished_config_is_skipped_unless_forced(cfg_for, tmp_path, monkeypat
     again = runner.run(cfg_for(), tmp_path / "b")
     assert again.run_id == first.run_id
     assert read_record(tmp_path / "b" / "record.json").run_id == first.run_id
+    assert read_sidecar(tmp_path / "b" / "record.json") == read_sidecar(tmp_path / "a" / "record.json")  # copied
     monkeypatch.undo()
     monkeypatch.setenv("KVBENCH_CACHE_DIR", str(tmp_path / "cache"))
     forced = runner.run(cfg_for("force=true"), tmp_path / "c")

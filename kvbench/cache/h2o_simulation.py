@@ -77,7 +77,7 @@ def simulated_attention(module, query, key, value, attention_mask, scaling: floa
         q_chunk = query[:, :, start:stop].to(torch.float32).reshape(b, h, g, stop - start, d) * scaling
         logits = torch.matmul(q_chunk, keys_t)  # [b, h, g, C, kv]
         if attention_mask is not None:  # padding: the model's own mask as well
-            mask = _mask_rows(attention_mask, start, stop, logits.shape)
+            mask = _mask_rows(attention_mask, start, stop, h, g, kv).transpose(2, 3)  # [b, h|1, g|1, C, kv]
             logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
         seen = visible(query, key, attention_mask, scaling, heavy, recent, agg, slice(start, stop), keep)
         logits.masked_fill_(~seen[:, :, None], float("-inf"))

@@ -33,6 +33,25 @@ class ProtocolStats:
     peak_full_bytes: int = 0
     #: What the caches had to adapt (e.g. PyramidKV's clamped budgets): ``{note: prefills it applied to}``.
     notes: dict = field(default_factory=dict)
+    #: What the byte sums count: ``{"prefills": n, "windows": m}`` (caches after context compression, streamed
+    #: perplexity windows at their end).
+    counted: dict = field(default_factory=dict)
+
+    def add_bytes(self, stored: int, full: int, what: str, sequences: int = 1) -> None:
+        """Add the bytes of ``sequences`` requests (stored, and an uncompressed cache's for the same tokens) to the
+        sums."""
+        self.stored_bytes += stored
+        self.full_bytes += full
+        self.counted[what] = self.counted.get(what, 0) + sequences
+
+    def aggregation(self) -> str | None:
+        """How the ratio was aggregated, in words (the record's ``kv.aggregation``)."""
+        if not self.counted:
+            return None
+        parts = {"prefills": "{} prefilled sequence(s) (the cache after context compression)",
+                 "windows": "{} streamed perplexity window(s) (the cache at the window's end)"}
+        counted = " and ".join(parts[k].format(v) for k, v in sorted(self.counted.items()))
+        return f"sum of full bytes / sum of stored bytes over {counted}"
 
     @property
     def ratio(self) -> float | None:
@@ -44,6 +63,8 @@ class ProtocolStats:
                    "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
         if self.notes:
             summary["notes"] = dict(self.notes)
+        if self.counted:
+            summary["aggregation"] = self.aggregation()
         return summary
 
     def speed_summary(self) -> dict:

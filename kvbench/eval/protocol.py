@@ -153,8 +153,7 @@ class CompressionProtocol:
         self.stats.n_prefills += batch
         stored, full = self.measure(cache, n_tokens, batch)
         check_cache_written(cache, n_tokens, stored, getattr(self.method, "name", type(self.method).__name__))
-        self.stats.stored_bytes += stored
-        self.stats.full_bytes += full
+        self.stats.add_bytes(stored, full, "prefills", batch)
 
     # -- scoring ------------------------------------------------------------------------------
     def score_continuations(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[tuple[float, bool]]:
@@ -175,7 +174,9 @@ class CompressionProtocol:
 
     def stream_logprob(self, context: Sequence[int], continuation: Sequence[int], chunk: int) -> float:
         """Sum of log-probs of ``continuation`` streamed through the cache ``chunk`` tokens at a time,
-        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding)."""
+        compressing after each chunk (perplexity; ``chunk=1`` is exact token-by-token decoding). A window with no
+        context to prefill (lm-eval's rolling windows) counts the bytes its cache holds at the window's end, so a
+        perplexity run has a compression ratio too."""
         cache = self.prefill(context[:-1])
         inputs = [context[-1], *continuation[:-1]]
         total = 0.0
@@ -186,7 +187,9 @@ class CompressionProtocol:
             seen += len(inputs[i : i + chunk])
             self.method.compress(cache)
         self.stats.scored_tokens += len(continuation)
-        self.measure(cache, seen)
+        stored, full = self.measure(cache, seen)
+        if len(context) <= 1:  # nothing prefilled (a rolling window): the window's bytes at its end are its bytes
+            self.stats.add_bytes(stored, full, "windows")
         return total
 
     # -- generation ---------------------------------------------------------------------------

@@ -54,6 +54,9 @@ class Method:
     #: checked on a tiny CPU model for every registered method: ``tests/contracts.py``), e.g. a CUDA-only kernel.
     #: None (every method so far): it is checked, so a new method cannot skip the check silently.
     cache_contract_exempt: ClassVar[str | None] = None
+    #: Whether the method changes the tokenizer or the output vocabulary (none does yet): a suite that compares
+    #: next-token distributions with full's (``suite=fidelity``) refuses it in one line.
+    changes_vocabulary: ClassVar[bool] = False
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""

@@ -3,7 +3,7 @@ Pareto figure per task (quality against the measured compression ratio, one poin
 
 The numbers and the verdict marks come from the roll-up (:func:`kvbench.report.comparison_table`), never
 recomputed here: a mark is the table's ``<column>:verdict`` (else ``:vs_full``); where the roll-up carries the
-paired test's columns (``:test``, ``:p_value``, ``:n_pairs``/``:n``, ``:mde``) they become the mark's tooltip.
+paired test's columns (:mod:`kvbench.paired`: ``:test``, ``:p_value``, ``:p_holm``, ``:n_paired``/``:n``, ``:mde``) they become the mark's tooltip.
 A cell is ``[sort value, text, tooltip, mark]``; the page writes the text with ``textContent`` (kvbench/site/static).
 """
 
@@ -51,9 +51,11 @@ def verdict(row, column: str) -> tuple[str | None, str | None]:
     if test is None:
         return mark, None
     p_value = _column_value(row, column, ":p_value")
-    n = _column_value(row, column, ":n_pairs", ":n")
+    p_holm = _column_value(row, column, ":p_holm")
+    n = _column_value(row, column, ":n_paired", ":n")
     mde = _column_value(row, column, ":mde")
     parts = [f"{test}", f"p = {number(p_value)}" if p_value is not None else None,
+             f"Holm p = {number(p_holm)}" if p_holm is not None else None,
              f"n = {int(n)}" if n is not None else None, f"mde = {number(mde)}" if mde is not None else None]
     return mark, ", ".join(p for p in parts if p)
 

@@ -33,6 +33,7 @@ from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import bootstrap
 from kvbench.registry import Registry
 from kvbench.results import EfficiencyPart
+from kvbench.sample_scores import sample_entries
 
 #: Every suite, by its ``runner``; :meth:`~kvbench.registry.Registry.discover` imports every module of this
 #: package, so a new suite module edits no other file.
@@ -74,6 +75,9 @@ class TaskResult:
     samples: list[dict] = field(default_factory=list)
     #: The efficiency suite's measurements up to and including this result (the record's ``efficiency`` part).
     efficiency: EfficiencyPart | None = None
+    #: Every sample's score keyed by its stable id (:func:`kvbench.sample_scores.sample_entries`): the record's
+    #: sidecar, which the report's paired tests read.
+    scores: list[dict] = field(default_factory=list)
 
     @classmethod
     def measurements(cls, efficiency: EfficiencyPart) -> "TaskResult":
@@ -82,14 +86,16 @@ class TaskResult:
 
     @classmethod
     def from_samples(cls, task: str, metrics: dict, primary: str, items, aggregate, higher_is_better: bool = True,
-                     scale: float = 1.0) -> "TaskResult":
-        """A result whose primary metric's stderr and interval are bootstrapped from its per-sample ``items``."""
+                     scale: float = 1.0, ids=None) -> "TaskResult":
+        """A result whose primary metric's stderr and interval are bootstrapped from its per-sample ``items``; with
+        the samples' stable ``ids``, the items are also kept per sample (:attr:`scores`)."""
+        scores = sample_entries(task, ids, items) if ids is not None else []
         found = bootstrap(items, aggregate)
         if found is None:
-            return cls(task, metrics, primary, higher_is_better, n=len(items))
+            return cls(task, metrics, primary, higher_is_better, n=len(items), scores=scores)
         low, high, stderr = found
         return cls(task, metrics, primary, higher_is_better, {primary: stderr * scale}, len(items),
-                   (low * scale, high * scale))
+                   (low * scale, high * scale), scores=scores)
 
 
 @dataclass
@@ -121,6 +127,9 @@ class Suite:
     keeps_query: ClassVar[bool] = False
     #: Whether the suite runs batches through a compressed cache (then a single-pass simulation cannot run it).
     needs_cache: ClassVar[bool] = False
+    #: Whether the suite compares the method's next-token distributions with full's (then a method that changes the
+    #: vocabulary is refused before the model loads).
+    compares_to_full: ClassVar[bool] = False
 
     def __init__(self, cfg):
         self.cfg = cfg

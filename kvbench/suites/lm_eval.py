@@ -109,9 +109,11 @@ class LmEval(Suite):
                 higher = bool(results.get("higher_is_better", {}).get(name, {}).get(primary, True))
                 task_samples = samples.get(name, [])
                 _write_samples(Path(context.output_dir) / f"samples_{name}.jsonl", task_samples, handle_non_serializable)
-                items = [s[primary] for s in task_samples if primary in s]
+                scored = [s for s in task_samples if primary in s]
+                items = [s[primary] for s in scored]
                 aggregate = _aggregation(results.get("configs", {}).get(name, {}), primary)
-                result = TaskResult.from_samples(name, metrics, primary, items, aggregate, higher)
+                result = TaskResult.from_samples(name, metrics, primary, items, aggregate, higher,
+                                                 ids=[s.get("doc_id", i) for i, s in enumerate(scored)])
                 result.stderr = {**stderr, **result.stderr}
                 result.samples = sample_rows([s.get("doc_id") for s in task_samples],
                                              [s.get("filtered_resps") for s in task_samples],

@@ -109,7 +109,7 @@ class LongBench(Suite):
             scores[dataset] = score_rows(dataset, rows, opts.e)
             per_sample = [sample_score(dataset, r["pred"], r["answers"], rows[-1].get("all_classes")) for r in rows]
             result = TaskResult.from_samples(dataset, scores[dataset], next(iter(scores[dataset])), per_sample, mean,
-                                             scale=100)
+                                             scale=100, ids=[r["_id"] for r in rows])
             result.samples = sample_rows([r["_id"] for r in rows], [r["pred"] for r in rows],
                                          [" | ".join(r["answers"]) for r in rows], per_sample)
             yield result

@@ -96,7 +96,8 @@ class Ruler(Suite):
                 metrics[key]["string_match_part"] = string_match_part(preds, refs)
             log.info("%s: %s (%.1fs)", key, metrics[key], time.perf_counter() - start)
             per_sample = [sample_match_all(p, r) for p, r in zip(preds, refs)]
-            result = TaskResult.from_samples(key, metrics[key], "string_match_all", per_sample, mean, scale=100)
+            result = TaskResult.from_samples(key, metrics[key], "string_match_all", per_sample, mean, scale=100,
+                                          ids=[s.index for s in samples])
             result.samples = sample_rows([s.index for s in samples], preds, [", ".join(r) for r in refs], per_sample)
             yield result
         out_dir = Path(context.output_dir) / self.cfg.name

@@ -104,3 +104,17 @@ def test_simulation_scores_each_request_in_one_forward_and_stores_every_token(ti
     assert protocol.stats.ratio == 1.0  # a simulation evicts nothing
     real = CompressionProtocol(build_method("h2o").apply(copy.deepcopy(model)), build_method("h2o"))
     assert real.score_continuations(context, [continuation])[0][0] != pytest.approx(logprob, abs=1e-3)
+
+
+def test_a_padded_batch_reaches_the_model_mask_and_matches_each_sequence_alone(tiny_gqa):
+    # left padding makes transformers hand the attention a mask (None without padding): the masked branch
+    model, _ = tiny_gqa
+    method = build_method("h2o", protocol="simulate", heavy_ratio=1.0)  # covers every key: plain attention
+    simulated = method.apply(copy.deepcopy(model))
+    short, long = random_ids(12, seed=3), random_ids(16, seed=4)
+    ids = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    batched = simulated(ids, attention_mask=mask).logits
+    torch.testing.assert_close(batched[0, 4:], model(short).logits[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched[1], model(long).logits[0], atol=1e-4, rtol=1e-4)
