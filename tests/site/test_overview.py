@@ -15,7 +15,7 @@ def test_verdict_tooltips_come_from_the_rollups_test_columns(records_dir):
     rollup.table[f"{column}:verdict"] = rollup.table[f"{column}:vs_full"]
     rollup.table[f"{column}:test"] = "wilcoxon"
     rollup.table[f"{column}:p_value"] = 0.0123
-    rollup.table[f"{column}:n_pairs"] = 12
+    rollup.table[f"{column}:n_paired"] = 12
     tipped = overview(rollup)
     position = [c["key"] for c in tipped["columns"]].index(column)
     cells = [row["c"][position] for row in tipped["rows"] if row["c"][position][3]]
