@@ -28,7 +28,17 @@ from tests.conftest import random_ids
 from tests.contracts import held_tensors
 from tests.families import family_names, tiny_family, tiny_family_config
 
-pytestmark = pytest.mark.usefixtures("no_grad")
+pytestmark = pytest.mark.usefixtures("no_grad", "one_thread")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: 64-wide matrices gain nothing from more, and on a shared machine a second thread waiting
+    for a busy core makes each tiny matmul ~20x slower (the matrix takes minutes instead of seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 SVD = dict(calibration_sequences=1, calibration_length=32, reuse_calibration=False)
 EVERYTHING = dict(budget_tokens=1000)  # a token budget covering every token of the checks
@@ -141,10 +151,7 @@ def assert_no_op_equals_full(family: str, name: str) -> None:
         assert greedy == want_greedy and protocol.generate(_ids(0), NEW) == want_tokens
 
 
-def assert_batch_equals_batch_1(family: str, name: str) -> None:
-    model, tokenizer = tiny_family(family)
-    method = build_method(name, **REAL[name])
-    applied = _apply(method, model, tokenizer)
+def assert_batch_equals_batch_1(method, applied, model) -> None:
     contexts = [_ids(10), _ids(11)]
     tokens, logits = CompressionProtocol(applied, method, model.config).generate_batch(contexts, NEW, return_logits=True)
     for i, context in enumerate(contexts):
@@ -154,17 +161,16 @@ def assert_batch_equals_batch_1(family: str, name: str) -> None:
         torch.testing.assert_close(logits[i], own_logits[0], rtol=1e-4, atol=1e-4)
 
 
-def assert_bytes_counted_and_shrunk(family: str, name: str) -> None:
-    model, tokenizer = tiny_family(family)
-    method = build_method(name, **REAL[name])
-    protocol = CompressionProtocol(_apply(method, model, tokenizer), method, model.config)
+def assert_bytes_counted_and_shrunk(method, applied, model) -> None:
+    protocol = CompressionProtocol(applied, method, model.config)
     cache = protocol.prefill(_ids(0))
+    ratio = protocol.stats.full_bytes / protocol.stats.stored_bytes
+    # within 0.5%: a transformers sliding-window layer also holds its window size, an 8-byte tensor
+    assert ratio == pytest.approx(_reference_ratio(method.name, _kv_heads(model)), rel=5e-3)
+    assert ratio > 1.0 or method.name == "full"
     protocol.forward(cache, _ids(2, 3))  # decode-time policies act too
     held = held_tensors(cache)
     assert cache_nbytes(cache) == sum(t.element_size() * t.nelement() for t in held.values())
-    ratio = _ratio(method, model, tokenizer)
-    assert ratio == pytest.approx(_reference_ratio(name, _kv_heads(model)), rel=1e-9)
-    assert ratio > 1.0 or name == "full"
 
 
 @pytest.mark.parametrize("family, method", CELLS)
@@ -173,5 +179,8 @@ def test_every_cell_is_what_the_matrix_says(family, method):
         assert_refused_with_its_reason(family, method)
         return
     assert_no_op_equals_full(family, method)
-    assert_batch_equals_batch_1(family, method)
-    assert_bytes_counted_and_shrunk(family, method)
+    model, tokenizer = tiny_family(family)
+    real = build_method(method, **REAL[method])
+    applied = _apply(real, model, tokenizer)
+    assert_batch_equals_batch_1(real, applied, model)
+    assert_bytes_counted_and_shrunk(real, applied, model)
