@@ -2,6 +2,7 @@
 #   make quickstart   set up, then run every method on the bundled model (table in outputs/reports/quickstart.md)
 #   make test         set up, then run the test suite (what CI runs)
 # Maintenance:
+#   make support-matrix  rewrite the README's method x model-family table from kvbench/support.py
 #   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
@@ -19,7 +20,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup quickstart test lock test-latest examples
+.PHONY: setup quickstart test lock test-latest examples support-matrix
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
@@ -40,6 +41,10 @@ examples: setup
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q
+
+# The README's support matrix (method x model family), generated from kvbench/support.py.
+support-matrix: setup
+	$(OFFLINE) $(PY) -m kvbench.support --write README.md
 
 lock:
 	rm -rf .venv-lock

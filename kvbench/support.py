@@ -76,7 +76,7 @@ UNSCORED = ("reads attention scores from transformers' attention interface, and 
             "through it (its ALiBi attention is built in)")
 GEMMA3_ROPE = ("replaces the attention to rotate the projected keys, and Gemma-3's attention takes a rotary "
                "embedding per layer type (local/global) that the replacement does not know")
-ALIBI_REINDEXED = ("works, with ALiBi distances counted over the kept tokens: BLOOM builds its ALiBi bias over the "
+ALIBI_REINDEXED = ("counts ALiBi distances over the kept tokens: BLOOM builds its ALiBi bias over the "
                    "cache's stored length, so kept tokens are re-indexed 0..k-1 (as StreamingLLM's paper does with "
                    "positions), not kept at their original positions")
 
@@ -183,24 +183,70 @@ def row_line(family: str) -> str:
 
 
 def support_markdown() -> str:
-    """The README's support table: one row per family, one column per method, then every stated difference and
-    refusal with its reason."""
-    cols = methods()
+    """The README's support table: one row per family, one column per method, then each stated difference and
+    refusal once, with its reason and where it applies."""
+    cols, full = methods(), matrix()
     mark = {WORKS: "✓", DIFFERS: "✓*", REFUSED: "✗"}
     lines = ["| family | traits | " + " | ".join(f"`{m}`" for m in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
-    notes = []
+    notes: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     for name, family in FAMILIES.items():
-        cells = matrix()[name]
         lines.append(f"| {family.label} (`{name}`) | {family.traits} | "
-                     + " | ".join(mark[cells[m].status] for m in cols) + " |")
-        notes += [f"- {family.label}, `{m}`: {'refused' if c.status == REFUSED else 'works, but'}: {m} {c.reason}"
-                  for m, c in cells.items() if c.status != WORKS]
-    counts = {s: sum(c.status == s for row in matrix().values() for c in row.values()) for s in mark}
-    summary = (f"{len(FAMILIES)} families × {len(cols)} methods: {counts[WORKS]} work, {counts[DIFFERS]} work "
-               f"with a stated difference (✓*), {counts[REFUSED]} are refused (✗) in one line before the model loads.")
-    return "\n".join([*lines, "", summary, "", *notes])
+                     + " | ".join(mark[full[name][m].status] for m in cols) + " |")
+        for m, c in full[name].items():
+            if c.status != WORKS:
+                families, names = notes.setdefault((c.status, f"{m}\0{c.reason}" if m == "combined" else c.reason),
+                                                   ([], []))
+                families.append(family.label) if family.label not in families else None
+                names.append(m) if m not in names else None
+    counts = {s: sum(c.status == s for row in full.values() for c in row.values()) for s in mark}
+    summary = (f"{len(FAMILIES)} families × {len(cols)} methods = {len(FAMILIES) * len(cols)} cells: {counts[WORKS]} "
+               f"work (✓), {counts[DIFFERS]} work with a stated difference (✓*), {counts[REFUSED]} are refused (✗) in "
+               "one line before the model loads.")
+    bullets = []
+    for (status, reason), (families, names) in notes.items():
+        reason = reason.split("\0", 1)[-1]
+        what = "works with a difference" if status == DIFFERS else "refused"
+        bullets.append(f"- {', '.join(f'`{n}`' for n in names)} on {', '.join(families)}: {what}: "
+                       f"{'the method ' if not reason.startswith(tuple(cols)) else ''}{reason}.")
+    return "\n".join([*lines, "", summary, "", *bullets])
+
+
+def model_configs_markdown() -> str:
+    """The model configs of ``conf/model/``: each one's family (its row above), chat template and stop tokens."""
+    from omegaconf import OmegaConf
+
+    from kvbench.config import CONF_DIR
+
+    lines = ["| model config | pretrained | family (row) | chat template | stop tokens |", "|---|---|---|---|---|"]
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        stops = " ".join(f"`{t}`".replace("|", "\\|") for t in cfg.get("stop_tokens") or [])
+        lines.append(f"| `{path.stem}` | `{cfg.pretrained}` | `{cfg.get('family')}` | "
+                     f"{cfg.get('chat_template') or '—'} | {stops or '—'} |")
+    return "\n".join(lines)
+
+
+MARKERS = ("<!-- support-matrix:start -->\n", "\n<!-- support-matrix:end -->")
+
+
+def readme_section() -> str:
+    """What the README holds between its support-matrix markers."""
+    return support_markdown() + "\n\nThe model configs (`conf/model/`), each with its row above:\n\n" + model_configs_markdown()
+
+
+def write_readme(path) -> None:
+    """Rewrite the README's support-matrix section (``make support-matrix``)."""
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    head, rest = text.split(MARKERS[0], 1)
+    tail = rest.split(MARKERS[1].lstrip("\n"), 1)[1]
+    Path(path).write_text(head + MARKERS[0] + readme_section() + MARKERS[1] + tail, encoding="utf-8")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.stdout.write(support_markdown() + "\n")
+    if sys.argv[1:2] == ["--write"]:
+        write_readme(sys.argv[2])
+    else:
+        sys.stdout.write(readme_section() + "\n")

@@ -184,3 +184,25 @@ def test_every_cell_is_what_the_matrix_says(family, method):
     applied = _apply(real, model, tokenizer)
     assert_batch_equals_batch_1(real, applied, model)
     assert_bytes_counted_and_shrunk(real, applied, model)
+
+
+def test_the_readme_support_section_is_generated_from_the_registry():
+    from pathlib import Path
+
+    from kvbench.support import MARKERS, readme_section
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0]
+    assert section == readme_section(), "README's support matrix drifted: run `make support-matrix`"
+
+
+def test_a_model_config_that_turns_a_window_on_gets_the_sliding_window_refusals():
+    from kvbench.support import check_model_supported
+
+    config = tiny_family_config("phi3")  # Phi-3-mini-4k slides a 2047-token window over 4096 positions
+    check_model_supported(build_method("knorm"), config)
+    config.sliding_window, config.max_position_embeddings = 2047, 4096
+    with pytest.raises(KvbenchError, match="method=knorm cannot run on Phi-3 / Phi-4-mini models: knorm evicts"):
+        check_model_supported(build_method("knorm"), config)
+    config.sliding_window = 262144  # Phi-4-mini: a window longer than the context slides nothing
+    check_model_supported(build_method("knorm"), config)
