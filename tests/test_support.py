@@ -206,3 +206,20 @@ def test_a_model_config_that_turns_a_window_on_gets_the_sliding_window_refusals(
         check_model_supported(build_method("knorm"), config)
     config.sliding_window = 262144  # Phi-4-mini: a window longer than the context slides nothing
     check_model_supported(build_method("knorm"), config)
+
+
+@pytest.mark.parametrize("name", [m for m in methods() if cell("bloom", m).status == DIFFERS])
+def test_bloom_eviction_scores_as_a_cache_of_only_the_kept_tokens_with_alibi_re_indexed(name):
+    """The stated difference, shown: after eviction BLOOM scores exactly as a plain cache holding only the kept
+    tokens, whose ALiBi distances run over the kept tokens (0..k-1), not their original positions."""
+    from tests.conftest import reduced_cache
+
+    model, tokenizer = tiny_family("bloom")
+    method = build_method(name, **REAL[name])
+    protocol = CompressionProtocol(_apply(method, model, tokenizer), method, model.config)
+    cache = protocol.prefill(_ids(0))
+    assert cache.stored_tokens(0) < CONTEXT
+    reduced = reduced_cache(cache)
+    new = _ids(3, 2)
+    got = protocol.forward(cache, new)
+    torch.testing.assert_close(got, model(input_ids=torch.tensor([new]), cache=reduced).logits[0], rtol=1e-4, atol=1e-4)
