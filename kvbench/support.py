@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from kvbench.errors import MethodConfigError
 from kvbench.methods import METHODS
+from kvbench.methods.base import sliding_window_in_effect
 
 WORKS, DIFFERS, REFUSED = "works", "works with a difference", "refused"
 
@@ -122,18 +123,6 @@ def cell(family: str, method: str) -> Cell:
 def matrix() -> dict[str, dict[str, Cell]]:
     """``{family: {method: Cell}}`` for every family and every registered method."""
     return {family: {method: cell(family, method) for method in methods()} for family in FAMILIES}
-
-
-def sliding_window_in_effect(config) -> bool:
-    """Whether some layer attends over a window shorter than the model's context (a window at least the
-    context long, as Phi-4-mini's 262144 over 131072 positions, slides nothing)."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    if any(t != "full_attention" for t in getattr(text, "layer_types", None) or []):
-        return True
-    window = getattr(text, "sliding_window", None)
-    if window is None or not getattr(text, "use_sliding_window", True):
-        return False
-    return window < (getattr(text, "max_position_embeddings", None) or window + 1)
 
 
 def family_of(config) -> str | None:
