@@ -15,15 +15,15 @@ from kvbench.cache import full_cache_nbytes
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
 from tests.conftest import random_ids
-from tests.families import WINDOW, tiny_family, tiny_family_config
+from tests.families import WINDOW, tiny_family_config
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 CONTEXT = 3 * WINDOW  # longer than the window, so sliding layers drop tokens
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
-def test_full_through_the_protocol_equals_the_alternating_models_own_forward_and_generate(family):
-    model, _ = tiny_family(family)
+def test_full_through_the_protocol_equals_the_alternating_models_own_forward_and_generate(family, family_model):
+    model, _ = family_model(family)
     ids = random_ids(CONTEXT + 4)
     protocol = CompressionProtocol(model, build_method("full"))
     context, continuation = ids[0, :CONTEXT].tolist(), ids[0, CONTEXT:].tolist()
@@ -39,8 +39,8 @@ def test_full_through_the_protocol_equals_the_alternating_models_own_forward_and
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
-def test_the_sliding_window_is_on_a_model_without_it_scores_differently(family):
-    model, _ = tiny_family(family)
+def test_the_sliding_window_is_on_a_model_without_it_scores_differently(family, family_model):
+    model, _ = family_model(family)
     config = tiny_family_config(family)
     config.layer_types = ["full_attention"] * config.num_hidden_layers
     unwindowed = type(model)(config).eval()
@@ -58,8 +58,8 @@ def test_the_sliding_window_is_on_a_model_without_it_scores_differently(family):
     ("qwen3", "h2o", dict(heavy_ratio=1.0, recent_ratio=1.0)), ("qwen3", "minicache", dict(start_layer=1, gamma=1.0)),
     ("qwen3", "kivi", dict(group_size=8, residual_length=128)),
 ])
-def test_a_no_op_setting_equals_full_through_the_protocol(family, name, params):
-    model, tokenizer = tiny_family(family)
+def test_a_no_op_setting_equals_full_through_the_protocol(family, name, params, family_model):
+    model, tokenizer = family_model(family)
     method = build_method(name, **params)
     ours = CompressionProtocol(method.apply(copy.deepcopy(model), tokenizer), method, model.config)
     full = CompressionProtocol(model, build_method("full"))
@@ -70,8 +70,8 @@ def test_a_no_op_setting_equals_full_through_the_protocol(family, name, params):
     assert ours.generate(context, 6) == full.generate(context, 6)
 
 
-def test_qwen3_q_k_norm_matters_so_the_identity_could_fail():
-    model, _ = tiny_family("qwen3")
+def test_qwen3_q_k_norm_matters_so_the_identity_could_fail(family_model):
+    model, _ = family_model("qwen3")
     broken = copy.deepcopy(model)
     for layer in broken.model.layers:
         layer.self_attn.k_norm.weight.data.mul_(3.0)
