@@ -163,14 +163,6 @@ def check_model_supported(method, config) -> None:
     check_supported(method, family, sliding)
 
 
-def row_line(family: str) -> str:
-    """One line: the family's row (``works: …; with a difference: …; refused: …``), for dry runs."""
-    row = {method: cell(family, method) for method in methods()}
-    parts = [f"{status}: {', '.join(m for m, c in row.items() if c.status == status)}"
-             for status in (WORKS, DIFFERS, REFUSED) if any(c.status == status for c in row.values())]
-    return f"family={family} ({FAMILIES[family].label}) " + "; ".join(parts)
-
-
 def support_markdown() -> str:
     """The README's support table: one row per family, one column per method, then each stated difference and
     refusal once, with its reason and where it applies."""
