@@ -8,6 +8,7 @@
 # Maintenance:
 #   make examples     re-run the quickstart and the fidelity sweep and overwrite their committed reports in reports/
 #                     (fidelity's records and per-sample sidecars under reports/records/; on purpose only)
+#   make support-matrix  rewrite the README's method x model-family table from kvbench/support.py
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
 #   make lock-cuda    re-resolve requirements-cuda.lock (the CUDA build's nvidia-*/triton pins) against the lock
@@ -35,7 +36,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup setup-cuda quickstart test test-browser site lock lock-cuda test-latest examples readme
+.PHONY: setup setup-cuda quickstart test test-browser site lock lock-cuda test-latest examples readme support-matrix
 
 $(VENV)/.installed: pyproject.toml $(LOCK) $(CUDA_LOCK)
 	$(PYTHON) .ci/check_python.py
@@ -52,7 +53,7 @@ setup: $(VENV)/.installed
 setup-cuda:
 	$(MAKE) $(VENV)/.installed TORCH_SPEC="$(TORCH_CUDA_SPEC)" CONSTRAINTS="-c $(LOCK) -c $(CUDA_LOCK)" ENV_CHECK="check --cuda"
 
-# rewrite the README's generated sections (record fields, config groups, experiments) from the code
+# rewrite the README's generated sections (record fields, config groups, experiments, support matrix) from the code
 readme: setup
 	$(PY) -m kvbench.readme README.md
 
@@ -82,6 +83,9 @@ SITE_RECORDS ?= reports/records
 site: setup
 	rm -rf reports/site
 	$(VENV)/bin/kvbench-report $(SITE_RECORDS) --html reports/site --name "kvbench example"
+
+# The README's support matrix (method x model family), generated from kvbench/support.py (one of make readme's sections).
+support-matrix: readme
 
 lock:
 	$(PYTHON) .ci/check_python.py

@@ -64,6 +64,18 @@ class ModelConfig:
     max_length: int = 2048
     #: Chat-tuned model: LongBench applies the chat template (EVALUATION.md).
     chat: bool = True
+    #: The chat template the tokenizer ships, by name, for the reader and the record (``chatml``, ``llama3``,
+    #: ``mistral_v3``, ``gemma``, ``phi3``, ``phi4``, ``qwen3``; null: a base model without one). The tokenizer's
+    #: own template is what runs.
+    chat_template: Optional[str] = None
+    #: Tokens that end a generation, exactly as the tokenizer spells them (Llama-3: ``<|eot_id|>`` and
+    #: ``<|end_of_text|>``); generation stops on any of them, besides the tokenizer's EOS. Every model config
+    #: states them; a token the tokenizer does not know is an error when the model loads.
+    stop_tokens: List[str] = field(default_factory=list)
+    #: The support-matrix row (``kvbench/support.py``: llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, opt,
+    #: bloom, gpt_neox); null: read from the model's config. Hub configs name it, so a dry run checks the method
+    #: against the family offline.
+    family: Optional[str] = None
     trust_remote_code: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from kvbench.results import short_params
+from kvbench.support import cell
 from kvbench.validation import validate
 
 
@@ -24,6 +25,9 @@ def dry_run(cfg: DictConfig, method_config: str | None = None) -> str:
     line = (f"model={cfg.model.name} method={plan.label}{' ' + params if params else ''}"
             f"{' (simulated)' if plan.method.single_pass else ''} suite={suite.name} tasks=[{', '.join(suite.tasks)}]"
             f"{fewshot} limit={suite.limit}{' query_aware' if suite.get('query_aware') else ''}")
+    family = cfg.model.get("family")
+    if family:  # the method's cell of the family's support-matrix row (kvbench/support.py), beside the job
+        line += f" family={family}: {plan.method.name} {cell(family, plan.method.name).status}"
     if unavailable:
         return f"{line}: ok, except not checked offline: " + "; ".join(unavailable)
     return f"{line}: ok"

@@ -17,6 +17,7 @@ from kvbench.errors import ConfigError, KvbenchError, fail
 from kvbench.eval.lm import KvbenchLM, quiet_lm_eval
 from kvbench.models import check_model_source, load_config
 from kvbench.runner import load_and_apply
+from kvbench.support import check_model_supported, check_supported
 from kvbench.validation import build_method_from
 
 
@@ -33,7 +34,10 @@ class KvbenchCLIModel(KvbenchLM):
             cfg = compose_config([f"model={model}", f"method={method}", *(f"{k}={v}" for k, v in overrides.items())])
             method_obj = build_method_from(cfg.method)
             check_model_source(cfg.model)
-            method_obj.check_model(load_config(cfg.model))
+            check_supported(method_obj, cfg.model.get("family"))
+            config = load_config(cfg.model)
+            check_model_supported(method_obj, config)
+            method_obj.check_model(config)
             loaded, tokenizer, reference_config = load_and_apply(cfg, method_obj)
         except KvbenchError as error:
             fail(error)

@@ -131,7 +131,8 @@ def load_model(cfg: ModelConfig):
 
     check_model_source(cfg)
     if cfg.pretrained.startswith("tiny:"):
-        return tiny_llama(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
+        model, tokenizer = tiny_llama(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
+        return with_stop_tokens(model, tokenizer, cfg), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_pretrained(cfg.pretrained)
@@ -154,7 +155,32 @@ def load_model(cfg: ModelConfig):
     except (OSError, ValueError, ImportError) as error:  # missing weights, offline, unsupported attention
         raise _load_error(cfg, "weights", error) from None
     model.eval()
-    return model, tokenizer
+    return with_stop_tokens(model, tokenizer, cfg), tokenizer
+
+
+def stop_token_ids(tokenizer, cfg: ModelConfig) -> list[int]:
+    """The ids of ``model.stop_tokens``; a token the tokenizer does not know as one token is one line."""
+    ids = []
+    for token in cfg.stop_tokens:
+        found = tokenizer.convert_tokens_to_ids(token)
+        if found is None or (found == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise ModelLoadError(f"model.stop_tokens: {token!r} is not a token of {cfg.name}'s tokenizer "
+                                 "(give the token exactly as the tokenizer spells it, e.g. <|eot_id|>)")
+        ids.append(int(found))
+    return ids
+
+
+def with_stop_tokens(model, tokenizer, cfg: ModelConfig):
+    """``model`` whose generation config ends on every stop token as well as its own EOS ids, so every suite's
+    decoding (:func:`kvbench.eval.prompts.eos_ids`) stops where the model's chat format ends a turn (a
+    Llama-3 answer ends on ``<|eot_id|>``, not on ``<|end_of_text|>`` alone)."""
+    ids = stop_token_ids(tokenizer, cfg)
+    config = getattr(model, "generation_config", None)
+    if ids and config is not None:
+        own = config.eos_token_id
+        own = [] if own is None else list(own) if isinstance(own, (list, tuple)) else [own]
+        config.eos_token_id = sorted(set(own) | set(ids))
+    return model
 
 
 #: Base models loaded in this process, reused across the jobs of a multirun sweep (one at a time).

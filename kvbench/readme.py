@@ -21,6 +21,7 @@ import yaml
 
 from kvbench import config
 from kvbench.results import record_fields_markdown
+from kvbench.support import readme_section as support_matrix_markdown
 
 #: What each config group holds (the options are read from conf/).
 GROUPS = {
@@ -127,6 +128,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "record-fields": record_fields_markdown,
     "config-groups": config_groups_markdown,
     "experiments": experiments_markdown,
+    "support-matrix": support_matrix_markdown,
 }
 
 

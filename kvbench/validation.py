@@ -23,6 +23,7 @@ from kvbench.eval import distributed
 from kvbench.methods import Method, build_method
 from kvbench.models import JOB_DEVICES, check_model_source, load_config
 from kvbench.suites import Suite, build_suite
+from kvbench.support import check_model_supported, check_supported
 
 
 @dataclass
@@ -81,9 +82,11 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None, method_confi
         raise ConfigError(f"suite.runner={cfg.suite.runner} compares next-token distributions with full's over one "
                           f"vocabulary, and method={method.name} changes the tokenizer or vocabulary: use a task suite")
     check_model_source(cfg.model)
+    check_supported(method, cfg.model.get("family"))  # the model config's family: checked offline too
     suite_plan = _checked(lambda: suite.validate(cfg.model), unavailable)
     config = _checked(lambda: load_config(cfg.model), unavailable)
     if config is not None:
+        check_model_supported(method, config)
         method.check_model(config)
     return RunPlan(method, suite, suite_plan, *method_label(method, method_config))
 

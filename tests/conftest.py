@@ -36,6 +36,15 @@ def tiny_mha():
 
 
 @pytest.fixture(scope="session")
+def family_model():
+    """``family_model("gemma2")`` -> (model, tokenizer): the tiny random model of a support-matrix family
+    (tests/families.py), built once per session and shared: copy it before changing it."""
+    from tests.families import tiny_family
+
+    return tiny_family
+
+
+@pytest.fixture(scope="session")
 def _smollm2_session():
     from kvbench.models import ModelConfig, load_model
 

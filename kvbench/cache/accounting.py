@@ -26,14 +26,28 @@ def cache_nbytes(cache) -> int:
 
 
 def full_cache_nbytes(config, n_tokens: int, dtype: torch.dtype) -> int:
-    """What an uncompressed cache holds for ``n_tokens`` tokens: 2·L·h·d·N·b (METHODS.md).
+    """What an uncompressed cache holds for ``n_tokens`` tokens: 2·h·d·b·Σ_layers N_l (METHODS.md), where N_l = N
+    for a global layer and min(N, W − 1) for a sliding-window layer of window W, which is what transformers'
+    own cache keeps (Mistral v0.1, Gemma-2/3: their ``full`` stores no more, so a ratio is never inflated by
+    tokens the model itself drops).
 
     Used only as the denominator of a run's compression ratio; the ``full`` method's
     own measured bytes equal it (tested).
     """
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     n_heads = text.num_attention_heads
     n_kv = getattr(text, "num_key_value_heads", None) or n_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // n_heads
     elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * text.num_hidden_layers * n_kv * head_dim * n_tokens * elem
+    tokens = sum(min(n_tokens, window - 1) if window else n_tokens for window in layer_windows(text))
+    return 2 * n_kv * head_dim * tokens * elem
+
+
+def layer_windows(text_config) -> list[int | None]:
+    """Per layer, the sliding window transformers' cache keeps (None: a global layer), read as
+    ``DynamicCache(config=...)`` reads it (``layer_types``, else ``sliding_window`` on every layer)."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    types, kwargs = get_layer_types_and_kwargs(text_config)
+    return [kw.get("sliding_window") if kind in ("sliding_attention", "chunked_attention") else None
+            for kind, kw in zip(types, kwargs)]

@@ -33,10 +33,14 @@ PLAIN_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 def plain_layer_nbytes(layer) -> int:
+    """Every tensor a plain transformers layer holds: keys, values and, in a sliding-window layer, the window
+    size it keeps as a tensor (a few bytes, counted so ``nbytes`` is every tensor, as the contract says)."""
     if type(layer) not in PLAIN_LAYERS:
         raise TypeError(f"cannot count the bytes of a {type(layer).__name__} cache layer: kvbench counts "
                         f"{', '.join(t.__name__ for t in PLAIN_LAYERS)} and its own layers only")
-    return tensor_nbytes(layer.keys, layer.values) if layer.is_initialized else 0
+    if not layer.is_initialized:
+        return 0
+    return tensor_nbytes(*(v for v in vars(layer).values() if isinstance(v, torch.Tensor)))
 
 
 class KVCache(Cache):

@@ -34,6 +34,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tqdm import tqdm
 
 from kvbench.eval import distributed
+from kvbench.eval.prompts import eos_ids
 from kvbench.eval.protocol import CompressionProtocol
 
 #: kvbench's offline lm-eval tasks (YAML + utils), usable with ``--include_path``.
@@ -179,7 +180,8 @@ class KvbenchLM(HFLM):
             n_query = n_query if n_query < len(ids) else 0  # a question longer than what truncation left
             generated = self.protocol.generate(
                 ids[: len(ids) - n_query], max_gen_toks, stop=self._stop_on(until),
-                eos_token_ids=[self.eot_token_id], query=ids[len(ids) - n_query:], query_aware=self.query_aware)
+                eos_token_ids=eos_ids(self.tokenizer, self.model),  # the model config's stop tokens too
+                query=ids[len(ids) - n_query:], query_aware=self.query_aware)
             text = postprocess_generated_text(self.tok_decode(generated), stop=until, think_end_token=None)
             results.append(text)
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)

@@ -115,12 +115,25 @@ def changed(mine: dict, base: dict) -> dict:
     return out
 
 
+def sliding_window_in_effect(config) -> bool:
+    """Whether some layer attends over a window shorter than the model's context: a ``layer_types`` entry other
+    than full attention, or a ``sliding_window`` (switched on) below ``max_position_embeddings``. A window at
+    least the context long (Phi-4-mini's 262144 over 131072 positions) slides nothing."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if any(t != "full_attention" for t in getattr(text, "layer_types", None) or []):
+        return True
+    window = getattr(text, "sliding_window", None)
+    if window is None or not getattr(text, "use_sliding_window", True):
+        return False
+    return window < (getattr(text, "max_position_embeddings", None) or window + 1)
+
+
 def check_full_attention(method: str, config: "PretrainedConfig") -> None:
     """Token eviction keeps one logical length per layer: refuse sliding-window / linear-attention layers."""
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layer_types = getattr(text, "layer_types", None) or []
     odd = sorted({t for t in layer_types if t != "full_attention"})
-    if odd or getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+    if sliding_window_in_effect(text):
         raise MethodConfigError(
             f"method={method} needs full-attention layers only; this model has {', '.join(odd) or 'sliding_window'} "
             "layers (choose a model without sliding-window/linear attention)")

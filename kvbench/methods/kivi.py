@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from kvbench.cache.kivi import Quantization, QuantizedKVCache
 from kvbench.cache.quantization import NBITS
-from kvbench.methods.base import Method, MethodConfigError, register
+from kvbench.methods.base import Method, MethodConfigError, register, sliding_window_in_effect
 
 
 def _is_int(value) -> bool:
@@ -66,7 +66,7 @@ def check_quantizable(config, method: str, nbits: int, group_size: int) -> None:
         raise MethodConfigError(f"method={method}: head dim {d} at {nbits} bits does not fill whole bytes")
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     odd = sorted({t for t in (getattr(text, "layer_types", None) or []) if t != "full_attention"})
-    if odd or getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True):
+    if sliding_window_in_effect(text):
         raise MethodConfigError(f"method={method} needs full-attention layers only; this model has "
                                 f"{', '.join(odd) or 'sliding_window'} layers")
 

@@ -39,7 +39,7 @@ from typing import Optional
 from kvbench.cache.combined import Merging
 from kvbench.cache.merging import NORMS, RETENTIONS
 from kvbench.cache.minicache import MergedPairCache
-from kvbench.methods.base import Method, MethodConfigError, register
+from kvbench.methods.base import Method, MethodConfigError, register, sliding_window_in_effect
 
 
 def _num_layers(config) -> int:
@@ -88,7 +88,8 @@ class MiniCache(Method):
             raise MethodConfigError(f"method.start_layer={s} must be in [1, {n - 2}] for this {n}-layer model "
                                     f"(null = L/2 = {n // 2})")
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        kinds = set((getattr(text, "layer_types", None) or ["full_attention"])[s:])
+        types = getattr(text, "layer_types", None)  # none listed: a window in effect slides every layer (Mistral v0.1)
+        kinds = set(types[s:] if types else ["sliding_attention" if sliding_window_in_effect(text) else "full_attention"])
         if kinds - {"full_attention"}:
             raise MethodConfigError(f"method=minicache merges full-attention layers only; layers {s}.. of this "
                                     f"model include {', '.join(sorted(kinds - {'full_attention'}))}")
