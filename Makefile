@@ -6,8 +6,8 @@
 #   make setup-cuda   on a Linux x86_64 GPU machine: the same, with torch's CUDA build from PyPI pinned by
 #                     requirements-cuda.lock beside requirements.lock (use instead of setup, in a fresh clone)
 # Maintenance:
-#   make examples     re-run the quickstart and the fidelity sweep and overwrite their committed reports in reports/
-#                     (fidelity's records and per-sample sidecars under reports/records/; on purpose only)
+#   make examples     re-run the committed examples (quickstart, the H2O miniature, fidelity) and overwrite their
+#                     reports, records and sidecars (reports/records/) and the example site (on purpose only)
 #   make support-matrix  rewrite the README's method x model-family table from kvbench/support.py
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
 #                     requirements.lock (a deliberate refresh: run `make test` on the result before committing)
@@ -60,14 +60,23 @@ readme: setup
 quickstart: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart
 
-FIDELITY := outputs/sweeps/fidelity_smollm2
+# make examples: every committed example is re-run from its experiment; its records and per-sample sidecars are
+# copied under reports/records/<report>/ (committed), and its report is written by kvbench-report from those
+# committed records, so a reader can rebuild it; then the example site. On purpose only: it overwrites reports/.
+EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity
+REPORT_fidelity := fidelity_smollm2
+PAPER_paper_h2o_lm_eval_mini := --paper experiments/h2o/paper_lm_eval.csv
 examples: setup
-	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart reports_dir=reports
-	rm -rf $(FIDELITY) reports/records/fidelity_smollm2
-	$(OFFLINE) $(VENV)/bin/kvbench experiment=fidelity force=true hydra.sweep.dir=$(FIDELITY)
-	cd $(FIDELITY) && find . \( -name record.json -o -name record.samples.jsonl.gz \) \
-		-exec install -D -m 644 {} $(CURDIR)/reports/records/fidelity_smollm2/{} \;
-	$(VENV)/bin/kvbench-report reports/records/fidelity_smollm2 --name fidelity_smollm2 --reports-dir reports
+	for x in $(EXAMPLES); do $(MAKE) --no-print-directory example-$$x || exit 1; done
+	$(MAKE) --no-print-directory site
+
+example-%: setup
+	rm -rf outputs/sweeps/examples/$* reports/records/$(or $(REPORT_$*),$*)
+	$(OFFLINE) $(VENV)/bin/kvbench experiment=$* force=true hydra.sweep.dir=outputs/sweeps/examples/$*
+	cd outputs/sweeps/examples/$* && find . \( -name record.json -o -name record.samples.jsonl.gz \) \
+		-exec install -D -m 644 {} $(CURDIR)/reports/records/$(or $(REPORT_$*),$*)/{} \;
+	$(VENV)/bin/kvbench-report reports/records/$(or $(REPORT_$*),$*) --name $(or $(REPORT_$*),$*) --reports-dir reports \
+		$(PAPER_$*)
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q -m "not browser"
@@ -77,8 +86,7 @@ test-browser: setup
 		|| echo "make test-browser: Debian's chromium could not be installed: the browser test will skip"
 	$(OFFLINE) $(PY) -m pytest -q -m browser -s tests/site/test_browser.py
 
-# The committed example site, from the committed records under SITE_RECORDS (reports/records: for now tiny-model
-# sweeps; the quickstart's and the paper miniatures' records belong there).
+# The committed example site, from the committed records under SITE_RECORDS (reports/records: the examples above).
 SITE_RECORDS ?= reports/records
 site: setup
 	rm -rf reports/site

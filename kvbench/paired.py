@@ -112,3 +112,14 @@ def tests_table(table: pd.DataFrame) -> pd.DataFrame:
                 "verdict": verdict,
                 "detectable at this n": "" if verdict != "same" else f"|Δ| ≥ {row[f'{column}:mde']:.3g}"})
     return pd.DataFrame(rows)
+
+
+def tests_markdown(table: pd.DataFrame) -> str:
+    """The paired tests behind ▼/▲, one row per comparison with full (empty when nothing was compared)."""
+    tests = tests_table(table)
+    if tests.empty:
+        return ""
+    return (f"\n## Paired tests against `full`\n\n{HOLM_NOTE.format(m=table.attrs.get('comparisons', 0))} "
+            "Δ: method − full in the column's unit, 95% interval (exact conditional for McNemar, paired bootstrap "
+            "otherwise). \"detectable at this n\": the smallest |Δ| the test would find with power 0.8; a row "
+            "without it found a difference.\n\n" + tests.to_markdown(index=False) + "\n")

@@ -27,7 +27,7 @@ import pandas as pd
 
 from kvbench import efficiency_report
 from kvbench.errors import KvbenchError
-from kvbench.paired import HOLM_NOTE, add_paired_tests, tests_table
+from kvbench.paired import HOLM_NOTE, add_paired_tests, tests_markdown
 from kvbench.paper import display, paper_table, read_paper, task_legend, unmatched_warning, verdict_lines
 from kvbench.plots import plot_efficiency, plot_pareto
 from kvbench.provenance import provenance
@@ -292,17 +292,6 @@ def write_paper_report(table: pd.DataFrame, rows, paper, root, reports_dir: Path
                                     f"and the paper's direction (kvbench.verdict):\n\n{verdicts}\n" if verdicts else ""),
                                  encoding="utf-8")
     return paths
-
-
-def tests_markdown(table: pd.DataFrame) -> str:
-    """The paired tests behind ▼/▲, one row per comparison with full (empty when nothing was compared)."""
-    tests = tests_table(table)
-    if tests.empty:
-        return ""
-    return (f"\n## Paired tests against `full`\n\n{HOLM_NOTE.format(m=table.attrs.get('comparisons', 0))} "
-            "Δ: method − full in the column's unit, 95% interval (exact conditional for McNemar, paired bootstrap "
-            "otherwise). \"detectable at this n\": the smallest |Δ| the test would find with power 0.8; a row "
-            "without it found a difference.\n\n" + tests.to_markdown(index=False) + "\n")
 
 
 def _short(params) -> str:
