@@ -78,6 +78,22 @@ def test_full_cache_bytes_are_the_formula_and_grow_with_batch_and_decoded_tokens
         assert p["kv_ratio"] == 1.0
 
 
+def test_every_point_carries_its_roofline_floor_and_the_multiple_of_it(records):
+    for method, record in records.items():
+        machine = record.efficiency["roofline"]
+        assert machine["bandwidth_bytes_s"] > 0 and machine["matmul_flop_s"] > 0 and machine["weight_bytes"] > 0
+        for p in record.efficiency["points"]:
+            assert p["step_bytes"] == machine["weight_bytes"] + p["kv_bytes"]
+            floor = max(1000 * p["step_bytes"] / machine["bandwidth_bytes_s"],
+                        1000 * p["step_flops"] / machine["matmul_flop_s"])
+            assert p["floor_ms_per_step"] == pytest.approx(floor) and p["floor_bound"] in ("memory", "compute")
+            assert p["floor_multiple"] == pytest.approx(p["decode_ms_per_step"] / floor)
+    # h2o keeps a fifth of the cache: its step reads fewer bytes and does less attention than full's
+    for a, b in zip(records["full"].efficiency["points"], records["h2o"].efficiency["points"]):
+        assert b["step_bytes"] < a["step_bytes"] and b["step_flops"] < a["step_flops"]
+    assert records["full"].efficiency["roofline"] == records["h2o"].efficiency["roofline"]  # measured once
+
+
 def test_h2o_keeps_a_fifth_and_its_max_batch_grows_by_its_compression_ratio(records):
     full, h2o = (records[m].efficiency for m in ("full", "h2o"))
     for a, b in zip(full["points"], h2o["points"]):
