@@ -1,6 +1,7 @@
 # The two commands of the README. Both create .venv (if missing) and install from the committed lock.
 #   make quickstart   set up, then run every method on the bundled model (table in outputs/reports/quickstart.md)
-#   make test         set up, then run the test suite (what CI runs)
+#   make test         set up, then run the fast tier of the test suite (-m "not slow": what to run before every change)
+#   make test-slow    the slow tier (processes of their own, full-size experiment checks); .ci/run runs both
 # Maintenance:
 #   make examples     re-run the quickstart and overwrite the committed example in reports/ (on purpose only)
 #   make lock         re-resolve every dependency to the newest versions pyproject.toml allows and rewrite
@@ -19,7 +20,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup quickstart test lock test-latest examples
+.PHONY: setup quickstart test test-slow lock test-latest examples
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
@@ -39,7 +40,10 @@ examples: setup
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=quickstart reports_dir=reports
 
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(OFFLINE) $(PY) -m pytest -q -m slow
 
 lock:
 	rm -rf .venv-lock

@@ -5,8 +5,6 @@ errors for bad options before any model loads."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -195,11 +193,9 @@ def test_bad_options_are_one_line_before_the_model_loads(tmp_path, monkeypatch, 
     assert read_record(tmp_path / "run" / "record.json").status == "failed"
 
 
-def test_the_cli_prints_a_bad_efficiency_option_as_one_line(tmp_path):
-    result = subprocess.run([Path(sys.executable).parent / "kvbench", "model=tiny_llama", "logger=none", "suite=efficiency",
-                             "suite.options.context_lengths=[0]", f"records_dir={tmp_path / 'r'}",
-                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+def test_the_cli_prints_a_bad_efficiency_option_as_one_line(run_cli, tmp_path):
+    result = run_cli(["model=tiny_llama", "logger=none", "suite=efficiency", "suite.options.context_lengths=[0]",
+                      f"records_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == ("kvbench: error: suite.options.context_lengths=[0] must be a non-empty list of "
                                      "integers >= 2")
@@ -218,7 +214,8 @@ def test_wandb_gets_a_table_of_the_points_and_a_throughput_plot_per_context(tmp_
     assert "ctx48_b2/throughput_tok_s" in history
 
 
-@pytest.mark.parametrize("name", ["efficiency_quick", "efficiency_h2o", "efficiency_minicache", "efficiency_svd_gqa"])
+@pytest.mark.parametrize("name", ["efficiency_quick", *(pytest.param(name, marks=pytest.mark.slow) for name in
+                                                       ("efficiency_h2o", "efficiency_minicache", "efficiency_svd_gqa"))])
 def test_the_efficiency_experiments_compose_and_every_job_validates(name, monkeypatch):
     """Every job of each experiment passes the suite's checks against its model config (the hub models' weights are
     estimated, not loaded: a 7B model in fp16 is ~12.6 GiB, within each experiment's budget; the bundled model's are
