@@ -24,3 +24,26 @@ def test_dry_run_validates_without_loading_and_reports_bad_values(monkeypatch):
 def test_a_variant_config_is_named_with_the_parameters_changed_from_its_own_defaults():
     line = dry_run(compose_config(["method=h2o_local", "method.recent_ratio=0.25"]), "h2o_local")
     assert line.startswith("model=smollm2_135m method=h2o_local recent_ratio=0.25 suite=quick")
+
+
+def test_a_models_config_is_read_once_per_process_and_each_caller_gets_its_own_copy(tmp_path, monkeypatch):
+    """A sweep's dry run checks every job against the model's config: a GGUF config is parsed from the whole file
+    (seconds), so it is read once per source and copied."""
+    from dataclasses import replace
+
+    import transformers
+
+    from kvbench.config import ModelConfig
+
+    models.tiny_llama_config("llama-gqa").save_pretrained(tmp_path)
+    reads = []
+    real = transformers.AutoConfig.from_pretrained
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(models, "_CONFIGS", {})
+    cfg = replace(ModelConfig(), pretrained=str(tmp_path), gguf_file=None)
+    first = models.load_config(replace(cfg, attn_implementation="eager"))
+    second = models.load_config(cfg)
+    assert reads == [str(tmp_path)]
+    assert first is not second and first._attn_implementation == "eager"
+    assert second.num_hidden_layers == first.num_hidden_layers == 4
