@@ -76,16 +76,17 @@ def main() -> None:
 
     cfg = ModelConfig()
     path = resolve_pretrained(cfg.pretrained)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # HFLM's default is cuda
     startup = _best_of({"kvbench full": lambda: KvbenchCLIModel(model="smollm2_135m", method="full"),
                         "lm-eval hf": lambda: HFLM(pretrained=path, gguf_file=cfg.gguf_file, batch_size=1,
-                                                   max_length=cfg.max_length)},
+                                                   device=device, max_length=cfg.max_length)},
                        lambda make: make(), args.repeats)
     ratios = {"start-up": _report("start-up", startup)}
 
     model, tokenizer = load_model(cfg)
     makers = {"kvbench full": lambda: KvbenchLM(model=model, tokenizer=tokenizer, method_obj=build_method("full"),
                                                 max_length=cfg.max_length),
-              "lm-eval hf": lambda: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1,
+              "lm-eval hf": lambda: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1, device=device,
                                          max_length=cfg.max_length)}
     identical = True
     for phase, task, limit in (("loglikelihood", args.mc_task, args.mc_limit),
