@@ -1,6 +1,7 @@
 # The two commands of the README. Both create .venv (if missing) and install from the committed lock.
 #   make quickstart   set up, then run every method on the bundled model (table in outputs/reports/quickstart.md)
-#   make test         set up, then run the test suite (what CI runs), less the browser tier
+#   make test         set up, then run the fast tier of the test suite (-m "not slow": what to run before every change)
+#   make test-slow    the slow tier (processes of their own, full-size experiment checks); .ci/run runs both
 #   make test-browser the site in headless Chromium (installs Debian's chromium if missing; skips if it cannot)
 #   make site         the static results site of SITE_RECORDS in reports/site/ (kvbench-report --html)
 #   make setup-cuda   on a Linux x86_64 GPU machine: the same, with torch's CUDA build from PyPI pinned by
@@ -36,7 +37,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Extra requirements for test-latest, e.g. LATEST='transformers>=5.24' to try a release past the tested range.
 LATEST ?=
 
-.PHONY: setup setup-cuda quickstart test test-browser site lock lock-cuda test-latest examples readme support-matrix
+.PHONY: setup setup-cuda quickstart test test-slow test-browser site lock lock-cuda test-latest examples readme support-matrix
 
 $(VENV)/.installed: pyproject.toml $(LOCK) $(CUDA_LOCK)
 	$(PYTHON) .ci/check_python.py
@@ -79,7 +80,10 @@ example-%: setup
 		$(PAPER_$*)
 
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q -m "not browser"
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser"
+
+test-slow: setup
+	$(OFFLINE) $(PY) -m pytest -q -m "slow and not browser"
 
 test-browser: setup
 	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \

@@ -4,6 +4,8 @@ throughput claims beside the measured ratios (issue 11; PAPERS.md). Reads record
 
 * :func:`points_table` -- one row per (model, method, context, batch): TTFT, decode ms/step, throughput (medians
   with their min-max), the measured KV ratio, peak memory, and each figure relative to ``full`` at the same point;
+  and the absolute anchor: the roofline floor of a decode step on the machine that ran it, and decode ms/step as
+  a multiple of it (records written before the roofline show blanks there);
 * :func:`max_batch_table` -- per method: the largest batch within the budget (``derived`` or ``search``), its
   ratio to full's, and the measured KV ratio it should track;
 * :func:`claims_table` -- each paper's claim (compression → throughput) beside the same ratio measured here at
@@ -71,6 +73,8 @@ def points_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "throughput_tok_s": point["throughput_tok_s"], "kv_ratio": point.get("kv_ratio"),
                 "kv_bytes": point.get("kv_bytes"), "peak_memory_bytes": point.get("peak_memory_bytes"),
                 "memory_source": point.get("memory_source"), "out_of_memory": False,
+                "floor_ms_per_step": point.get("floor_ms_per_step"), "floor_bound": point.get("floor_bound"),
+                "floor_multiple": point.get("floor_multiple"),
                 "device": record.get("device"), "load_avg_1m": record.get("load_avg_1m"),
             })
     table = pd.DataFrame(rows)
@@ -144,6 +148,9 @@ def markdown(frame: pd.DataFrame) -> str:
         "×full": points["ttft_vs_full"].map(format_number),
         "decode ms/step [min, max]": [_range(r, "decode_ms_per_step") for _, r in points.iterrows()],
         "×full ": points["decode_vs_full"].map(format_number),
+        "floor ms/step": points.get("floor_ms_per_step", pd.Series(dtype=float)).map(format_number),
+        "×floor": points.get("floor_multiple", pd.Series(dtype=float)).map(format_number),
+        "bound": points.get("floor_bound", pd.Series(dtype=object)).fillna(""),
         "tok/s": points.get("throughput_tok_s", pd.Series(dtype=float)).map(format_number),
         "×full  ": points["throughput_vs_full"].map(format_number),
         "KV ratio": points.get("kv_ratio", pd.Series(dtype=float)).map(format_number),
@@ -156,7 +163,11 @@ def markdown(frame: pd.DataFrame) -> str:
             "Per (context, batch): TTFT = prefill + compression of the batch; decode ms/step over exactly `new_tokens` "
             "greedy steps (EOS ignored); tok/s = batch × new_tokens / decode time. Medians over the repeats, "
             "[min, max] beside them; ×full = the same figure divided by `full`'s at the same point (decode and TTFT: "
-            "lower is better, tok/s: higher). KV ratio: uncompressed bytes / bytes the cache held after prefill. "
+            "lower is better, tok/s: higher). floor ms/step: the least a decode step can take on the machine that ran it, "
+            "max(bytes / memory bandwidth, FLOPs / matmul rate), both measured in the run (the weights and the "
+            "cache read once, the linear layers' and attention's FLOPs); ×floor = decode ms/step ÷ that floor (1 is "
+            "the hardware's limit); bound: which of the two sets the floor. "
+            "KV ratio: uncompressed bytes / bytes the cache held after prefill. "
             "load: the machine's 1-minute load average when the run started (methods run one after another: "
             "compare ratios only between rows measured under similar load). "
             f"Peak memory: {', '.join(sources) or 'n/a'}"

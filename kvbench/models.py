@@ -89,8 +89,14 @@ def _load_error(cfg: ModelConfig, what: str, error: Exception) -> ModelLoadError
         f"model={cfg.name}: could not load the {what} of {cfg.pretrained!r}: {first}.{hint}")
 
 
+#: Configs read in this process, by (source, GGUF file, revision, remote code): a GGUF config is parsed from the
+#: whole file (seconds on two cores), and a sweep's dry run or validation reads it once per job.
+_CONFIGS: dict[tuple, object] = {}
+
+
 def load_config(cfg: ModelConfig):
-    """The model's transformers config, without loading weights (for method checks)."""
+    """The model's transformers config, without loading weights (for method checks); read once per process per
+    source, each call returns its own copy."""
     if cfg.pretrained.startswith("tiny:"):
         config = tiny_llama_config(cfg.pretrained.split(":", 1)[1], seed=cfg.seed)
         if cfg.attn_implementation:
@@ -98,12 +104,15 @@ def load_config(cfg: ModelConfig):
         return config
     from transformers import AutoConfig
 
-    kwargs = dict(gguf_file=cfg.gguf_file) if cfg.gguf_file else {}
-    try:
-        config = AutoConfig.from_pretrained(resolve_pretrained(cfg.pretrained), revision=cfg.revision,
-                                            trust_remote_code=cfg.trust_remote_code, **kwargs)
-    except (OSError, ValueError, ImportError) as error:  # not found, offline, gated, unknown architecture
-        raise _load_error(cfg, "config", error) from None
+    key = (resolve_pretrained(cfg.pretrained), cfg.gguf_file, cfg.revision, cfg.trust_remote_code)
+    if key not in _CONFIGS:
+        kwargs = dict(gguf_file=cfg.gguf_file) if cfg.gguf_file else {}
+        try:
+            _CONFIGS[key] = AutoConfig.from_pretrained(key[0], revision=cfg.revision,
+                                                       trust_remote_code=cfg.trust_remote_code, **kwargs)
+        except (OSError, ValueError, ImportError) as error:  # not found, offline, gated, unknown architecture
+            raise _load_error(cfg, "config", error) from None
+    config = copy.deepcopy(_CONFIGS[key])  # the caller may change its copy (attention implementation below)
     if cfg.attn_implementation:  # what the model will run with, so method checks see kvbench's setting
         config._attn_implementation = cfg.attn_implementation
     return config

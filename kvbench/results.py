@@ -165,8 +165,11 @@ class EfficiencyPart(RecordPart):
         "one per (batch, context): `batch_size`, `context_length`, `new_tokens` (EOS ignored), `ttft_s` (prefill + "
         "compression of the batch), `decode_ms_per_step`, `throughput_tok_s` (B·new_tokens / decode time), each the "
         "median over `repeats` with `_min`/`_max`; `kv_bytes` (the cache after prefill), `kv_bytes_peak` (over "
-        "decoding), `kv_full_bytes`, `kv_ratio`, `peak_memory_bytes`, `memory_source`; `out_of_memory` on a point "
-        "that did not fit", factory=list)
+        "decoding), `kv_full_bytes`, `kv_ratio`, `peak_memory_bytes`, `memory_source`; the roofline: `step_bytes` "
+        "(weights + the cache after prefill, read once per step), `step_flops` (linear layers + attention over the "
+        "stored cache), `floor_ms_per_step` = max(bytes / bandwidth, FLOPs / matmul rate) on this machine, "
+        "`floor_bound` (`memory` or `compute`), `floor_multiple` = `decode_ms_per_step / floor_ms_per_step` (records "
+        "before the roofline lack these five); `out_of_memory` on a point that did not fit", factory=list)
     max_batch: dict | None = _doc(
         "`budget_gb`, `context_length`, `batch`, `source` (`search`: largest batch that ran under the budget on CUDA; "
         "`derived`: weights + measured cache bytes per sequence at context + new tokens against the budget, "
@@ -176,6 +179,12 @@ class EfficiencyPart(RecordPart):
                                      "(approximate)")
     memory_reset: bool | None = _doc("whether that peak could be reset before each run")
     workload: dict | None = _doc("`corpus`, `seed`, `new_tokens`, `repeats`, `warmup`, `eos`")
+    roofline: dict | None = _doc(
+        "the machine, measured once per run: `bandwidth_bytes_s` (a copy of `buffer_bytes`, larger than the "
+        "last-level cache, best of 5), `matmul_flop_s` (a GEMM of `gemm_shape` [M, hidden, intermediate] in "
+        "`gemm_dtype`, best of 5), `timer` (`perf_counter`, or `cuda_events`), `threads`; and the model: "
+        "`weight_bytes` read per step, `matmul_params`, `attention_size` (layers × heads × head dim); null in "
+        "records before the roofline")
 
 
 @dataclass(eq=False)

@@ -212,3 +212,54 @@ def _responses(samples) -> list:
         for resp in sample["resps"]:
             out.append(tuple(resp[0]) if isinstance(resp[0], (tuple, list)) else resp[0])
     return out
+
+
+# -- console scripts in-process (tests/test_bad_input.py, tests/test_cli.py) -------------------------------
+class CliResult:
+    """What a console script did: ``returncode``, ``stdout`` and ``stderr`` (as ``subprocess.run`` returns)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """``run_cli(args, cwd, prog="kvbench", **env)``: the console script's entry point called in this process
+    (``kvbench``: :func:`kvbench.cli.main`; ``kvbench-report``: :func:`kvbench.cli.report_main`) with ``sys.argv``,
+    the working directory and the environment set as a shell would, its exit code taken from ``SystemExit``. A
+    process per call costs 10-25 s of imports (torch, transformers, lm-eval, Hydra) on two cores; what a separate
+    process alone shows (``--help`` importing nothing heavy, signals, launchers) stays in the subprocess tests.
+    Hydra's logging setup is undone after each call, so later tests log as before."""
+    import logging
+    import sys
+
+    from kvbench import cli
+
+    entry = {"kvbench": cli.main, "kvbench-report": lambda: cli.report_main(sys.argv[1:])}
+
+    def run(args, cwd, prog: str = "kvbench", **env) -> CliResult:
+        root, kvbench_log = logging.getLogger(), logging.getLogger("kvbench")
+        saved = (root.handlers[:], root.level, kvbench_log.handlers[:], kvbench_log.level, kvbench_log.propagate)
+        capsys.readouterr()
+        with monkeypatch.context() as patch:
+            patch.chdir(cwd)
+            patch.setattr(sys, "argv", [prog, *map(str, args)])
+            for key, value in env.items():
+                patch.setenv(key, str(value))
+            code = 0
+            try:
+                entry[prog]()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            finally:
+                from hydra.core.global_hydra import GlobalHydra
+
+                GlobalHydra.instance().clear()
+                root.handlers[:], kvbench_log.handlers[:] = saved[0], saved[2]
+                root.setLevel(saved[1])
+                kvbench_log.setLevel(saved[3])
+                kvbench_log.propagate = saved[4]
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run

@@ -2,7 +2,8 @@
 
 Each case asserts the exact behaviour: the exit code, a single stderr line naming the value and the valid
 choices, no model load, and the record where one is owed. In-process cases patch the model loader to fail
-the test if it is reached; subprocess cases run the real console scripts.
+the test if it is reached; the console scripts' cases call their entry points in-process with the argv a shell
+would pass (``run_cli``, tests/conftest.py), and lm-eval's CLI runs as a real process.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def run_in(tmp_path, monkeypatch):
     (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
     (["-m", "hydra/launcher=workers", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be a positive number"),
 ])
-def test_composition_errors_are_one_line_with_the_valid_choices(tmp_path, args, expected):
-    result = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+def test_composition_errors_are_one_line_with_the_valid_choices(run_cli, tmp_path, args, expected):
+    result = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert result.returncode == 2
     assert expected in _one_line(result.stderr)
 
@@ -126,22 +127,22 @@ def test_the_offline_hub_error_says_what_to_do(run_in, no_model_loading):
 
 
 @pytest.mark.parametrize("key", ["records_dir", "reports_dir", "hydra.run.dir"])
-def test_a_destination_that_cannot_be_written_is_named_before_anything_runs(tmp_path, key):
+def test_a_destination_that_cannot_be_written_is_named_before_anything_runs(run_cli, tmp_path, key):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     args = [*TINY, f"records_dir={tmp_path / 'records'}", f"reports_dir={tmp_path / 'reports'}",
             f"hydra.run.dir={tmp_path / 'run'}", f"{key}={blocker / 'sub'}"]
-    result = _cli(args, tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    result = run_cli(args, tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 2
     line = _one_line(result.stderr)
     assert f"is not writable: {blocker} is a file, not a directory" in line
 
 
-def test_the_cli_prints_a_validation_error_as_one_line_and_debug_shows_the_traceback(tmp_path):
+def test_the_cli_prints_a_validation_error_as_one_line_and_debug_shows_the_traceback(run_cli, tmp_path):
     args = [*TINY, "suite.max_gen_toks=0", f"hydra.run.dir={tmp_path / 'run'}", f"records_dir={tmp_path / 'r'}"]
-    result = _cli(args, tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    result = run_cli(args, tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode != 0 and "suite.max_gen_toks=0" in _one_line(result.stderr)
-    debug = _cli(args, tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache", KVBENCH_DEBUG=1)
+    debug = run_cli(args, tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache", KVBENCH_DEBUG=1)
     assert "Traceback" in debug.stderr and "SuiteConfigError" in debug.stderr
 
 
@@ -162,19 +163,19 @@ def test_lm_eval_cli_bad_model_args_are_one_line(tmp_path, model_args, expected)
 
 
 # -- kvbench-report -----------------------------------------------------------------------------------------
-def test_report_on_an_empty_or_corrupt_directory_is_one_line(tmp_path):
+def test_report_on_an_empty_or_corrupt_directory_is_one_line(run_cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = _cli([str(tmp_path / "empty")], tmp_path, prog="kvbench-report")
+    result = run_cli([str(tmp_path / "empty")], tmp_path, prog="kvbench-report")
     assert result.returncode == 2
     assert f"no readable kvbench record under {tmp_path / 'empty'}" in _one_line(result.stderr, "kvbench-report")
     (tmp_path / "corrupt" / "a").mkdir(parents=True)
     (tmp_path / "corrupt" / "a" / "record.json").write_text("{not json")
-    result = _cli([str(tmp_path / "corrupt")], tmp_path, prog="kvbench-report")
+    result = run_cli([str(tmp_path / "corrupt")], tmp_path, prog="kvbench-report")
     assert result.returncode == 2
     assert "1 unreadable" in _one_line(result.stderr, "kvbench-report")
 
 
-def test_report_names_a_corrupt_or_other_version_record_and_skips_it(tmp_path):
+def test_report_names_a_corrupt_or_other_version_record_and_skips_it(run_cli, tmp_path):
     import json
 
     from kvbench.results import RunRecord, write_record
@@ -190,7 +191,7 @@ def test_report_names_a_corrupt_or_other_version_record_and_skips_it(tmp_path):
         (tmp_path / "runs" / name).mkdir()
         (tmp_path / "runs" / name / "record.json").write_text(json.dumps(dict(good.to_dict(), run_id=name,
                                                                               schema_version=version)))
-    result = _cli([str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "out")], tmp_path, prog="kvbench-report")
+    result = run_cli([str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "out")], tmp_path, prog="kvbench-report")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning: skipped" in line]
     assert len(warnings) == 3
@@ -201,8 +202,8 @@ def test_report_names_a_corrupt_or_other_version_record_and_skips_it(tmp_path):
 
 
 # -- sweeps: a rejected job is a failed record, a failed row, a summary line and exit code 1 ------------
-def test_a_sweep_with_a_rejected_job_records_it_lists_it_and_exits_nonzero(tmp_path):
-    result = _cli(["-m", *TINY, "method=h2o", "method.heavy_ratio=0.1,2.0", "report_name=t",
+def test_a_sweep_with_a_rejected_job_records_it_lists_it_and_exits_nonzero(run_cli, tmp_path):
+    result = run_cli(["-m", *TINY, "method=h2o", "method.heavy_ratio=0.1,2.0", "report_name=t",
                    f"reports_dir={tmp_path / 'reports'}", f"records_dir={tmp_path / 'records'}",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 1, result.stderr[-2000:]

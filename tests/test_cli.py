@@ -1,4 +1,9 @@
-"""The console scripts end to end: a Hydra multirun sweep rolls up into a table; kvbench-report; lm-eval's CLI."""
+"""The console scripts end to end: a Hydra multirun sweep rolls up into a table; kvbench-report; lm-eval's CLI.
+
+The console scripts' entry points run in-process (``run_cli``, tests/conftest.py) with the argv a shell passes;
+what needs a process of its own runs as one: ``--help`` importing nothing heavy, and (slow tier) a kill mid-sweep
+and lm-eval finding the kvbench model through the installed plugin.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_SILENT="true")
 BIN = Path(sys.executable).parent
@@ -19,11 +25,11 @@ def _run(args, cwd, **env):
                           text=True, timeout=600)
 
 
-def test_multirun_sweep_writes_records_and_a_rollup_table(tmp_path):
-    result = _run([BIN / "kvbench", "-m", "model=tiny_llama", "method=full", "logger=none", "suite.limit=1",
+def test_multirun_sweep_writes_records_and_a_rollup_table(run_cli, tmp_path):
+    result = run_cli(["-m", "model=tiny_llama", "method=full", "logger=none", "suite.limit=1",
                    "seed=0", "suite.tasks=[kvbench_recall_mc]", "report_name=cli_sweep",
                    f"reports_dir={tmp_path / 'reports'}", f"records_dir={tmp_path / 'records'}",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "sweep").glob("*/record.json"))) == 1
     table = pd.read_csv(tmp_path / "reports" / "cli_sweep.csv")
@@ -31,15 +37,15 @@ def test_multirun_sweep_writes_records_and_a_rollup_table(tmp_path):
     assert "cli_sweep.md" in result.stdout
 
 
-def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
-    result = _run([BIN / "kvbench", "model=tiny_llama", "logger=none", "suite.limit=0",
-                   f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+def test_bad_input_is_one_clear_line_and_exit_code_2(run_cli, tmp_path):
+    result = run_cli(["model=tiny_llama", "logger=none", "suite.limit=0",
+                   f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2
     assert "kvbench: error: suite.limit=0 must be a positive number of examples per task" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_kvbench_report_rolls_up_a_directory(tmp_path):
+def test_kvbench_report_rolls_up_a_directory(run_cli, tmp_path):
     from kvbench.results import RunRecord, write_record
 
     write_record(tmp_path / "runs" / "a" / "record.json", RunRecord(
@@ -47,12 +53,13 @@ def test_kvbench_report_rolls_up_a_directory(tmp_path):
         method={"name": "full", "params": {}}, suite={"name": "s"}, metrics={"t": {"acc": 0.5}},
         primary_metrics={"t": {"name": "acc", "higher_is_better": True}},
         kv={"full_bytes": 8, "stored_bytes": 8, "ratio": 1.0}, timing={"decode_tok_s": 1.0}))
-    result = _run([BIN / "kvbench-report", str(tmp_path / "runs"), "--name", "mine", "--reports-dir", str(tmp_path / "out")],
-                  cwd=tmp_path)
+    result = run_cli([str(tmp_path / "runs"), "--name", "mine", "--reports-dir", str(tmp_path / "out")], tmp_path,
+                     prog="kvbench-report")
     assert result.returncode == 0, result.stderr
     assert "| full" in (tmp_path / "out" / "mine.md").read_text()
 
 
+@pytest.mark.slow  # a process of its own: lm-eval finds the model through the installed plugin (.pth)
 def test_lm_eval_cli_finds_the_kvbench_model(tmp_path):
     tasks = Path(__file__).resolve().parents[1] / "kvbench" / "eval" / "tasks"
     result = _run([BIN / "lm_eval", "--model", "kvbench", "--model_args", "model=tiny_llama,method=full",
@@ -62,6 +69,7 @@ def test_lm_eval_cli_finds_the_kvbench_model(tmp_path):
     assert "kvbench_recall_mc" in result.stdout and "acc" in result.stdout
 
 
+@pytest.mark.slow  # two processes, one killed with SIGKILL
 def test_a_sweep_killed_mid_job_is_resumed_without_redoing_finished_jobs(tmp_path):
     """SIGKILL during the second job: the first job's record is complete and reused on re-run, no record is
     half-written (atomic writes), and the killed job runs again."""
@@ -107,10 +115,10 @@ def test_a_sweep_killed_mid_job_is_resumed_without_redoing_finished_jobs(tmp_pat
     assert not list((tmp_path / "sweep").rglob(".*.tmp")) and not list((tmp_path / "records").glob(".*.tmp"))
 
 
-def test_a_single_run_is_quiet_and_ends_with_a_short_table(tmp_path):
-    result = _run([BIN / "kvbench", "model=tiny_llama", "suite.limit=3", "logger=wandb_offline",
+def test_a_single_run_is_quiet_and_ends_with_a_short_table(run_cli, tmp_path):
+    result = run_cli(["model=tiny_llama", "suite.limit=3", "logger=wandb_offline",
                    f"logger.dir={tmp_path}", f"records_dir={tmp_path / 'records'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                  cwd=tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+                  tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in (result.stdout + result.stderr).replace("\r", "\n").splitlines()
                if line.strip() and "%|" not in line and "Left truncation" not in line]  # progress bars aside
@@ -121,8 +129,8 @@ def test_a_single_run_is_quiet_and_ends_with_a_short_table(tmp_path):
     assert "KV cache: 1.00x smaller than uncompressed" in table and "tok/s on cpu" in table
 
 
-def test_help_says_what_kvbench_is_with_examples_and_the_user_facing_groups(tmp_path):
-    result = _run([BIN / "kvbench", "--help"], cwd=tmp_path)
+def test_help_says_what_kvbench_is_with_examples_and_the_user_facing_groups(run_cli, tmp_path):
+    result = run_cli(["--help"], tmp_path)
     assert result.returncode == 0
     text = result.stdout
     assert text.startswith("kvbench: benchmark KV-cache compression in LLMs")

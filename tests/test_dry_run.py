@@ -44,3 +44,26 @@ def test_a_method_the_family_refuses_fails_the_dry_run_offline_in_one_line():
         dry_run(compose_config(["model=gemma3_12b_it", "method=h2o"]))
     assert "method=h2o cannot run on Gemma-3 (text) models: h2o evicts by one budget per layer" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_models_config_is_read_once_per_process_and_each_caller_gets_its_own_copy(tmp_path, monkeypatch):
+    """A sweep's dry run checks every job against the model's config: a GGUF config is parsed from the whole file
+    (seconds), so it is read once per source and copied."""
+    from dataclasses import replace
+
+    import transformers
+
+    from kvbench.config import ModelConfig
+
+    models.tiny_llama_config("llama-gqa").save_pretrained(tmp_path)
+    reads = []
+    real = transformers.AutoConfig.from_pretrained
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(models, "_CONFIGS", {})
+    cfg = replace(ModelConfig(), pretrained=str(tmp_path), gguf_file=None)
+    first = models.load_config(replace(cfg, attn_implementation="eager"))
+    second = models.load_config(cfg)
+    assert reads == [str(tmp_path)]
+    assert first is not second and first._attn_implementation == "eager"
+    assert second.num_hidden_layers == first.num_hidden_layers == 4

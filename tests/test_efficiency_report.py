@@ -82,6 +82,24 @@ def test_the_report_writes_the_efficiency_section_csv_and_plot(sweep):
     assert len(rows) == 1 + 3 * 4  # header + 3 methods × 4 points
 
 
+def test_the_points_table_shows_the_floor_and_the_multiple_and_blanks_for_older_records(tmp_path):
+    floored = _record("1", "full", 1.0, 1.0, 100)
+    for p in floored.efficiency["points"]:
+        p.update(floor_ms_per_step=p["decode_ms_per_step"] / 4, floor_bound="memory", floor_multiple=4.0)
+    write_record(tmp_path / "runs" / "0" / "record.json", floored)
+    write_record(tmp_path / "runs" / "1" / "record.json", _record("2", "h2o", 0.5, 5.0, 480))  # before the roofline
+    frame, _ = collect(tmp_path / "runs")
+    points = efficiency_report.points_table(frame)
+    full, h2o = points[points["label"] == "full"], points[points["label"] == "h2o"]
+    assert list(full["floor_multiple"]) == [4.0] * 4 and set(full["floor_bound"]) == {"memory"}
+    assert h2o["floor_ms_per_step"].isna().all()
+    text = efficiency_report.markdown(frame)
+    assert "floor ms/step" in text and "×floor" in text
+    row = next(line for line in text.splitlines() if line.startswith("| m ") and " full " in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[8:11] == ["3.14", "4", "memory"]  # floor = 12.6 / 4 ms, ×floor, bound
+
+
 def test_a_report_without_efficiency_records_has_no_efficiency_section(tmp_path):
     record = _record("1", "full", 1.0, 1.0, 100)
     record.efficiency = {}

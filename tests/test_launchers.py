@@ -1,6 +1,8 @@
 """Beyond one process: Hydra's launchers keep kvbench's guarantees, and data-parallel equals one process.
 
-Each test runs the real `kvbench` (or `accelerate launch -m kvbench`) in a subprocess on the tiny model.
+The launcher tests run the real `kvbench` (or `torchrun -m kvbench`) in a subprocess on the tiny model: a process
+(or several) is what they test, so they are in the slow tier (`make test-slow`). The Slurm presets compose
+in-process, in the fast tier.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def basic_sweep(tmp_path_factory):
     return _sweep(root, "basic")[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [["hydra/launcher=submitit_local"], ["hydra/launcher=workers", "hydra.launcher.n_jobs=2"]],
                          ids=["submitit_local", "joblib"])
 def test_launchers_give_the_basic_launchers_records_table_and_grouped_wandb_runs(tmp_path, launcher, basic_sweep):
@@ -65,6 +68,7 @@ def test_launchers_give_the_basic_launchers_records_table_and_grouped_wandb_runs
     assert {"rollup/table", "rollup/pareto"} <= {key.split(".")[0] for row in rollup["history"] for key in row}
 
 
+@pytest.mark.slow
 def test_a_killed_joblib_sweep_redoes_nothing_that_finished(tmp_path):
     out = tmp_path / "run"
     args = [BIN / "kvbench", "-m", "hydra/launcher=workers", "hydra.launcher.n_jobs=1", *JOB,
@@ -92,6 +96,7 @@ def test_a_killed_joblib_sweep_redoes_nothing_that_finished(tmp_path):
     assert not list(out.rglob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_data_parallel_over_two_cpu_processes_equals_one_process(tmp_path):
     job = ["model=tiny_llama", "method=h2o", "logger=none", "suite.limit=4",
            "suite.tasks=[kvbench_recall_mc,kvbench_prose_ppl,kvbench_passkey]"]
@@ -110,6 +115,7 @@ def test_data_parallel_over_two_cpu_processes_equals_one_process(tmp_path):
     assert "kvbench generate_until: 100%|██████████| 2/2" in two.stderr and "| 4/4" in one.stderr
 
 
+@pytest.mark.slow
 def test_data_parallel_on_a_suite_that_cannot_be_split_is_one_line(tmp_path):
     result = subprocess.run([BIN / "torchrun", "--nproc_per_node", "2", "-m", "kvbench", "model=tiny_llama",
                              "suite=ruler", "logger=none", f"records_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}"],
@@ -135,8 +141,8 @@ def test_slurm_presets_compose_with_the_intended_settings():
     assert workers.n_jobs == 2 and workers._target_.endswith("JoblibLauncher")
 
 
-def test_cfg_hydra_shows_the_slurm_settings(tmp_path):
-    result = subprocess.run([BIN / "kvbench", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra",
-                             "-p", "hydra.launcher"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+def test_cfg_hydra_shows_the_slurm_settings(run_cli, tmp_path):
+    result = run_cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", "-p", "hydra.launcher"],
+                     tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "partition: gpu" in result.stdout and "gpus_per_node: 1" in result.stdout and "timeout_min: 720" in result.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -148,7 +147,8 @@ def _sweep_jobs(name: str) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
+@pytest.mark.parametrize("name", [name if name.endswith("_mini") else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in PAPER_EXPERIMENTS])  # the full-size sweeps: the slow tier
 def test_every_job_of_every_paper_experiment_passes_the_dry_run_without_loading(name, monkeypatch):
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a dry run loaded the model"))
     jobs = _sweep_jobs(name)
@@ -161,15 +161,10 @@ def test_every_job_of_every_paper_experiment_passes_the_dry_run_without_loading(
             assert "not checked offline" not in line, line
 
 
-def test_the_dry_run_flag_prints_every_job_of_a_sweep_and_runs_nothing(tmp_path):
-    import os
-
+def test_the_dry_run_flag_prints_every_job_of_a_sweep_and_runs_nothing(run_cli, tmp_path):
     name = "paper_h2o_lm_eval_mini"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_SILENT": "true",
-           "KVBENCH_CACHE_DIR": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "kvbench", f"experiment={name}", "dry_run=true",
-                             f"hydra.sweep.dir={tmp_path / 'sweep'}", f"records_dir={tmp_path / 'records'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_cli([f"experiment={name}", "dry_run=true", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                      f"records_dir={tmp_path / 'records'}"], ROOT, KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [line for line in result.stdout.splitlines() if line.startswith("kvbench: dry run job ")]
     assert len(jobs) == len(_sweep_jobs(name)) == 5 and all(line.endswith(": ok") for line in jobs)

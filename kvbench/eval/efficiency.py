@@ -16,6 +16,8 @@ the largest batch that fits a memory budget (EVALUATION.md, "Measuring memory an
   against the budget; labelled ``derived``, activations not counted) and :func:`search_max_batch` (CUDA: the
   largest batch that runs without an out-of-memory error under the budget, by doubling then bisection,
   :func:`largest_fitting`; every OOM is caught and the memory freed).
+* Roofline (:func:`with_floor`): each point's floor ms per decode step on this machine and the measured
+  ``decode_ms_per_step`` as a multiple of it (:mod:`kvbench.eval.roofline`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 
 from kvbench.cache.accounting import cache_nbytes, full_cache_nbytes
+from kvbench.eval import roofline
 
 GIB = 1 << 30
 #: Where Linux lets a process reset its own RSS high-water mark (write "5"), and read it (VmHWM).
@@ -182,6 +185,19 @@ def measure_point(protocol, rows: Sequence[Sequence[int]], new_tokens: int, repe
                  kv_full_bytes=last["kv_full_bytes"], kv_ratio=last["kv_full_bytes"] / last["kv_bytes"],
                  peak_memory_bytes=max(peaks), memory_source=probe.source, memory_reset=probe.resettable)
     return point
+
+
+def with_floor(point: dict, machine: dict, weights: dict, attention: int) -> dict:
+    """``point`` with its roofline: ``step_bytes`` and ``step_flops`` of one decode step (the weights and the cache
+    after prefill, each read once; attention over the cache's stored share of the context), ``floor_ms_per_step``,
+    ``floor_bound`` (``memory`` or ``compute``) and ``floor_multiple`` = ``decode_ms_per_step / floor``.
+    ``machine`` is :func:`roofline.measure_machine`'s, ``weights`` :func:`roofline.weight_profile`'s."""
+    cached_tokens = (point["context_length"] - 1) * point["kv_bytes"] / point["kv_full_bytes"]
+    cost = roofline.step_cost(point["batch_size"], weights["weight_bytes"], weights["matmul_params"],
+                              point["kv_bytes"], cached_tokens, attention)
+    floor = roofline.floor_ms(cost["step_bytes"], cost["step_flops"], machine["bandwidth_bytes_s"],
+                              machine["matmul_flop_s"])
+    return {**point, **cost, **floor, "floor_multiple": point["decode_ms_per_step"] / floor["floor_ms_per_step"]}
 
 
 # -- max batch --------------------------------------------------------------------------------------------

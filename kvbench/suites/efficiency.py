@@ -23,6 +23,7 @@ from kvbench.config import SuiteConfig
 from kvbench.corpus import check_source
 from kvbench.errors import SuiteConfigError
 from kvbench.eval import efficiency as eff
+from kvbench.eval import roofline
 from kvbench import models
 from kvbench.results import EfficiencyPart
 from kvbench.suites.base import RunContext, Suite, TaskResult, register
@@ -116,10 +117,14 @@ class Efficiency(Suite):
         workloads = {n: eff.prose_workload(context.tokenizer, widest, n, opts.seed, opts.corpus)
                      for n in sorted({n for n, _ in plan["points"]})}
         probe = eff.MemoryProbe(protocol.device)
+        # the machine's bandwidth and matmul rate: measured once per run (cached per process), before any point
+        machine = roofline.measure_machine(protocol.device, protocol.dtype, *roofline.model_shapes(protocol.model))
+        weights, attention = roofline.weight_profile(protocol.model), roofline.attention_size(protocol.model)
         points: list[dict] = []
         measured = EfficiencyPart(workload={"corpus": opts.corpus, "seed": opts.seed, "new_tokens": opts.new_tokens,
                                             "repeats": opts.repeats, "warmup": opts.warmup, "eos": "ignored"},
-                                  model_bytes=model_bytes, memory_source=probe.source, memory_reset=probe.resettable)
+                                  model_bytes=model_bytes, memory_source=probe.source, memory_reset=probe.resettable,
+                                  roofline={**machine, **weights, "attention_size": attention})
 
         def so_far(**changes) -> EfficiencyPart:  # a new part each time: the record never shares the suite's list
             return replace(measured, points=list(points), **changes)
@@ -137,9 +142,11 @@ class Efficiency(Suite):
                                "out_of_memory": True})
                 yield TaskResult.measurements(so_far())
                 continue
+            point = eff.with_floor(point, machine, weights, attention)
             points.append(point)
-            log.info("context %d, batch %d: %.1f tok/s, %.1f ms/step, TTFT %.2f s", length, batch,
-                     point["throughput_tok_s"], point["decode_ms_per_step"], point["ttft_s"])
+            log.info("context %d, batch %d: %.1f tok/s, %.1f ms/step (%.1fx the %.1f ms floor), TTFT %.2f s", length,
+                     batch, point["throughput_tok_s"], point["decode_ms_per_step"], point["floor_multiple"],
+                     point["floor_ms_per_step"], point["ttft_s"])
             yield TaskResult(f"ctx{length}_b{batch}", {k: point[k] for k in ("throughput_tok_s", "decode_ms_per_step",
                                                                               "ttft_s")},
                              primary="throughput_tok_s", higher_is_better=True, n=opts.repeats, efficiency=so_far())

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
+
+@pytest.mark.slow  # a process of its own: what happens at interpreter exit
 def test_the_process_group_is_destroyed_by_the_exit_handlers():
     # A gloo group left to interpreter finalization can abort a finished rank (SIGABRT): kvbench tears it down
     # in an exit handler. One process stands for a rank of a torchrun job.

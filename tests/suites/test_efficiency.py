@@ -5,8 +5,6 @@ errors for bad options before any model loads."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +74,22 @@ def test_full_cache_bytes_are_the_formula_and_grow_with_batch_and_decoded_tokens
         assert p["kv_bytes"] == batch * (length - 1) * per_token  # the last context token is fed after compression
         assert p["kv_bytes_peak"] == batch * (length - 1 + 3) * per_token  # + the 3 decoded tokens
         assert p["kv_ratio"] == 1.0
+
+
+def test_every_point_carries_its_roofline_floor_and_the_multiple_of_it(records):
+    for method, record in records.items():
+        machine = record.efficiency["roofline"]
+        assert machine["bandwidth_bytes_s"] > 0 and machine["matmul_flop_s"] > 0 and machine["weight_bytes"] > 0
+        for p in record.efficiency["points"]:
+            assert p["step_bytes"] == machine["weight_bytes"] + p["kv_bytes"]
+            floor = max(1000 * p["step_bytes"] / machine["bandwidth_bytes_s"],
+                        1000 * p["step_flops"] / machine["matmul_flop_s"])
+            assert p["floor_ms_per_step"] == pytest.approx(floor) and p["floor_bound"] in ("memory", "compute")
+            assert p["floor_multiple"] == pytest.approx(p["decode_ms_per_step"] / floor)
+    # h2o keeps a fifth of the cache: its step reads fewer bytes and does less attention than full's
+    for a, b in zip(records["full"].efficiency["points"], records["h2o"].efficiency["points"]):
+        assert b["step_bytes"] < a["step_bytes"] and b["step_flops"] < a["step_flops"]
+    assert records["full"].efficiency["roofline"] == records["h2o"].efficiency["roofline"]  # measured once
 
 
 def test_h2o_keeps_a_fifth_and_its_max_batch_grows_by_its_compression_ratio(records):
@@ -179,11 +193,9 @@ def test_bad_options_are_one_line_before_the_model_loads(tmp_path, monkeypatch, 
     assert read_record(tmp_path / "run" / "record.json").status == "failed"
 
 
-def test_the_cli_prints_a_bad_efficiency_option_as_one_line(tmp_path):
-    result = subprocess.run([Path(sys.executable).parent / "kvbench", "model=tiny_llama", "logger=none", "suite=efficiency",
-                             "suite.options.context_lengths=[0]", f"records_dir={tmp_path / 'r'}",
-                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+def test_the_cli_prints_a_bad_efficiency_option_as_one_line(run_cli, tmp_path):
+    result = run_cli(["model=tiny_llama", "logger=none", "suite=efficiency", "suite.options.context_lengths=[0]",
+                      f"records_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == ("kvbench: error: suite.options.context_lengths=[0] must be a non-empty list of "
                                      "integers >= 2")
@@ -202,7 +214,8 @@ def test_wandb_gets_a_table_of_the_points_and_a_throughput_plot_per_context(tmp_
     assert "ctx48_b2/throughput_tok_s" in history
 
 
-@pytest.mark.parametrize("name", ["efficiency_quick", "efficiency_h2o", "efficiency_minicache", "efficiency_svd_gqa"])
+@pytest.mark.parametrize("name", ["efficiency_quick", *(pytest.param(name, marks=pytest.mark.slow) for name in
+                                                       ("efficiency_h2o", "efficiency_minicache", "efficiency_svd_gqa"))])
 def test_the_efficiency_experiments_compose_and_every_job_validates(name, monkeypatch):
     """Every job of each experiment passes the suite's checks against its model config (the hub models' weights are
     estimated, not loaded: a 7B model in fp16 is ~12.6 GiB, within each experiment's budget; the bundled model's are
