@@ -70,7 +70,7 @@ def run_in(tmp_path, monkeypatch):
      "method.protocol: method=snapkv has no masking simulation (protocol=simulate exists for: h2o; snapkv runs real"),
     (["method=svd_gqa", "method.lora.rnak=4"], "method.lora.rnak: method.lora has no setting 'rnak' (valid: alpha, "),
     (["-m", "method=full,nope"], "method=nope is not a kvbench method config"),
-    (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: dry_run, force, job_device, logger, method, model, paper"),
+    (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: dry_run, force, html, job_device, logger, method, model, paper"),
     (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
     (["-m", "hydra/launcher=workers", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be a positive number"),
 ])

@@ -40,7 +40,7 @@ def no_model_loading(monkeypatch):
         ("suite.limit=0", "suite.limit=0 must be a positive number"),
         ("suite.limit=-3", "suite.limit=-3 must be a positive number"),
         ("suite.tasks=[kvbench_pasky]", "unknown task(s) kvbench_pasky: kvbench's offline tasks are kvbench_passkey"),
-        ("suite.runner=foo", "suite.runner='foo' is not valid (choose one of: efficiency, lm_eval, longbench, ruler)"),
+        ("suite.runner=foo", "suite.runner='foo' is not valid (choose one of: efficiency, fidelity, lm_eval, longbench, ruler)"),
         ("suite.stream_chunk=0", "suite.stream_chunk=0 must be a positive"),
     ],
 )
