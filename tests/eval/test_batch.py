@@ -30,7 +30,9 @@ TINY = {
                  "+method.heads_params.reuse_calibration=false"],
     "minicache_kivi": ["method.bits_params.group_size=8", "method.bits_params.residual_length=16"],
 }
-CONFIGS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+# a config with LoRA recovery trains an adapter first (minutes on 2 cores): it runs in the slow tier
+CONFIGS = [pytest.param(name, marks=pytest.mark.slow) if "lora" in name else name
+           for name in sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))]
 BATCH, CONTEXT, NEW = 3, 64, 20
 
 

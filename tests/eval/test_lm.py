@@ -29,6 +29,7 @@ def _responses(samples):
     return out
 
 
+@pytest.mark.slow  # lm-eval runs the bundled model twice (kvbench and hf): about 2 minutes on 2 cores
 def test_full_reproduces_lm_eval_hf_model_metrics_and_loglikelihoods(smollm2_shared):
     model, tokenizer = smollm2_shared
     kwargs = dict(tasks=QUICK_TASKS, limit=3, task_manager=task_manager(QUICK_TASKS), bootstrap_iters=0,
