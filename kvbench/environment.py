@@ -138,6 +138,24 @@ def environment() -> dict:
             "lock_drift": lock_drift()}
 
 
+def script_provenance(data: str, weights: str | None = None, argv: list[str] | None = None) -> str:
+    """The provenance line of a report an experiment script writes itself (no run record behind it): the command
+    as run, kvbench's commit with its dirty flag, the lock digest, torch's threads, the load, the weights and the
+    ``data`` the figures come from (issue 23: every committed report names them)."""
+    import shlex
+
+    import torch
+
+    argv = list(sys.argv if argv is None else argv)
+    command = shlex.join(["python", argv[0], *argv[1:]]) if argv and argv[0].endswith(".py") else shlex.join(argv)
+    commit, dirty = git_state()
+    state = "" if dirty is False else " (dirty)" if dirty else " (dirty flag unknown)"
+    parts = [f"command `{command}`", f"kvbench commit {commit or 'unknown'}{state}",
+             f"lock sha256 {(lock_sha256() or 'unknown')[:16]}", f"torch threads {torch.get_num_threads()}",
+             f"1-min load {_load_average()}", *([f"weights {weights}"] if weights else []), f"data: {data}"]
+    return "Provenance: " + "; ".join(parts) + "."
+
+
 def _load_average() -> float | None:
     """The machine's 1-minute load average (context for timings on a shared machine)."""
     try:

@@ -104,3 +104,31 @@ def test_a_glob_sweep_expands_over_the_config_group_as_hydra_does_and_every_job_
     check_overrides(["method=glob(*_simulated)", "seed=1,2"])  # a glob on the command line is checked, not a crash
     with pytest.raises(ConfigError, match="method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi'"):
         check_overrides(["method=glob(*_simulated)", "method.heavy_ratoi=0.1"])
+
+
+def _task_answer_budget(task: str) -> int | None:
+    """``generation_kwargs.max_gen_toks`` of a kvbench lm-eval task YAML (None: not one, or no budget)."""
+    import re
+    from pathlib import Path
+
+    import kvbench.eval
+
+    path = Path(kvbench.eval.__file__).parent / "tasks" / f"{task}.yaml"
+    found = re.search(r"^\s+max_gen_toks:\s*(\d+)", path.read_text(), re.MULTILINE) if path.exists() else None
+    return int(found.group(1)) if found else None
+
+
+@pytest.mark.parametrize("name", _options("experiment"))
+def test_no_experiment_cuts_a_kvbench_task_answer_shorter_than_the_task_budgets(name):
+    """``suite.max_gen_toks`` overrides every task's own budget; below it, a correct answer is cut before it is
+    complete (the MiniCache start-layer sweep's 8 tokens cut "The pass key is 60415" after "604": 0/6 for every
+    method, ``full`` included; reports/minicache_passkey.md)."""
+    for job in experiment_jobs(name) or [[]]:
+        suite = compose_config([f"experiment={name}", *job]).suite
+        if suite.get("runner") != "lm_eval" or not suite.get("max_gen_toks"):
+            continue
+        for task in suite.tasks:
+            budget = _task_answer_budget(task)
+            assert budget is None or suite.max_gen_toks >= budget, (
+                f"experiment={name}: suite.max_gen_toks={suite.max_gen_toks} cuts {task}'s answers "
+                f"(its own budget is {budget} tokens)")

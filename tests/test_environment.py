@@ -30,3 +30,15 @@ def test_check_command_reports_drift_with_exit_code_1(monkeypatch, capsys):
     monkeypatch.setattr(environment, "lock_drift", lambda: ["numpy installed 9, locked 1"])
     assert environment.main(["check"]) == 1
     assert "numpy installed 9, locked 1" in capsys.readouterr().err
+
+
+def test_a_scripts_report_names_its_command_commit_lock_digest_and_data(monkeypatch):
+    monkeypatch.setattr(environment, "git_state", lambda: ("abc1234", True))
+    monkeypatch.setattr(environment, "lock_sha256", lambda: "f" * 64)
+    line = environment.script_provenance("six passkey prompts", weights="GGUF Q4_1",
+                                         argv=["experiments/x/run.py", "--out", "my reports"])
+    assert "command `python experiments/x/run.py --out 'my reports'`" in line
+    assert "kvbench commit abc1234 (dirty)" in line and f"lock sha256 {'f' * 16}" in line
+    assert "weights GGUF Q4_1" in line and line.endswith("data: six passkey prompts.")
+    monkeypatch.setattr(environment, "git_state", lambda: ("abc1234", False))
+    assert "kvbench commit abc1234;" in environment.script_provenance("d", argv=["x.py"])

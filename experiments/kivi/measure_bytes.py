@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from kvbench.cache.accounting import cache_nbytes, full_cache_nbytes
+from kvbench.environment import script_provenance
 from kvbench.methods import build_method
 
 LLAMA2_7B = dict(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, hidden_size=4096, head_dim=128,
@@ -112,7 +113,10 @@ def main() -> None:
                  "Paper: MiniCache (Liu et al. 2024), Table 1 / Sec. 5. The fp32 column counts the same scales and "
                  "zero points at 4 bytes. Discussion: experiments/kivi/README.md.")
         with open(args.out, "w", encoding="utf-8") as f:
-            f.write(f"# Bytes at LLaMA-2-7B shapes: KIVI, RTN, MiniCache, MiniCache + KIVI-4\n\n{intro}\n\n{table}\n")
+            provenance = script_provenance(f"seeded random fp16 KV (seed {args.seed}) at LLaMA-2-7B shapes, no model "
+                                           "weights and no run record: the figures are this script's output")
+            f.write(f"# Bytes at LLaMA-2-7B shapes: KIVI, RTN, MiniCache, MiniCache + KIVI-4\n\n{provenance}\n\n"
+                    f"{intro}\n\n{table}\n")
 
 
 if __name__ == "__main__":

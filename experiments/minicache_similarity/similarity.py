@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from kvbench.cache.merging import restore, slerp_merge
 from kvbench.cache.minicache import merged_pairs
 from kvbench.corpus import load_texts
+from kvbench.environment import script_provenance
 from kvbench.models import ModelConfig, load_model
 
 
@@ -71,6 +72,10 @@ def main(argv=None) -> None:
 
     lines = [
         "# Adjacent-layer KV similarity on the bundled model (MiniCache's observation)",
+        "",
+        script_provenance(f"{len(docs)} held-out pydoc documents (`kvbench.corpus.load_texts('pydoc', split='eval')`); "
+                          "no run record: the figures are this script's output",
+                          weights="GGUF Q4_1, dequantised to float32 (SmolLM2-135M-Instruct, bundled)"),
         "",
         f"Model: SmolLM2-135M-Instruct ({n_layers} layers, {h} KV heads × {d}). Data: {len(docs)} held-out pydoc "
         f"documents, ≤{args.tokens} tokens each ({n_tokens} tokens). Per token, all KV heads concatenated; "
