@@ -109,7 +109,8 @@ def tests_table(table: pd.DataFrame) -> pd.DataFrame:
                 "Δ vs full [95%]": f"{row[f'{column}:diff']:+.3g} [{row[f'{column}:diff_low']:+.3g}, "
                                    f"{row[f'{column}:diff_high']:+.3g}]",
                 "p": f"{row[f'{column}:p_value']:.3g}", "p (Holm)": f"{row[f'{column}:p_holm']:.3g}",
-                "verdict": verdict,
+                # "same" would read as "no difference": the row says the test found none, and what it could detect
+                "verdict": "not significant" if verdict == "same" else verdict,
                 "detectable at this n": "" if verdict != "same" else f"|Δ| ≥ {row[f'{column}:mde']:.3g}"})
     return pd.DataFrame(rows)
 
