@@ -106,6 +106,11 @@ class SuiteConfig:
     #: the context is compressed; true puts it inside the compressed prompt (what SnapKV/PyramidKV assume).
     #: Only for suites whose prompts have a question part (ruler, longbench, lm_eval tasks that declare one).
     query_aware: bool = False
+    #: Divergence from full along every generated answer (suites that decode through the protocol: ruler,
+    #: longbench): the reference model's own greedy answer teacher-forced through full and the method, its mean KL,
+    #: top-1 agreement and first disagreeing position per task. Off by default: it adds one reference generation and
+    #: two teacher-forced passes per prompt (about 3x the decoding time).
+    fidelity: bool = False
 
 
 @dataclass

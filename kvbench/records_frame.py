@@ -4,7 +4,8 @@ the paper tables read. The report side's only view of the typed record (:mod:`kv
 A row holds the run's identity (model, method label and parameters, suite, tasks, limit, protocol), its KV and
 speed figures, the machine it ran on, its error, and per task ``<task>/<primary metric>`` with ``:low``/``:high``
 (95% interval) and ``:n``. The efficiency suite's measurements travel as one JSON column (``efficiency``), read by
-:mod:`kvbench.efficiency_report`.
+:mod:`kvbench.efficiency_report`; a probed suite's divergence from full as another (``divergence``), read by
+:mod:`kvbench.divergence_report`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         "weight_format": weight_format(record.config.get("model") or {}, model.dtype),
         "kv_aggregation": kv.aggregation,
         "efficiency": json.dumps(record.efficiency.to_dict(), default=str) if record.efficiency else None,
+        "divergence": _divergence(record.metrics),
     }
     higher = {}
     for task, primary in record.primary_metrics.items():
@@ -67,6 +69,13 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         row[f"{column}:n"] = record.n_samples.get(task)
         higher[column] = bool(primary.get("higher_is_better", True))
     return row, higher
+
+
+def _divergence(metrics: dict) -> str | None:
+    """``{task: {kl_vs_full, ...}}`` as JSON for the tasks a decoding suite probed against full (``suite.fidelity``)."""
+    probed = {task: {k: v for k, v in values.items() if k.endswith("_vs_full") or "_vs_full_" in k}
+              for task, values in (metrics or {}).items() if isinstance(values, dict) and "kl_vs_full" in values}
+    return json.dumps(probed) if probed else None
 
 
 def load_records(root: str | os.PathLike, skipped: list | None = None) -> pd.DataFrame:

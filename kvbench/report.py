@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kvbench import efficiency_report
+from kvbench import divergence_report, efficiency_report
 from kvbench.errors import KvbenchError
 from kvbench.paired import HOLM_NOTE, add_paired_tests, tests_markdown
 from kvbench.paper import display, paper_table, read_paper, task_legend, unmatched_warning, verdict_lines
@@ -247,9 +247,9 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
                   + (f"**{warning}**\n\n" if warning else "") + skipped_note(rollup.skipped))
         paths["md"].write_text(header + shown.to_markdown(index=False) + "\n" + tests_markdown(table), encoding="utf-8")
     efficiency = efficiency_report.markdown(frame)
-    if efficiency and "md" in formats:
+    if "md" in formats:  # the optional sections: efficiency points, divergence from full along generated answers
         with paths["md"].open("a", encoding="utf-8") as handle:
-            handle.write("\n" + efficiency)
+            handle.write("".join("\n" + part for part in (efficiency, divergence_report.markdown(frame)) if part))
     if efficiency and "csv" in formats:
         paths["efficiency_csv"] = reports_dir / f"{name}_efficiency.csv"
         efficiency_report.points_table(frame).to_csv(paths["efficiency_csv"], index=False)

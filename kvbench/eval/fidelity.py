@@ -13,14 +13,21 @@ greedy decoding would; a single-pass simulation runs the whole sequence in one m
 Positions within one prompt are correlated, so the unit of the intervals is the prompt: each prompt contributes its
 mean KL and agreement. ``full`` against itself runs the same operations on the same numbers and gives KL 0 and
 agreement 1 exactly (tested).
+
+The same measurement runs beside a decoding suite's own answers (``suite.fidelity=true``): :class:`DivergenceProbe`
+teacher-forces full's greedy answer with the suite's prompt split (:func:`teacher_forced_after`), and
+:func:`divergence_metrics` summarises a task's prompts.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from kvbench.eval.intervals import bootstrap
 
 
 @dataclass
@@ -71,3 +78,67 @@ def divergence(reference: torch.Tensor, method: torch.Tensor) -> list[Divergence
         first = int(disagreements[0]) if len(disagreements) else len(row_agree)
         results.append(Divergence(float(row_kl.mean()), float(row_agree.float().mean()), first, len(row_agree)))
     return results
+
+
+@torch.inference_mode()
+def teacher_forced_after(protocol, context: Sequence[int], query: Sequence[int], query_aware: bool,
+                         continuation: Sequence[int]) -> torch.Tensor:
+    """``[L, vocab]`` float32 log-probabilities of each position of ``continuation``, fed after ``context`` and
+    ``query`` exactly as :meth:`~kvbench.eval.protocol.CompressionProtocol.generate` decodes an answer: the context
+    compressed, the query after it (inside the compressed prompt with ``query_aware``), then one token per step."""
+    prompt = [*context, *query]
+    if getattr(protocol.method, "single_pass", False):  # the masking simulation: one forward over everything
+        logits = protocol.forward(protocol.method.new_cache(protocol.model), [*prompt, *continuation[:-1]])
+        return torch.log_softmax(logits[len(prompt) - 1:].float(), dim=-1)
+    split = len(context) if query and not query_aware else len(prompt) - 1
+    cache = protocol.prefill(prompt[:split])
+    pending, steps = prompt[split:], []
+    for token in continuation:
+        steps.append(torch.log_softmax(protocol.forward(cache, pending, last_logits_only=True)[-1].float(), dim=-1))
+        pending = [token]
+    return torch.stack(steps)
+
+
+class DivergenceProbe:
+    """Divergence from ``full`` along the answers a decoding suite generates (``suite.fidelity=true``).
+
+    For each prompt the reference (the model before the method, under ``full``) writes its own greedy answer; that
+    answer is teacher-forced through the reference and through the method with the suite's own prompt split
+    (:func:`teacher_forced_after`), and :func:`divergence` gives the mean KL, the top-1 agreement and the first
+    disagreeing position. The extra passes leave the method's measurements (bytes, times) untouched: the probe
+    restores the protocol's statistics after it runs, so a record's efficiency figures are the task's alone."""
+
+    def __init__(self, reference):
+        self.reference = reference
+
+    def measure(self, protocol, context: Sequence[int], query: Sequence[int], query_aware: bool,
+                max_new_tokens: int, eos_token_ids: Sequence[int] = ()) -> dict:
+        """The row fields ``kl_vs_full``, ``top1_vs_full``, ``first_disagreement_vs_full``, ``reference_tokens``."""
+        saved = [(p, copy.deepcopy(p.stats), list(p.longest_context)) for p in (self.reference, protocol)]
+        try:
+            answer = self.reference.generate(context, max_new_tokens, eos_token_ids=eos_token_ids, query=query,
+                                             query_aware=query_aware)
+            found = divergence(teacher_forced_after(self.reference, context, query, query_aware, answer)[None],
+                               teacher_forced_after(protocol, context, query, query_aware, answer)[None])[0]
+        finally:
+            for p, stats, longest in saved:
+                p.stats, p.longest_context = stats, longest
+        return {"kl_vs_full": found.kl, "top1_vs_full": found.top1_agreement,
+                "first_disagreement_vs_full": found.first_disagreement, "reference_tokens": found.positions}
+
+
+#: The per-row fields :meth:`DivergenceProbe.measure` adds, summarised per task by :func:`divergence_metrics`.
+PROBE_FIELDS = ("kl_vs_full", "top1_vs_full", "first_disagreement_vs_full")
+
+
+def divergence_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """Per task: the mean of each probe field over the rows that carry it, and a 95% bootstrap interval of the mean
+    KL over prompts (``kl_vs_full_low``/``_high``; the prompt is the unit: positions within one are correlated)."""
+    probed = [row for row in rows if "kl_vs_full" in row]
+    if not probed:
+        return {}
+    metrics = {name: sum(row[name] for row in probed) / len(probed) for name in PROBE_FIELDS}
+    found = bootstrap([row["kl_vs_full"] for row in probed], lambda xs: sum(xs) / len(xs))
+    if found is not None:
+        metrics["kl_vs_full_low"], metrics["kl_vs_full_high"] = found[0], found[1]
+    return metrics

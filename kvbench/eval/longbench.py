@@ -93,11 +93,12 @@ def jsonl(rows: Sequence[dict]) -> str:
 
 
 def predict_dataset(protocol, tokenizer, dataset: str, records: Sequence[dict], max_length: int, chat: bool,
-                    max_new_tokens: int | None = None, query_aware: bool = False) -> list[dict]:
+                    max_new_tokens: int | None = None, query_aware: bool = False, probe=None) -> list[dict]:
     """Generate a prediction per record through the compression protocol; rows in the official pred format.
 
     ``max_new_tokens`` caps the official per-dataset number (smoke runs); None keeps it. ``query_aware``:
-    the query part is compressed with the context instead of being fed after it.
+    the query part is compressed with the context instead of being fed after it. ``probe`` (a
+    :class:`~kvbench.eval.fidelity.DivergenceProbe`, ``suite.fidelity``) adds each answer's divergence from full.
     """
     max_new = DATASET2MAXLEN[dataset] if max_new_tokens is None else min(max_new_tokens, DATASET2MAXLEN[dataset])
     eos = eos_ids(tokenizer, protocol.model)
@@ -122,6 +123,8 @@ def predict_dataset(protocol, tokenizer, dataset: str, records: Sequence[dict], 
             "split": prompt.split,
             "query_aware": bool(query_aware),
         })
+        if probe is not None:
+            rows[-1].update(probe.measure(protocol, prompt.context_ids, prompt.query_ids, query_aware, max_new, eos))
     return rows
 
 

@@ -130,10 +130,15 @@ class Suite:
     #: Whether the suite compares the method's next-token distributions with full's (then a method that changes the
     #: vocabulary is refused before the model loads).
     compares_to_full: ClassVar[bool] = False
+    #: Whether the suite generates answers through the protocol (then ``suite.fidelity`` applies: divergence from
+    #: full along each answer, :class:`kvbench.eval.fidelity.DivergenceProbe`).
+    decodes: ClassVar[bool] = False
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.options = _options(cfg, self.Options)
+        if getattr(cfg, "fidelity", False):  # the probe compares distributions with full's: one vocabulary
+            self.compares_to_full = True
 
     @property
     def tasks(self) -> list[str]:
@@ -203,4 +208,10 @@ def build_suite(cfg) -> Suite:
     cls = SUITES[cfg.runner]
     if getattr(cfg, "query_aware", False) and not cls.keeps_query:
         raise no_question_part(cfg, f"suite={cfg.name} (runner {cfg.runner}) has none")
+    if getattr(cfg, "fidelity", False) and not cls.decodes:
+        probed = sorted(name for name, suite in SUITES.items() if suite.decodes)
+        raise SuiteConfigError(
+            f"suite.fidelity=true measures divergence from full along the answers a suite generates through the "
+            f"protocol, and suite={cfg.name} (runner {cfg.runner}) generates none that way (set suite.fidelity=false; "
+            f"runners with answers: {', '.join(probed)}; or use suite=fidelity)")
     return cls(cfg)

@@ -31,7 +31,7 @@ from kvbench.atomic import atomic_write_text
 from kvbench.config import SuiteConfig
 from kvbench.corpus import pydoc_documents
 from kvbench.errors import SuiteConfigError
-from kvbench.eval.fidelity import divergence, teacher_forced_logprobs
+from kvbench.eval.fidelity import DivergenceProbe, divergence, teacher_forced_logprobs
 from kvbench.eval.intervals import mean
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
@@ -108,6 +108,16 @@ def task_result(task: str, found) -> TaskResult:
                "first_disagreement": mean([d.first_disagreement for d in found])}
     return TaskResult.from_samples(task, metrics, "kl", [d.kl for d in found], mean, higher_is_better=False,
                                    ids=range(len(found)))
+
+
+def divergence_probe(suite: Suite, context: RunContext) -> DivergenceProbe | None:
+    """The probe a decoding suite runs beside each answer when ``suite.fidelity`` is set (None otherwise): ``full`` on
+    the model before the method, checked to predict over the method's vocabulary."""
+    if not getattr(suite.cfg, "fidelity", False):
+        return None
+    reference = CompressionProtocol(reference_model(context), build_method("full"))
+    check_vocabulary(reference.model, context.protocol.model, context.protocol.method)
+    return DivergenceProbe(reference)
 
 
 def reference_model(context: RunContext):

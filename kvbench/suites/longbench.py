@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvbench.config import SuiteConfig
+from kvbench.eval.fidelity import divergence_metrics
 from kvbench.eval.intervals import mean
 from kvbench.eval.longbench import jsonl, predict_dataset, sample_score, score_rows
 from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, LongBenchOfflineError, check_datasets, data_file,
@@ -26,6 +27,7 @@ from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, LongBenchOffl
 from kvbench.eval.prompts import resolve_chat
 from kvbench.atomic import atomic_write_text
 from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
+from kvbench.suites.fidelity import divergence_probe
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class LongBench(Suite):
     Config = LongBenchConfig
     Options = LongBenchOptions
     keeps_query = True
+    decodes = True
 
     def validate(self, model_cfg=None) -> dict[str, list[dict]]:
         """``{dataset: records}`` after checking names, options and every record."""
@@ -101,14 +104,17 @@ class LongBench(Suite):
         chat = resolve_chat(tokenizer, context.model_cfg, opts.chat_template)
         out_dir = Path(context.output_dir) / self.cfg.name
         scores: dict[str, dict[str, float]] = {}
+        probe = divergence_probe(self, context)
         for dataset, records in plan.items():
             log.info("LongBench %s: %d examples", dataset, len(records))
             rows = predict_dataset(context.protocol, tokenizer, dataset, records, max_length, chat, self.cfg.max_gen_toks,
-                                   query_aware=self.cfg.query_aware)
+                                   query_aware=self.cfg.query_aware, probe=probe)
             atomic_write_text(out_dir / f"{dataset}.jsonl", jsonl(rows))
             scores[dataset] = score_rows(dataset, rows, opts.e)
             per_sample = [sample_score(dataset, r["pred"], r["answers"], rows[-1].get("all_classes")) for r in rows]
-            result = TaskResult.from_samples(dataset, scores[dataset], next(iter(scores[dataset])), per_sample, mean,
+            primary = next(iter(scores[dataset]))
+            scores[dataset].update(divergence_metrics(rows))
+            result = TaskResult.from_samples(dataset, scores[dataset], primary, per_sample, mean,
                                              scale=100, ids=[r["_id"] for r in rows])
             result.samples = sample_rows([r["_id"] for r in rows], [r["pred"] for r in rows],
                                          [" | ".join(r["answers"]) for r in rows], per_sample)

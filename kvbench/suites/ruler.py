@@ -20,10 +20,12 @@ from kvbench.config import SuiteConfig
 from kvbench.eval.prompts import eos_ids, resolve_chat
 from kvbench.eval.ruler import SyntheticError, generate
 from kvbench.eval.ruler_tasks import TASK_NAMES, TASKS
+from kvbench.eval.fidelity import divergence_metrics
 from kvbench.eval.intervals import mean
 from kvbench.eval.string_match import sample_match_all, string_match_all, string_match_part
 from kvbench.atomic import atomic_write_text
 from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
+from kvbench.suites.fidelity import divergence_probe
 
 log = logging.getLogger(__name__)
 #: conf/suite/ruler.yaml; chosen from measurements in experiments/ruler/README.md.
@@ -51,6 +53,7 @@ class Ruler(Suite):
     Config = RulerConfig
     Options = RulerOptions
     keeps_query = True
+    decodes = True
 
     def validate(self, model_cfg=None) -> None:
         opts = self.options
@@ -76,24 +79,30 @@ class Ruler(Suite):
         # Every prompt first (cheap), so a length too short for a task fails before any decoding.
         prompts = [(task, length, generate(task, tokenizer, length, n, seed=opts.seed, chat=chat))
                    for task in self.tasks for length in opts.lengths]
+        probe = divergence_probe(self, context)
         metrics: dict[str, dict[str, float]] = {}
         rows = []
         for task, length, samples in prompts:
             start = time.perf_counter()
-            preds = []
+            preds, task_rows = [], []
             for s in samples:
                 out = protocol.generate(s.context_ids, s.max_new_tokens, eos_token_ids=eos, query=s.query_ids,
                                         query_aware=self.cfg.query_aware)
                 preds.append(tokenizer.decode(out, skip_special_tokens=True))
-                rows.append({"task": task, "length": length, "index": s.index, "pred": preds[-1],
-                             "answers": s.answers, "context_tokens": len(s.context_ids),
-                             "query_tokens": len(s.query_ids), "generated_tokens": len(out),
-                             "query_aware": bool(self.cfg.query_aware)})
+                task_rows.append({"task": task, "length": length, "index": s.index, "pred": preds[-1],
+                                  "answers": s.answers, "context_tokens": len(s.context_ids),
+                                  "query_tokens": len(s.query_ids), "generated_tokens": len(out),
+                                  "query_aware": bool(self.cfg.query_aware)})
+                if probe is not None:
+                    task_rows[-1].update(probe.measure(protocol, s.context_ids, s.query_ids, self.cfg.query_aware,
+                                                       s.max_new_tokens, eos))
+            rows += task_rows
             refs = [s.answers for s in samples]
             key = f"{task}_{length}"
             metrics[key] = {"string_match_all": string_match_all(preds, refs)}
             if TASKS[task].multi_reference:
                 metrics[key]["string_match_part"] = string_match_part(preds, refs)
+            metrics[key].update(divergence_metrics(task_rows))
             log.info("%s: %s (%.1fs)", key, metrics[key], time.perf_counter() - start)
             per_sample = [sample_match_all(p, r) for p, r in zip(preds, refs)]
             result = TaskResult.from_samples(key, metrics[key], "string_match_all", per_sample, mean, scale=100,

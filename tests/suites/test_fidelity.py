@@ -83,3 +83,64 @@ def test_bad_options_are_one_line_before_the_model_loads(option, value):
         build_suite(FidelityConfig(name="fidelity", options={option: value})).validate(TINY)
     with pytest.raises(SuiteConfigError, match="unknown fidelity task"):
         build_suite(FidelityConfig(name="fidelity", tasks=["gready"])).validate(TINY)
+
+
+# -- suite.fidelity=true: divergence from full along the answers of a decoding suite --------------------------------
+def _ruler(model, tokenizer, method, tmp_path, fidelity: bool, query_aware: bool = False):
+    from kvbench.suites.ruler import RulerConfig
+
+    cfg = RulerConfig(name="ruler", tasks=["passkey"], fidelity=fidelity, query_aware=query_aware,
+                      options={"lengths": [384], "samples_per_length": 2})
+    suite = build_suite(cfg)
+    applied = method.apply(copy.deepcopy(model), tokenizer)
+    protocol = CompressionProtocol(applied, method, model.config)
+    model_cfg = ModelConfig(pretrained="tiny:llama-gqa", max_length=512, chat=False)
+    results = list(suite.run(suite.validate(model_cfg), RunContext(protocol, tokenizer, model_cfg, tmp_path)))
+    rows = [json.loads(line) for line in (tmp_path / "ruler" / "predictions.jsonl").read_text().splitlines()]
+    return results[0], rows, protocol
+
+
+def test_the_probe_on_full_gives_kl_zero_and_leaves_the_measurements_of_the_task_alone(tiny_gqa, tmp_path):
+    probed, rows, protocol = _ruler(*tiny_gqa, build_method("full"), tmp_path / "probed", fidelity=True)
+    plain, _, alone = _ruler(*tiny_gqa, build_method("full"), tmp_path / "plain", fidelity=False)
+    assert probed.metrics["kl_vs_full"] == 0.0 and probed.metrics["top1_vs_full"] == 1.0
+    assert [row["kl_vs_full"] for row in rows] == [0.0, 0.0]
+    assert all(row["first_disagreement_vs_full"] == row["reference_tokens"] for row in rows)
+    assert probed.metrics["string_match_all"] == plain.metrics["string_match_all"]
+    assert set(plain.metrics) == {"string_match_all"}  # off by default: no probe fields
+    for field_name in ("n_prefills", "prefill_tokens", "decode_tokens", "stored_bytes", "full_bytes", "peak_stored_bytes"):
+        assert getattr(protocol.stats, field_name) == getattr(alone.stats, field_name), field_name
+
+
+def test_an_evicting_method_diverges_along_the_answers_and_the_interval_is_over_prompts(tiny_gqa, tmp_path):
+    method = build_method("h2o", heavy_tokens=8, recent_tokens=8)
+    result, rows, _ = _ruler(*tiny_gqa, method, tmp_path, fidelity=True, query_aware=True)
+    assert result.metrics["kl_vs_full"] > 0 and all(row["kl_vs_full"] > 0 for row in rows)
+    assert result.metrics["kl_vs_full_low"] <= result.metrics["kl_vs_full"] <= result.metrics["kl_vs_full_high"]
+    assert 0 <= result.metrics["top1_vs_full"] < 1
+
+
+@pytest.mark.parametrize("name, params", [("full", {}), ("h2o", {"heavy_tokens": 8, "recent_tokens": 8}),
+                                          ("h2o", {"heavy_tokens": 8, "recent_tokens": 8, "protocol": "simulate"})])
+@pytest.mark.parametrize("query_aware", [False, True])
+def test_teacher_forcing_an_answer_retraces_the_protocols_own_greedy_decoding(tiny_gqa, name, params, query_aware):
+    """The probe feeds an answer exactly as generate() produced it: teacher-forcing a method's own greedy answer
+    puts every one of its tokens first (so the probe's split of context and question is the protocol's)."""
+    from kvbench.eval.fidelity import teacher_forced_after
+
+    model, tokenizer = tiny_gqa
+    method = build_method(name, **params)
+    protocol = CompressionProtocol(method.apply(copy.deepcopy(model), tokenizer), method, model.config)
+    context, query = list(range(3, 83)), [90, 91, 92, 93]
+    answer = protocol.generate(context, 10, query=query, query_aware=query_aware)
+    logprobs = teacher_forced_after(protocol, context, query, query_aware, answer)
+    assert logprobs.shape[0] == len(answer) == 10
+    assert logprobs.argmax(-1).tolist() == answer
+
+
+def test_fidelity_on_a_suite_that_generates_nothing_through_the_protocol_is_one_line():
+    with pytest.raises(KvbenchError, match=r"^suite.fidelity=true measures divergence from full .* suite=quick "
+                                           r"\(runner lm_eval\) generates none that way") as error:
+        validate(compose_config(["model=tiny_llama", "method=full", "suite=quick", "suite.fidelity=true",
+                                 "logger=none"]))
+    assert "\n" not in str(error.value)
