@@ -29,6 +29,8 @@ What a request asks for: the query heads of each KV head combine by the layer's 
 ``last_rows`` limits the sum to the forward's last query rows: every row (H2O's accumulated scores),
 the last ``w`` prompt queries (SnapKV's observation window) or the current query alone (TOVA).
 
+A ragged per-KV-head layer hands its packed store over instead of keys (:mod:`kvbench.cache.ragged_attention`).
+
 Caches whose layers store different numbers of tokens (PyramidKV's per-layer budgets): transformers
 builds one mask, sized for layer 0; the wrapper re-aligns it to each layer's keys (:func:`align_mask`),
 so a forward of several tokens after compression works in every layer.
@@ -40,6 +42,8 @@ import sys
 import threading
 
 import torch
+
+from kvbench.cache.ragged_attention import take
 
 #: Implementations the wrapper can sit on. ``flash_attention_*`` / ``flex_attention`` have their own
 #: mask conventions and are not wrapped (yet).
@@ -226,11 +230,20 @@ def scored_attention(base: str):
     def forward(module, query, key, value, attention_mask, **kwargs):
         request = getattr(_pending, "request", None)
         fn = _base_function(base, module)
+        handed = take(key)  # a head-wise layer's packed store or per-head mask (kvbench.cache.ragged)
+        if handed is not None:
+            scaling = kwargs.get("scaling")
+            return handed.attend(module, query, key, value, fn, scaling if scaling is not None else
+                                 getattr(module, "scaling", query.shape[-1] ** -0.5), kwargs)
         attention_mask = align_mask(attention_mask, key.shape[-2])
         if request is None or request[1] is not key:
             return fn(module, query, key, value, attention_mask, **kwargs)
         _pending.request = None
         layer, _, last_rows = request
+        if hasattr(layer, "receive_queries"):  # a query-statistics method (Expected Attention, KVzip) reads queries
+            with torch.no_grad():
+                layer.receive_queries(query.detach(), module)
+            return fn(module, query, key, value, attention_mask, **kwargs)
         if attention_mask is None and fusable(base, last_rows, kwargs) and not query.requires_grad:
             scaling = kwargs.get("scaling")
             with torch.no_grad():
