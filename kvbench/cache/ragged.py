@@ -115,7 +115,10 @@ def _scatter(old: torch.Tensor, new: torch.Tensor, old_dest: torch.Tensor, new_d
 class RaggedLayer(KVLayer):
     """A cache layer on a :class:`RaggedStore`. Subclasses decide which tokens each row keeps:
     :meth:`after_append` is called after each append (``first``: the layer's first forward) and evicts with
-    :meth:`keep_tokens`, or requests attention scores and evicts when they arrive."""
+    :meth:`keep_tokens`, or requests attention scores (or queries) and evicts when they arrive, inside the attention
+    call (which then reads the keys as they were before that eviction). A layer that evicts at once, in
+    :meth:`after_append` (DuoAttention's streaming heads), has the forward attend over what it keeps -- except the
+    first forward, and any forward whose new tokens outnumber a row's kept ones: those attend over every token."""
 
     def __init__(self):
         super().__init__()
@@ -133,13 +136,21 @@ class RaggedLayer(KVLayer):
             self.lazy_initialization(key_states, value_states)
         self.store.append(key_states, value_states, self.seen)
         self.seen += key_states.shape[-2]
-        length = self.store.uniform_length()
-        if length is not None:  # the uniform layout: views, the model's own attention
-            keys, values = self.store.as_uniform(length)
-        else:
-            keys, values = hand_off(self.store, *key_states.shape[:2], key_states.shape[-1], key_states)
+        keys, values = self._readable(key_states)
+        stored = self.store.keys
         self.after_append(keys, first)
+        evicted = self.store.keys is not stored and not getattr(self, "awaiting_scores", False)
+        if evicted and not first and int(self.store.lengths.min()) >= key_states.shape[-2]:
+            keys, values = self._readable(key_states)  # evicted at once: the forward attends over what is kept
         return keys, values
+
+    def _readable(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the attention call reads: views ``[b, h, S, d]`` while rows are uniform (the model's own attention),
+        else placeholders that hand the packed store to the attention wrapper."""
+        length = self.store.uniform_length()
+        if length is not None:
+            return self.store.as_uniform(length)
+        return hand_off(self.store, *like.shape[:2], like.shape[-1], like)
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
         """Evict now (:meth:`keep_tokens`) or request the scores a method needs. Default: keep everything."""

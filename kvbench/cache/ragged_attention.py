@@ -12,7 +12,7 @@ Paths, all returning ``[b, q, H, d]`` as transformers' attention functions do:
 * **loop** (CPU, and CUDA without flash-attn): for each (batch, KV head) row, its query heads attend over a
   *view* of its packed keys -- one SDPA call per row, no padded or per-query-head copy of the cache at any time
   (the transient memory is one row's logits, ``g·q·n`` floats).
-* **varlen** (CUDA with ``flash_attn`` installed): one ``flash_attn_varlen_func`` call, each (batch, KV head)
+* **varlen** (CUDA, fp16/bf16, ``flash_attn`` installed): one ``flash_attn_varlen_func`` call, each (batch, KV head)
   row a sequence with one KV head and its ``g`` query heads (GQA inside the kernel), ``cu_seqlens_k`` from the
   per-row lengths; ``causal=True`` is bottom-right aligned in flash-attn ≥ 2.1, as a cache needs. Not tested
   here (no GPU on the development machine): guarded by an import check, off otherwise.
@@ -67,7 +67,7 @@ def flash_varlen():
 
 def ragged_attention(query: torch.Tensor, store, scaling: float) -> torch.Tensor:
     """Attention of ``query`` ``[b, H, q, d]`` over the packed ``store``: ``[b, q, H, d]``."""
-    if query.is_cuda and flash_varlen() is not None:
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and flash_varlen() is not None:
         return _varlen_attention(query, store, scaling)
     return _loop_attention(query, store, scaling)
 

@@ -10,8 +10,10 @@ pre-RoPE query and key, the reach score of every KV head, the ``⌊sparsity·L·
 The scores are cached on disk like the SVD-GQA projections and the LoRA adapter
 (``$KVBENCH_CACHE_DIR/duo_attention``), keyed by the model, the corpus and the calibration settings.
 
-The prefill forward attends over every token in every head (as kvpress); the streaming heads are trimmed right
-after each forward's append, so from the next forward on they see only their sink + recent tokens.
+The prefill forward attends over every token in every head (as kvpress: the prompt is uniform until the trim);
+afterwards each forward appends, trims the streaming heads, then attends, so a streaming head attends to at most
+``sink_tokens + recent_tokens`` tokens, its new one included (the paper's streaming attention at decode; in a
+multi-token forward the earliest new queries see fewer than ``recent_tokens`` older tokens).
 
 Parameters: ``sparsity`` (fraction of KV heads that stream, default 0.5, the authors' evaluation), ``sink_tokens``
 (64) and ``recent_tokens`` (256) -- the authors' deployment window --, ``calibration`` (``pydoc`` or a local

@@ -82,3 +82,17 @@ def test_no_streaming_heads_is_full(tiny_gqa):
 def test_bad_parameters_are_refused_in_one_line(params, message):
     with pytest.raises(MethodConfigError, match=message):
         build_method("duo_attention", **params)
+
+
+def test_a_decode_step_of_a_streaming_head_attends_to_its_sink_and_recent_tokens_only():
+    from kvbench.cache.ragged_attention import take
+
+    layer = DuoLayer([True, False], sink=1, recent=2)
+    keys = torch.randn(1, 2, 6, 4)
+    first, _ = layer.update(keys, keys.clone())
+    assert first.shape[-2] == 6  # the prefill attends over every token
+    new = torch.randn(1, 2, 1, 4)
+    returned, _ = layer.update(new, new.clone())
+    store = take(returned)
+    assert store.lengths.tolist() == [[3, 7]]  # sink + the last 2 (the new token included) vs everything
+    assert torch.equal(store.keys[:3], torch.cat([keys[0, 0, [0, 5]], new[0, 0]]))
