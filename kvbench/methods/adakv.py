@@ -36,7 +36,8 @@ from typing import Optional
 import torch
 
 from kvbench.cache.attention_scores import request_scores
-from kvbench.cache.eviction import POOLINGS, TokenBudget, num_layers, pool1d
+from kvbench.cache.eviction import TokenBudget, num_layers, pool1d
+from kvbench.cache.h2o import ratio_floor
 from kvbench.cache.head_budgets import ALLOCATIONS, head_budgets, keep_top_per_head
 from kvbench.cache.masked_heads import MaskedHeadLayer
 from kvbench.cache.ragged import RaggedCache, RaggedLayer
@@ -119,7 +120,7 @@ class AdaKVSelection:
     def floor(self, selected: int) -> int:
         p = self.params
         if p.floor_tokens is None:
-            return int(p.floor_ratio * selected)  # ⌊α·B⌋ (the authors' int())
+            return ratio_floor(p.floor_ratio, selected)  # ⌊α·B⌋, exact for the decimal typed (not float int())
         if p.floor_tokens > selected:
             self.note = (f"adakv: floor_tokens={p.floor_tokens} is above the {selected} tokens each head selects "
                          f"on average for this prompt: the floor was lowered to {selected} (uniform SnapKV)")

@@ -26,6 +26,7 @@ import torch
 from kvbench.cache.attention_scores import request_scores
 from kvbench.cache.eviction import TokenBudget, num_layers
 from kvbench.cache.expected_attention import expected_scores, future_statistics, query_statistics, unrotated_queries
+from kvbench.cache.h2o import ratio_floor
 from kvbench.cache.head_budgets import ALLOCATIONS, head_budgets, keep_top_per_head
 from kvbench.cache.ragged import RaggedCache, RaggedLayer
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
@@ -131,5 +132,5 @@ def keep_scores(scores: torch.Tensor, budget: int, allocation: str, floor_ratio:
     if allocation == "uniform":
         budgets = torch.full(scores.shape[:2], budget, dtype=torch.long, device=scores.device)
     else:
-        budgets = head_budgets(scores, budget, int(floor_ratio * budget), allocation)
+        budgets = head_budgets(scores, budget, ratio_floor(floor_ratio, budget), allocation)
     return keep_top_per_head(scores, budgets)
