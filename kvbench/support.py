@@ -81,8 +81,9 @@ ALIBI_REINDEXED = ("counts ALiBi distances over the kept tokens: BLOOM builds it
                    "cache's stored length, so kept tokens are re-indexed 0..k-1 (as StreamingLLM's paper does with "
                    "positions), not kept at their original positions")
 
-_SLIDING = {**{m: Cell(REFUSED, SLIDING_EVICTION) for m in ("h2o", "snapkv", "pyramidkv", "tova", "knorm",
-                                                            "streaming_llm")},
+#: Token methods that read attention or queries through transformers' attention interface (BLOOM's bypasses it).
+_SCORED = ("h2o", "snapkv", "pyramidkv", "tova", "adakv", "expected_attention", "kvzip", "duo_attention")
+_SLIDING = {**{m: Cell(REFUSED, SLIDING_EVICTION) for m in (*_SCORED, "knorm", "streaming_llm")},
             **{m: Cell(REFUSED, SLIDING_QUANTIZE) for m in ("kivi", "rtn")},
             "minicache": Cell(REFUSED, SLIDING_MERGE)}
 _HEADS = ("meanpool_gqa", "svd_gqa")
@@ -95,7 +96,7 @@ _EXCEPTIONS: dict[str, dict[str, Cell]] = {
     "gemma3": {**_SLIDING, "svd_gqa": Cell(REFUSED, GEMMA3_ROPE)},
     "phi3": {m: Cell(REFUSED, FUSED_QKV.format(fused="qkv_proj")) for m in _HEADS},
     "opt": {m: Cell(REFUSED, NO_O_PROJ) for m in _HEADS},
-    "bloom": {**{m: Cell(REFUSED, UNSCORED) for m in ("h2o", "snapkv", "pyramidkv", "tova")},
+    "bloom": {**{m: Cell(REFUSED, UNSCORED) for m in _SCORED},
               **{m: Cell(DIFFERS, ALIBI_REINDEXED) for m in ("knorm", "streaming_llm")}},
     "gpt_neox": {m: Cell(REFUSED, FUSED_QKV.format(fused="query_key_value")) for m in _HEADS},
 }

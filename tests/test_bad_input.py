@@ -111,6 +111,14 @@ def test_composition_error_translation_keeps_hydras_error_as_the_cause():
     (["method=meanpool_gqa", "method.recovery=lora", "method.lora.lr=3.0"], "method.lora.lr=3.0 must lie in (0, 1]"),
     (["method=meanpool_gqa", "method.recovery=lora", "method.lora.steps=-5"], "method.lora.steps=-5 must be an integer >= 1"),
     (["method=meanpool_gqa", "method.recovery=finetune"], "method.recovery='finetune' is not valid (choose one of: none, lora)"),
+    (["method=adakv", "method.budget_tokens=64", "method.floor_ratio=null", "method.floor_tokens=40"],
+     "method.floor_tokens=40 is above the per-head budget: each KV head selects budget_tokens - window = 32 tokens"),
+    (["method=snapkv", "method.group_reduction=median"],
+     "method.group_reduction='median' is not supported (choose one of: sum, mean, max)"),
+    (["method=duo_attention", "method.calibration=''"],
+     "method.calibration is empty: duo_attention finds its streaming heads by a calibration on a corpus"),
+    (["method=duo_attention", "method.calibration=/no/such/corpus.txt"],
+     "method.calibration: corpus file '/no/such/corpus.txt' does not exist"),
 ])
 def test_bad_values_fail_before_the_model_loads_and_leave_a_failed_record(run_in, no_model_loading, tmp_path,
                                                                         overrides, expected):

@@ -41,6 +41,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 SVD = dict(calibration_sequences=1, calibration_length=32, reuse_calibration=False)
+DUO = dict(sink_tokens=2, recent_tokens=8, calibration_sequences=1, calibration_length=32, positions=64,
+           reuse_calibration=False)
 EVERYTHING = dict(budget_tokens=1000)  # a token budget covering every token of the checks
 #: Per method: the no-op setting (a function of the model's KV heads), None where the method has none.
 NO_OP = {
@@ -54,6 +56,10 @@ NO_OP = {
     "pyramidkv": lambda kv: dict(EVERYTHING, window=4),
     "tova": lambda kv: EVERYTHING,
     "knorm": lambda kv: EVERYTHING,
+    "adakv": lambda kv: dict(EVERYTHING, window=4),
+    "expected_attention": lambda kv: EVERYTHING,
+    "kvzip": lambda kv: EVERYTHING,
+    "duo_attention": lambda kv: dict(DUO, sparsity=0.0),
     "kivi": lambda kv: dict(group_size=8, residual_length=128),
     "rtn": None,  # no lossless setting: 4-bit codes, checked to stay within RTN_TOLERANCE of full
     "combined": lambda kv: dict(heads_params=dict(kv_heads=kv, **SVD), layers_params=dict(start_layer=1, gamma=1.0),
@@ -72,6 +78,10 @@ REAL = {
     "pyramidkv": dict(budget_tokens=12, window=4),
     "tova": dict(budget_tokens=12),
     "knorm": dict(budget_tokens=12),
+    "adakv": dict(budget_tokens=12, window=4),
+    "expected_attention": dict(budget_tokens=12),
+    "kvzip": dict(budget_tokens=12, chunk=16),
+    "duo_attention": dict(DUO, sparsity=0.5),
     "kivi": dict(group_size=8, residual_length=8),
     "rtn": dict(group_size=8),
     "combined": dict(heads_params=dict(kv_heads=1, **SVD), layers_params=dict(start_layer=1),

@@ -29,6 +29,10 @@ What a request asks for: the query heads of each KV head combine by the layer's 
 ``last_rows`` limits the sum to the forward's last query rows: every row (H2O's accumulated scores),
 the last ``w`` prompt queries (SnapKV's observation window) or the current query alone (TOVA).
 
+A ragged per-KV-head layer hands its packed store over instead of keys (:mod:`kvbench.cache.ragged_attention`);
+a query-statistics layer (Expected Attention, KVzip) receives the queries themselves (``receive_queries``). Just
+over 300 lines: every path of the one wrapper that sees the model's queries stays in the module that owns it.
+
 Caches whose layers store different numbers of tokens (PyramidKV's per-layer budgets): transformers
 builds one mask, sized for layer 0; the wrapper re-aligns it to each layer's keys (:func:`align_mask`),
 so a forward of several tokens after compression works in every layer.
@@ -40,6 +44,8 @@ import sys
 import threading
 
 import torch
+
+from kvbench.cache.ragged_attention import take
 
 #: Implementations the wrapper can sit on. ``flash_attention_*`` / ``flex_attention`` have their own
 #: mask conventions and are not wrapped (yet).
@@ -220,22 +226,32 @@ def _base_function(base: str, module):
     return ALL_ATTENTION_FUNCTIONS[base]
 
 
+def _scaling(module, query: torch.Tensor, kwargs: dict) -> float:
+    scaling = kwargs.get("scaling")
+    return scaling if scaling is not None else getattr(module, "scaling", query.shape[-1] ** -0.5)
+
+
 def scored_attention(base: str):
     """The attention function ``scored_<base>``: ``base`` attention, plus scores when a cache asks."""
 
     def forward(module, query, key, value, attention_mask, **kwargs):
         request = getattr(_pending, "request", None)
         fn = _base_function(base, module)
+        handed = take(key)  # a head-wise layer's packed store or per-head mask (kvbench.cache.ragged)
+        if handed is not None:
+            return handed.attend(module, query, key, value, fn, _scaling(module, query, kwargs), kwargs)
         attention_mask = align_mask(attention_mask, key.shape[-2])
         if request is None or request[1] is not key:
             return fn(module, query, key, value, attention_mask, **kwargs)
         _pending.request = None
         layer, _, last_rows = request
-        if attention_mask is None and fusable(base, last_rows, kwargs) and not query.requires_grad:
-            scaling = kwargs.get("scaling")
+        if hasattr(layer, "receive_queries"):  # a query-statistics method (Expected Attention, KVzip) reads queries
             with torch.no_grad():
-                flash = prefill_scores_by_flash(query, key, value, scaling if scaling is not None else
-                                                getattr(module, "scaling", query.shape[-1] ** -0.5), layer.score_agg)
+                layer.receive_queries(query.detach(), module)
+            return fn(module, query, key, value, attention_mask, **kwargs)
+        if attention_mask is None and fusable(base, last_rows, kwargs) and not query.requires_grad:
+            with torch.no_grad():
+                flash = prefill_scores_by_flash(query, key, value, _scaling(module, query, kwargs), layer.score_agg)
             if flash is not None:  # a causal prefill on CPU: output and scores from the flash kernel, no N×N matrix
                 layer.receive_scores(flash[0])
                 return flash[1], None
@@ -248,12 +264,9 @@ def scored_attention(base: str):
                 probs = weights[:, :, first:].to(torch.float32).reshape(b, h, n_heads // h, q_len - first, kv)
                 sums = aggregate_heads(probs, layer.score_agg)
             else:
-                scaling = kwargs.get("scaling")
-                if scaling is None:
-                    scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
                 rows_mask = None if attention_mask is None else attention_mask[:, :, first:]
-                sums = attention_column_sums(query[:, :, first:].detach(), key.detach(), rows_mask, scaling,
-                                             layer.score_agg)
+                sums = attention_column_sums(query[:, :, first:].detach(), key.detach(), rows_mask,
+                                             _scaling(module, query, kwargs), layer.score_agg)
             layer.receive_scores(sums)
         return out, weights
 

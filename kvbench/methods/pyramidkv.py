@@ -24,6 +24,7 @@ included; ``window`` 32, ``kernel_size`` 5, ``pooling`` avg), plus
 
 * ``beta`` -- the pyramid's steepness: the last layer selects (B − window)/β tokens (default 20, the
   paper's); 1 is uniform SnapKV.
+* ``group_reduction`` -- GQA reduction of a KV head's query heads (``sum`` default, as ``snapkv``; ``mean``, ``max``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Optional
 
 from kvbench.cache.eviction import BudgetCache, TokenBudget, num_layers
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
-from kvbench.methods.snapkv import SnapKVLayer, check_selection
+from kvbench.methods.snapkv import SnapKVLayer, check_group_reduction, check_selection, reduce_groups_by
 
 
 @register
@@ -49,9 +50,11 @@ class PyramidKV(ScoredAttention, Method):
     kernel_size: int = 5
     pooling: str = "avg"
     beta: int = 20
+    group_reduction: str = "sum"
 
     def __post_init__(self):
         check_selection(self)
+        check_group_reduction(self)
         if self.beta < 1:
             raise MethodConfigError(f"method.beta={self.beta} must be >= 1 (1 = the same budget in every layer)")
 
@@ -60,8 +63,8 @@ class PyramidKV(ScoredAttention, Method):
 
     def new_cache(self, model) -> "PyramidKVCache":
         self.require_scoring(model)
-        return PyramidKVCache.for_model(model.config, self.budget(), self.window, self.kernel_size, self.pooling,
-                                        self.beta)
+        return reduce_groups_by(PyramidKVCache.for_model(model.config, self.budget(), self.window, self.kernel_size,
+                                                         self.pooling, self.beta), self.group_reduction)
 
 
 def pyramid_budgets(budget: int, window: int, prompt_length: int, n_layers: int, beta: int) -> tuple[list[int], bool]:

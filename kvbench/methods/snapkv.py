@@ -22,6 +22,8 @@ Parameters:
 * ``window`` -- observation window in tokens (default 32, the paper's; kvpress uses 64).
 * ``kernel_size`` -- pooling kernel, odd (default 5, the official code's); 1 = no pooling.
 * ``pooling`` -- ``avg`` (default, the official code's: zero padding counted) or ``max``.
+* ``group_reduction`` -- GQA: how the query heads sharing a KV head combine their scores: ``sum`` (default;
+  the official code is MHA-only, kvpress takes the ``mean``, which ranks tokens the same), ``mean`` or ``max``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from kvbench.cache.attention_scores import request_scores
+from kvbench.cache.attention_scores import SCORE_AGGS, request_scores
 from kvbench.cache.eviction import (POOLINGS, BudgetCache, BudgetLayer, TokenBudget, num_layers, pool1d, rows,
                                     top_k_sorted)
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
@@ -47,16 +49,33 @@ class SnapKV(ScoredAttention, Method):
     window: int = 32
     kernel_size: int = 5
     pooling: str = "avg"
+    group_reduction: str = "sum"
 
     def __post_init__(self):
         check_selection(self)
+        check_group_reduction(self)
 
     def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
     def new_cache(self, model) -> "SnapKVCache":
         self.require_scoring(model)
-        return SnapKVCache.for_model(model.config, self.budget(), self.window, self.kernel_size, self.pooling)
+        return reduce_groups_by(SnapKVCache.for_model(model.config, self.budget(), self.window, self.kernel_size,
+                                                      self.pooling), self.group_reduction)
+
+
+def check_group_reduction(method) -> None:
+    """One line for a ``group_reduction`` that is not a reduction kvbench knows (every scored token method)."""
+    if method.group_reduction not in SCORE_AGGS:
+        raise MethodConfigError(f"method.group_reduction={method.group_reduction!r} is not supported (choose one "
+                                f"of: {', '.join(SCORE_AGGS)})")
+
+
+def reduce_groups_by(cache, group_reduction: str):
+    """Set how each layer of ``cache`` combines a KV head's query heads in the scores it requests."""
+    for layer in cache.layers:
+        layer.score_agg = group_reduction
+    return cache
 
 
 def check_selection(method) -> None:

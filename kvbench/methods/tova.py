@@ -19,6 +19,8 @@ Parameters:
   and kvpress's): the mean over *all* query heads of the layer, so the layer keeps one token set, stored in
   every KV head; ``group``: the mean over the query heads sharing each KV head, so each KV head keeps its
   own set. The record's method params say which.
+* ``group_reduction`` -- with ``heads=group``, how a KV head's query heads combine: ``mean`` (default, the
+  paper's mean over heads), ``sum`` or ``max``. ``heads=layer`` averages the groups' scores over the layer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from kvbench.cache.attention_scores import request_scores
 from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
+from kvbench.methods.snapkv import check_group_reduction, reduce_groups_by
 
 HEADS = ("layer", "group")
 
@@ -43,9 +46,11 @@ class TOVA(ScoredAttention, Method):
     budget_ratio: Optional[float] = None
     budget_tokens: Optional[int] = None
     heads: str = "layer"
+    group_reduction: str = "mean"
 
     def __post_init__(self):
         self.budget()
+        check_group_reduction(self)
         if self.heads not in HEADS:
             raise MethodConfigError(f"method.heads={self.heads!r} is not supported (choose one of: {', '.join(HEADS)})")
 
@@ -54,7 +59,7 @@ class TOVA(ScoredAttention, Method):
 
     def new_cache(self, model) -> "TOVACache":
         self.require_scoring(model)
-        return TOVACache.for_model(model.config, self.budget(), self.heads)
+        return reduce_groups_by(TOVACache.for_model(model.config, self.budget(), self.heads), self.group_reduction)
 
 
 class TOVALayer(BudgetLayer):

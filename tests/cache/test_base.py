@@ -32,6 +32,11 @@ PARAMS = {
     "snapkv": [{"budget_tokens": 12, "window": 4}],
     "pyramidkv": [{"budget_tokens": 12, "window": 4}],
     "tova": [{}, {"heads": "group"}],
+    "adakv": [{"budget_tokens": 12, "window": 4}, {"budget_tokens": 12, "window": 4, "layout": "masked"}],
+    "expected_attention": [{"budget_tokens": 10}, {"budget_tokens": 10, "allocation": "authors"}],
+    "kvzip": [{"budget_tokens": 10, "chunk": 16}],
+    "duo_attention": [{"sink_tokens": 2, "recent_tokens": 8, "calibration_sequences": 1, "calibration_length": 32,
+                       "positions": 64, "reuse_calibration": False}],
     "kivi": [{"group_size": 8, "residual_length": 16}, {"group_size": 8, "residual_length": 0, "nbits": 4}],
     "rtn": [{"group_size": 8}, {"group_size": 16, "nbits": 2}],
 }
