@@ -4,8 +4,9 @@ Subclasses lm-eval's ``HFLM`` for tokenisation, chat templates and request plumb
 and replaces the three request types so that every request goes through
 :class:`~kvbench.eval.protocol.CompressionProtocol`:
 
-* ``loglikelihood``: requests sharing a context are prefilled and compressed once;
-  each continuation is scored against a copy of the compressed cache;
+* ``loglikelihood``: requests sharing a context are prefilled and compressed once; the continuations are
+  scored against that cache, rewound after each forward where a crop restores it exactly (``full``), copied for
+  each continuation otherwise (:meth:`~kvbench.eval.protocol.CompressionProtocol.score_continuations`);
 * ``loglikelihood_rolling``: lm-eval's rolling windows, each streamed through the cache
   ``stream_chunk`` tokens at a time, compressing as it grows;
 * ``generate_until``: prefill, compress, greedy decoding until a stop sequence. A task that keeps a

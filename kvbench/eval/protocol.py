@@ -111,9 +111,12 @@ class CompressionProtocol:
         tracks the peak."""
         stored = cache_nbytes(cache)
         full = batch * full_cache_nbytes(self.reference_config, n_tokens, self.dtype)
+        self._track_peak(stored, full)
+        return stored, full
+
+    def _track_peak(self, stored: int, full: int) -> None:
         if stored > self.stats.peak_stored_bytes:
             self.stats.peak_stored_bytes, self.stats.peak_full_bytes = stored, full
-        return stored, full
 
     def prefill(self, token_ids: Sequence[int], chunk: int | None = None):
         """A fresh cache holding ``token_ids``, compressed by the method (after each chunk if streaming)."""
@@ -161,8 +164,17 @@ class CompressionProtocol:
 
         ``context`` must be non-empty. Its last token is fed with the continuation so every
         scored position sees the compressed cache.
+
+        A cache that a crop puts back exactly (``cache.is_croppable``, no sliding layer: the plain caches of ``full``
+        and the head methods) is never copied: the continuations of one length are scored in one forward of that
+        many rows (no padding) and the cache is cropped back to the context after it, so a context costs one
+        prefill and one forward per distinct continuation length, as few forwards as lm-eval's ``hf`` model's one
+        per request or fewer. Any other cache (one that evicts, merges or quantizes while it scores) is deep-copied
+        per continuation. The peak bytes are per sequence either way.
         """
         cache = self.prefill(context[:-1])
+        if len(context) > 1 and rewinds_exactly(cache):
+            return self._score_rewinding(cache, context, continuations)
         results = []
         for i, continuation in enumerate(continuations):
             own = cache if i == len(continuations) - 1 else copy.deepcopy(cache)
@@ -170,6 +182,29 @@ class CompressionProtocol:
             self.stats.scored_tokens += len(continuation)
             results.append(_continuation_logprob(logits, continuation))
             self.measure(own, len(context) + len(continuation) - 1)
+        return results
+
+    def _score_rewinding(self, cache, context: Sequence[int], continuations: Sequence[Sequence[int]]):
+        """:meth:`score_continuations` on a cache that ``crop`` rewinds: each group of equal-length continuations in
+        one batched forward on the cache repeated to that many rows, then cropped and cut back to one row."""
+        by_length: dict[int, list[int]] = {}
+        for i, continuation in enumerate(continuations):
+            by_length.setdefault(len(continuation), []).append(i)
+        results: list = [None] * len(continuations)
+        for length, indices in by_length.items():
+            rows = len(indices)
+            if rows > 1:
+                cache.batch_repeat_interleave(rows)
+            ids = self.batch_ids([[context[-1], *continuations[i][:-1]] for i in indices])
+            logits = self.forward_batch(cache, ids)
+            for row, i in enumerate(indices):
+                results[i] = _continuation_logprob(logits[row], continuations[i])
+            self.stats.scored_tokens += rows * length
+            self._track_peak(cache_nbytes(cache) // rows,
+                             full_cache_nbytes(self.reference_config, len(context) + length - 1, self.dtype))
+            cache.crop(-length)
+            if rows > 1:
+                cache.batch_select_indices(torch.zeros(1, dtype=torch.long, device=self.device))
         return results
 
     def stream_logprob(self, context: Sequence[int], continuation: Sequence[int], chunk: int) -> float:
@@ -327,6 +362,13 @@ class SinglePassProtocol(CompressionProtocol):
         logits = self._one_pass([*context, *continuation[:-1]])
         self.stats.scored_tokens += len(continuation)
         return _continuation_logprob(logits[len(context) - 1:], continuation)
+
+
+def rewinds_exactly(cache) -> bool:
+    """Whether ``cache.crop`` puts ``cache`` back exactly as it was before a forward: every layer croppable
+    (transformers' ``is_croppable``; kvbench's evicting, merging and quantizing layers are not) and none sliding (a
+    sliding window may already have dropped what a crop would need)."""
+    return bool(getattr(cache, "is_croppable", False)) and not any(getattr(cache, "is_sliding", None) or [])
 
 
 def _continuation_logprob(logits: torch.Tensor, continuation: Sequence[int]) -> tuple[float, bool]:

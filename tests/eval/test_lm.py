@@ -60,9 +60,9 @@ def test_multiple_choice_requests_sharing_a_context_are_prefilled_once(tiny_gqa)
     model, tokenizer = tiny_gqa
     lm = _kvbench_lm(model, tokenizer)
     contexts = ["Alice lives in Paris. Bob lives in Rome. Where does Bob live?", "The sky is blue. What colour is it?"]
-    choices = [" Paris", " Rome", " Lima", " Oslo"]
+    choices = [" Paris", " Rome", " Lima", " Oslo", " Quito"]
     calls = []
-    hook = model.model.register_forward_hook(lambda mod, args, kw, out: calls.append(kw["input_ids"].shape[1]),
+    hook = model.model.register_forward_hook(lambda mod, args, kw, out: calls.append(tuple(kw["input_ids"].shape)),
                                              with_kwargs=True)
     try:
         results = lm.loglikelihood(_mc_requests(lm, contexts, choices))
@@ -70,10 +70,20 @@ def test_multiple_choice_requests_sharing_a_context_are_prefilled_once(tiny_gqa)
         hook.remove()
     assert len(results) == len(contexts) * len(choices)
     assert lm.protocol.stats.n_prefills == len(contexts)
-    # one prefill forward per context + one scoring forward per continuation
-    assert len(calls) == len(contexts) * (1 + len(choices))
+    # full's cache is rewound, never copied: one prefill forward per context, then one forward per continuation
+    # length, its rows the continuations of that length
+    lengths = sorted(len(lm.tok_encode(c)) for c in choices)
+    per_length = {n: lengths.count(n) for n in lengths}
+    assert len(per_length) > 1  # the test needs continuations of different lengths
+    for context in contexts:
+        prefill, *scoring = calls[:1 + len(per_length)]
+        del calls[:1 + len(per_length)]
+        assert prefill == (1, len(lm.tok_encode(context)) - 1)
+        assert sorted(scoring) == sorted((rows, n) for n, rows in per_length.items())
+    assert calls == []
     prefilled = sum(len(lm.tok_encode(c)) - 1 for c in contexts)
     assert lm.protocol.stats.prefill_tokens == prefilled
+    assert lm.protocol.stats.scored_tokens == len(contexts) * sum(lengths)
 
 
 def test_shared_prefill_gives_the_same_scores_as_scoring_each_request_alone(tiny_gqa):
