@@ -344,6 +344,8 @@ def record_fields_markdown() -> str:
 def config_hash(config: dict) -> str:
     """Stable hash of the resolved config, ignoring keys that do not change results."""
     relevant = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    if (relevant.get("engine") or {}).get("backend", "hf") == "hf":  # the default engine: earlier records' hashes hold
+        relevant.pop("engine", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
