@@ -118,10 +118,10 @@ example-%: setup
 		$(PAPER_$*)
 
 test: setup
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser"
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not browser and not engine"
 
 test-slow: setup
-	$(OFFLINE) $(PY) -m pytest -q -m "slow and not browser"
+	$(OFFLINE) $(PY) -m pytest -q -m "slow and not browser and not engine"
 
 test-browser: setup
 	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
