@@ -33,10 +33,9 @@ def kv_space_gb(engine, budget_gb: float | None, model_bytes: int) -> float:
     return max(1, math.floor(budget_gb - model_bytes / eff.GIB))
 
 
-def engine_run(plan, context, opts) -> Iterator:
-    """Every point of ``plan`` through the engine in one subprocess, then one result per point and the max batch."""
-    from kvbench.suites.base import TaskResult
-
+def engine_run(plan, context, opts) -> Iterator[tuple[str, dict, EfficiencyPart]]:
+    """Every point of ``plan`` through the engine in one subprocess, then ``(task, metrics, the record's part so
+    far)`` per point and for the max batch (the suite makes them task results)."""
     protocol, engine = context.protocol, context.engine
     model_bytes = eff.model_nbytes(protocol.model)
     space = kv_space_gb(engine, opts.memory_budget_gb, model_bytes)
@@ -64,16 +63,14 @@ def engine_run(plan, context, opts) -> Iterator:
         log.info("vLLM (%s KV) context %d, batch %d: %.1f tok/s, %.1f ms/step, TTFT %.2f s", engine.kv_cache_dtype,
                  point["context_length"], point["batch_size"], point["throughput_tok_s"],
                  point["decode_ms_per_step"], point["ttft_s"])
-        yield TaskResult(f"ctx{point['context_length']}_b{point['batch_size']}",
-                         {k: point[k] for k in ("throughput_tok_s", "decode_ms_per_step", "ttft_s")},
-                         primary="throughput_tok_s", higher_is_better=True, n=opts.repeats,
-                         efficiency=replace(part, points=points[:index + 1]))
+        yield (f"ctx{point['context_length']}_b{point['batch_size']}",
+               {k: point[k] for k in ("throughput_tok_s", "decode_ms_per_step", "ttft_s")},
+               replace(part, points=points[:index + 1]))
     found = response.get("max_batch") or {}
     if found.get("batch") is not None:
         max_batch = {**found, "budget_gb": opts.memory_budget_gb if opts.memory_budget_gb is not None else space,
                      "new_tokens": opts.new_tokens, "kv_cache_space_gb": space}
-        yield TaskResult("max_batch", {"batch": max_batch["batch"]}, primary="batch",
-                         efficiency=replace(part, points=points, max_batch=max_batch))
+        yield "max_batch", {"batch": max_batch["batch"]}, replace(part, points=points, max_batch=max_batch)
 
 
 def _with(node, **changes):

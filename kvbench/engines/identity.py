@@ -51,20 +51,19 @@ def quick_prompts(tokenizer) -> list[list[int]]:
 def kvbench_greedy(model, prompts: list[list[int]], new_tokens: int = NEW_TOKENS) -> list[dict]:
     """Greedy tokens and their log-probabilities from the Hugging Face model (EOS ignored, like the driver)."""
     import torch
+    from transformers import DynamicCache
 
     rows = []
     with torch.inference_mode():
         for prompt in prompts:
-            ids = torch.tensor([prompt])
-            out = model(ids, use_cache=True)
-            cache, tokens, logprobs = out.past_key_values, [], []
+            cache, tokens, logprobs = DynamicCache(config=model.config), [], []
+            out = model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True)
             for _ in range(new_tokens):
                 scores = torch.log_softmax(out.logits[0, -1].float(), -1)
                 token = int(scores.argmax())
                 tokens.append(token)
                 logprobs.append(float(scores[token]))
-                out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True)
             rows.append({"tokens": tokens, "logprobs": logprobs})
     return rows
 
@@ -100,15 +99,25 @@ def markdown(result: Comparison, model_name: str, dtype: str, engine: dict) -> s
         "fused ops against torch's SDPA and eager ops), not the weights or the dtype.", ""])
 
 
+def model_config(name: str):
+    """``conf/model/<name>.yaml`` as a :class:`~kvbench.config.ModelConfig` (its fields over the schema's)."""
+    from omegaconf import OmegaConf
+
+    from kvbench import config
+
+    fields = OmegaConf.to_container(OmegaConf.load(config.CONF_DIR / "model" / f"{name}.yaml"))
+    fields.pop("defaults", None)
+    return config.ModelConfig(**fields)
+
+
 def main(argv: list[str]) -> int:
-    from kvbench.compose import compose_config
     from kvbench.config import EngineConfig
     from kvbench.engines import vllm
     from kvbench.engines.export import engine_model_dir
     from kvbench.models import load_model
 
     args = dict(a.split("=", 1) for a in argv)
-    cfg = compose_config([f"model={args.get('model', 'smollm2_135m')}"]).model
+    cfg = model_config(args.get("model", "smollm2_135m"))
     model, tokenizer = load_model(cfg)
     prompts = quick_prompts(tokenizer)
     ours = kvbench_greedy(model, prompts)

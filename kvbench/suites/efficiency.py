@@ -112,7 +112,10 @@ class Efficiency(Suite):
         measurements so far, the record's ``efficiency`` part."""
         opts, protocol = self.options, context.protocol
         if context.engine is not None and context.engine.backend != "hf":
-            yield from engine_run(plan, context, opts)
+            for task, metrics, part in engine_run(plan, context, opts):
+                primary = "batch" if task == "max_batch" else "throughput_tok_s"
+                yield TaskResult(task, metrics, primary=primary, n=None if task == "max_batch" else opts.repeats,
+                                 efficiency=part)
             return
         model_bytes = eff.model_nbytes(protocol.model)
         budget = opts.memory_budget_gb
