@@ -36,6 +36,27 @@ def export_dir(cfg: ModelConfig) -> Path:
     return cache_root() / "engine_models" / f"{cfg.name}_{cfg.dtype}_{export_key(cfg)}"
 
 
+def save_weights(model, directory: Path) -> None:
+    """The model's config and its weights as ``model.safetensors``. transformers' ``save_pretrained`` refuses a
+    model loaded from GGUF (it is marked quantized), but its tensors are already dequantized: they are written as
+    they are, the tied output embedding once (as transformers would), and the config without the GGUF marking."""
+    from safetensors.torch import save_file
+
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:  # a tied weight (lm_head = embed_tokens): stored once, tied again on load
+            continue
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(directory)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
+
+
 def engine_model_dir(cfg: ModelConfig) -> Path:
     """A directory (or hub id) the engine can load for ``cfg``: the model as it is when it is not a GGUF file,
     else the cached export, written now if missing."""
@@ -49,7 +70,7 @@ def engine_model_dir(cfg: ModelConfig) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(scratch, safe_serialization=True)
+        save_weights(model, scratch)
         tokenizer.save_pretrained(scratch)
         (scratch / MARKER).write_text(json.dumps({"pretrained": cfg.pretrained, "gguf_file": cfg.gguf_file,
                                                   "dtype": cfg.dtype, "key": export_key(cfg)}, indent=1))

@@ -9,7 +9,8 @@ compared one to one; after the first differing token the continuations part and 
 tolerance is :data:`TOLERANCE` (nats, the same as ``full`` against lm-eval's ``hf``); kernels differ (vLLM's CPU
 attention and its fused ops against torch's SDPA), so exact equality is not expected.
 
-Run: ``python -m kvbench.engines.identity [model=smollm2_135m] [out=reports/engine_identity.md]``.
+Run: ``python -m kvbench.engines.identity [model=smollm2_135m] [passkey=32] [prose=8] [new_tokens=12]
+[out=reports/engine_identity.md]``.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ class Comparison:
         return self.max_abs_logprob_diff <= tolerance
 
 
-def quick_prompts(tokenizer) -> list[list[int]]:
-    """Token ids of the quick suite's prompts: passkey context + question, and each prose passage's opening."""
+def quick_prompts(tokenizer, passkey: int = PASSKEY_PROMPTS, prose: int = PROSE_PROMPTS) -> list[list[int]]:
+    """Token ids of the quick suite's prompts: the first ``passkey`` passkey prompts (context + question, the
+    suite's order) and the opening of the first ``prose`` prose passages."""
     from kvbench.eval.tasks import quick
 
-    passkey = quick.passkey_records(n_per_length=16, lengths=quick.SHORT_PASSKEY_LENGTHS)[:PASSKEY_PROMPTS]
-    prompts = [tokenizer(f"{r['context']}\n\n{r['question']}")["input_ids"] for r in passkey]
-    prose = quick.prose_records()[:PROSE_PROMPTS]
+    records = quick.passkey_records(n_per_length=16, lengths=quick.SHORT_PASSKEY_LENGTHS)[:passkey]
+    prompts = [tokenizer(f"{r['context']}\n\n{r['question']}")["input_ids"] for r in records]
+    prose = quick.prose_records()[:prose]
     return prompts + [tokenizer(r["text"])["input_ids"][:PROSE_TOKENS] for r in prose]
 
 
@@ -81,14 +83,14 @@ def compare(ours: list[dict], theirs: list[dict]) -> Comparison:
                       sum(diffs) / len(diffs) if diffs else 0.0)
 
 
-def markdown(result: Comparison, model_name: str, dtype: str, engine: dict) -> str:
+def markdown(result: Comparison, model_name: str, dtype: str, engine: dict, new_tokens: int = NEW_TOKENS) -> str:
     verdict = "within" if result.within() else "outside"
     diverged = [(i, d) for i, d in enumerate(result.first_divergence) if d is not None]
     return "\n".join([
         "# vLLM against kvbench `full`: the identity check (issue 29)", "",
         f"Model `{model_name}` in {dtype} (the bundled GGUF dequantized by transformers and saved as safetensors, so "
-        f"both run the same weights). {result.prompts} prompts of the quick suite ({PASSKEY_PROMPTS} passkey, "
-        f"{PROSE_PROMPTS} prose openings of {PROSE_TOKENS} tokens), {NEW_TOKENS} greedy tokens each, EOS ignored.", "",
+        f"both run the same weights). {result.prompts} prompts of the quick suite (passkey prompts, then prose "
+        f"openings of {PROSE_TOKENS} tokens), {new_tokens} greedy tokens each, EOS ignored.", "",
         f"- engine: vLLM {engine.get('version')} (torch {engine.get('torch')}, {engine.get('threads')} threads), "
         f"kv_cache_dtype={engine.get('kv_cache_dtype')}",
         f"- every token equal: {result.all_tokens_equal}/{result.prompts} prompts"
@@ -119,14 +121,15 @@ def main(argv: list[str]) -> int:
     args = dict(a.split("=", 1) for a in argv)
     cfg = model_config(args.get("model", "smollm2_135m"))
     model, tokenizer = load_model(cfg)
-    prompts = quick_prompts(tokenizer)
-    ours = kvbench_greedy(model, prompts)
+    new_tokens = int(args.get("new_tokens", NEW_TOKENS))
+    prompts = quick_prompts(tokenizer, int(args.get("passkey", PASSKEY_PROMPTS)), int(args.get("prose", PROSE_PROMPTS)))
+    ours = kvbench_greedy(model, prompts, new_tokens)
     engine = EngineConfig(name="vllm", backend="vllm", kv_cache_dtype=args.get("kv_cache_dtype", "auto"))
     response = vllm.run_driver(engine, {"job": "identity", "model_dir": str(engine_model_dir(cfg)),
-                                        "dtype": cfg.dtype, "max_model_len": max(map(len, prompts)) + NEW_TOKENS,
-                                        "new_tokens": NEW_TOKENS, "prompts": prompts, "max_num_seqs": 8})
+                                        "dtype": cfg.dtype, "max_model_len": max(map(len, prompts)) + new_tokens,
+                                        "new_tokens": new_tokens, "prompts": prompts, "max_num_seqs": 8})
     result = compare(ours, response["rows"])
-    text = markdown(result, cfg.name, cfg.dtype, response["engine"])
+    text = markdown(result, cfg.name, cfg.dtype, response["engine"], new_tokens)
     out = args.get("out")
     if out:
         with open(out, "w") as handle:
