@@ -130,7 +130,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 class EngineConfig:
     """Hydra schema of ``conf/engine/*.yaml``: what serves the model. ``hf`` (default) is kvbench's own Hugging Face
     path, through which every method runs; ``vllm`` runs the efficiency suite's identical workload through vLLM's
-    offline engine in its own environment (:mod:`kvbench.engines.vllm`, issue 29), uncompressed but for its own
+    offline engine in its own environment (:mod:`kvbench.engines.vllm_launcher`, issue 29), uncompressed but for its own
     ``kv_cache_dtype``: the baseline a user would deploy instead of a compression method."""
 
     name: str = "hf"

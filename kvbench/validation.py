@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from kvbench.compose import compose_config
 from kvbench.config import WANDB_MODES, cache_root
-from kvbench.engines import vllm as vllm_engine
-from kvbench.engines.vllm import EngineUnavailableError
+from kvbench.engines import vllm_launcher as vllm_engine
+from kvbench.engines.vllm_launcher import EngineUnavailableError
 from kvbench.errors import ConfigError, KvbenchError, OfflineUnavailable
 from kvbench.eval import distributed
 from kvbench.methods import Method, build_method

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import replace
 
-from kvbench.engines import vllm
+from kvbench.engines import vllm_launcher as vllm
 from kvbench.engines.export import engine_model_dir
 from kvbench.eval import efficiency as eff
 from kvbench.results import EfficiencyPart

@@ -114,7 +114,7 @@ def model_config(name: str):
 
 def main(argv: list[str]) -> int:
     from kvbench.config import EngineConfig
-    from kvbench.engines import vllm
+    from kvbench.engines import vllm_launcher as vllm
     from kvbench.engines.export import engine_model_dir
     from kvbench.models import load_model
 

@@ -1,7 +1,7 @@
 """The script kvbench runs inside the engine environment (``.venv-vllm``, ``make engine-env``): it imports vLLM,
 never kvbench, so kvbench's own environment keeps its lock (issue 29). Run as
 ``.venv-vllm/bin/python kvbench/engines/vllm_driver.py REQUEST.json RESPONSE.json``; the request and the
-response are plain JSON, built and read by :mod:`kvbench.engines.vllm`.
+response are plain JSON, built and read by :mod:`kvbench.engines.vllm_launcher`.
 
 Two jobs, both on token ids kvbench chose (``TokensPrompt``: vLLM never re-tokenizes):
 
@@ -24,6 +24,11 @@ import platform
 import statistics
 import sys
 import time
+
+# Run as a script, this file's directory (kvbench/engines) would be first on the path, and kvbench's modules there
+# would shadow the engine's: the engine environment imports only from its own site-packages.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
 
 
 def _llm(request: dict):
@@ -134,7 +139,8 @@ def main(argv: list[str]) -> int:
     result["engine"] = {"name": "vllm", "version": vllm.__version__, "torch": torch.__version__,
                         "python": platform.python_version(), "kv_cache_dtype": request.get("kv_cache_dtype", "auto"),
                         "dtype": request.get("dtype"), "kv_cache_space_gb": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
-                        "threads": torch.get_num_threads(), "startup_s": startup}
+                        "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
+                        "startup_s": startup}
     with open(response_path, "w") as handle:
         json.dump(result, handle)
     return 0

@@ -3,7 +3,7 @@
 import pytest
 
 from kvbench.compose import compose_config, experiment_jobs
-from kvbench.engines.vllm import EngineUnavailableError
+from kvbench.engines.vllm_launcher import EngineUnavailableError
 from kvbench.errors import ConfigError
 from kvbench.results import config_hash
 from kvbench.validation import validate

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kvbench.engines import vllm
+from kvbench.engines import vllm_launcher as vllm
 
 pytestmark = pytest.mark.engine
 

@@ -66,9 +66,15 @@ def driver_env(engine) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(VLLM_CPU_KVCACHE_SPACE=str(engine.kv_cache_space_gb), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                VLLM_NO_USAGE_STATS="1", VLLM_LOGGING_LEVEL=env.get("VLLM_LOGGING_LEVEL", "WARNING"))
-    if engine.threads:
-        env["OMP_NUM_THREADS"] = str(engine.threads)
+    # vLLM's CPU engine drops to one torch thread unless told: it gets kvbench's own count, so both sides run alike
+    env["OMP_NUM_THREADS"] = str(engine.threads or _torch_threads())
     return env
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_driver(engine, request: dict) -> dict:

@@ -1,11 +1,11 @@
-"""kvbench's side of the vLLM engine (kvbench/engines/vllm.py, vllm_driver.py's pure parts): no vLLM needed."""
+"""kvbench's side of the vLLM engine (kvbench/engines/vllm_launcher.py, vllm_driver.py's pure parts): no vLLM needed."""
 
 from types import SimpleNamespace
 
 import pytest
 
 from kvbench.config import EngineConfig
-from kvbench.engines import vllm
+from kvbench.engines import vllm_launcher as vllm
 from kvbench.engines.vllm_driver import max_concurrency
 from kvbench.models import tiny_llama_config
 
