@@ -140,7 +140,8 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"
     #: The engine environment's Python; null: ``$KVBENCH_ENGINE_PYTHON``, else ``.venv-vllm/bin/python``.
     python: Optional[str] = None
-    #: GiB vLLM reserves for its KV cache (``VLLM_CPU_KVCACHE_SPACE`` on CPU): its max concurrency comes from it.
+    #: GiB vLLM reserves for its KV cache (its ``kv_cache_memory_bytes``): its max concurrency comes from it. With
+    #: ``suite.options.memory_budget_gb`` the budget less the weights is used instead.
     kv_cache_space_gb: float = 1.0
     #: CPU threads of the engine process (``OMP_NUM_THREADS``); null: the engine's default.
     threads: Optional[int] = None

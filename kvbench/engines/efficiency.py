@@ -13,7 +13,6 @@ to the suite's memory budget minus the weights when a budget is given, so both s
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -27,10 +26,10 @@ log = logging.getLogger(__name__)
 
 def kv_space_gb(engine, budget_gb: float | None, model_bytes: int) -> float:
     """GiB for vLLM's KV cache: the suite's budget minus the weights (the same total as kvbench's max batch), else
-    ``engine.kv_cache_space_gb``. vLLM's CPU backend takes whole GiB: rounded down, at least 1."""
+    ``engine.kv_cache_space_gb``."""
     if budget_gb is None:
         return engine.kv_cache_space_gb
-    return max(1, math.floor(budget_gb - model_bytes / eff.GIB))
+    return budget_gb - model_bytes / eff.GIB
 
 
 def engine_run(plan, context, opts) -> Iterator[tuple[str, dict, EfficiencyPart]]:

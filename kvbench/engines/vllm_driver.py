@@ -9,8 +9,9 @@ Two jobs, both on token ids kvbench chose (``TokensPrompt``: vLLM never re-token
   with exactly ``new_tokens`` greedy tokens, EOS ignored. TTFT is a ``max_tokens=1`` call (the prefill of the
   batch); decode ms per step is ``(generate time - TTFT) / (new_tokens - 1)``; throughput is
   ``B * (new_tokens - 1) / decode time``, kvbench's definition (tokens of the decode steps / their time). Medians
-  over ``repeats`` with min and max. The max concurrency is vLLM's own KV block accounting: the blocks the cache
-  space holds (``VLLM_CPU_KVCACHE_SPACE`` on CPU) divided by the blocks one request of context + new tokens needs.
+  over ``repeats`` with min and max. The max concurrency is vLLM's own KV block accounting: the blocks its cache
+  holds (``kv_cache_memory_bytes``, what ``VLLM_CPU_KVCACHE_SPACE`` sets in whole GiB on CPU) divided by the blocks
+  one request of context + new tokens needs.
 * ``identity`` -- greedy continuations of the given prompts with each chosen token's log-probability, to compare
   with kvbench's ``full`` (:mod:`kvbench.engines.identity`).
 """
@@ -38,6 +39,8 @@ def _llm(request: dict):
                   kv_cache_dtype=request.get("kv_cache_dtype", "auto"), max_model_len=request["max_model_len"],
                   seed=request.get("seed", 0), enforce_eager=request.get("enforce_eager", True),
                   max_num_seqs=request.get("max_num_seqs", 256), skip_tokenizer_init=False)
+    if request.get("kv_cache_memory_bytes"):  # the cache's size, exactly (what VLLM_CPU_KVCACHE_SPACE sets in GiB)
+        kwargs["kv_cache_memory_bytes"] = int(request["kv_cache_memory_bytes"])
     if request.get("max_num_batched_tokens"):
         kwargs["max_num_batched_tokens"] = request["max_num_batched_tokens"]
     return LLM(**kwargs)
@@ -138,7 +141,7 @@ def main(argv: list[str]) -> int:
     result = {"efficiency": efficiency, "identity": identity}[request["job"]](llm, request)
     result["engine"] = {"name": "vllm", "version": vllm.__version__, "torch": torch.__version__,
                         "python": platform.python_version(), "kv_cache_dtype": request.get("kv_cache_dtype", "auto"),
-                        "dtype": request.get("dtype"), "kv_cache_space_gb": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
+                        "dtype": request.get("dtype"), "kv_cache_memory_bytes": request.get("kv_cache_memory_bytes"),
                         "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
                         "startup_s": startup}
     with open(response_path, "w") as handle:

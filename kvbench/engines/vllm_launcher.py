@@ -61,10 +61,10 @@ def check_engine(engine) -> None:
 
 
 def driver_env(engine) -> dict:
-    """The subprocess's environment: the KV cache space vLLM's CPU backend reserves (its max-concurrency figure
-    comes from it), no hub access, and no kvbench on the path."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(VLLM_CPU_KVCACHE_SPACE=str(engine.kv_cache_space_gb), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+    """The subprocess's environment: no hub access, no kvbench on the path, and no ``VLLM_CPU_KVCACHE_SPACE`` (it
+    would override the exact cache size the request gives, in whole GiB)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "VLLM_CPU_KVCACHE_SPACE")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                VLLM_NO_USAGE_STATS="1", VLLM_LOGGING_LEVEL=env.get("VLLM_LOGGING_LEVEL", "WARNING"))
     # vLLM's CPU engine drops to one torch thread unless told: it gets kvbench's own count, so both sides run alike
     env["OMP_NUM_THREADS"] = str(engine.threads or _torch_threads())
@@ -80,7 +80,8 @@ def _torch_threads() -> int:
 def run_driver(engine, request: dict) -> dict:
     """``request`` through the driver in the engine environment; its JSON response."""
     python = engine_python(engine.python)
-    request = {"kv_cache_dtype": engine.kv_cache_dtype, **request}
+    request = {"kv_cache_dtype": engine.kv_cache_dtype,
+               "kv_cache_memory_bytes": int(engine.kv_cache_space_gb * (1 << 30)), **request}
     with tempfile.TemporaryDirectory(prefix="kvbench-engine-") as scratch:
         request_path, response_path = Path(scratch) / "request.json", Path(scratch) / "response.json"
         request_path.write_text(json.dumps(request))

@@ -50,8 +50,17 @@ def test_engine_points_take_whole_blocks_and_compare_with_full_bytes():
     assert point["kv_source"] == "engine"
 
 
-def test_driver_environment_sets_the_cache_space_and_drops_kvbench_from_the_path(monkeypatch):
+def test_driver_environment_drops_kvbench_and_the_whole_gib_cache_override(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/somewhere/kvbench")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # would override the request's exact kv_cache_memory_bytes
     env = vllm.driver_env(SimpleNamespace(kv_cache_space_gb=3, threads=2))
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["OMP_NUM_THREADS"] == "2"
-    assert "PYTHONPATH" not in env and env["HF_HUB_OFFLINE"] == "1"
+    assert env["OMP_NUM_THREADS"] == "2" and env["HF_HUB_OFFLINE"] == "1"
+    assert "PYTHONPATH" not in env and "VLLM_CPU_KVCACHE_SPACE" not in env
+
+
+def test_engine_cache_is_the_budget_less_the_weights():
+    from kvbench.engines.efficiency import kv_space_gb
+
+    engine = SimpleNamespace(kv_cache_space_gb=7.0)
+    assert kv_space_gb(engine, 2.0, 1 << 29) == pytest.approx(1.5)
+    assert kv_space_gb(engine, None, 1 << 29) == 7.0
