@@ -38,7 +38,9 @@ def _llm(request: dict):
     kwargs = dict(model=request["model_dir"], dtype=request.get("dtype", "float32"),
                   kv_cache_dtype=request.get("kv_cache_dtype", "auto"), max_model_len=request["max_model_len"],
                   seed=request.get("seed", 0), enforce_eager=request.get("enforce_eager", True),
-                  max_num_seqs=request.get("max_num_seqs", 256), skip_tokenizer_init=False)
+                  max_num_seqs=request.get("max_num_seqs", 256), skip_tokenizer_init=False,
+                  # every run must prefill: with prefix caching the timed call would reuse the TTFT call's blocks
+                  enable_prefix_caching=False)
     if request.get("kv_cache_memory_bytes"):  # the cache's size, exactly (what VLLM_CPU_KVCACHE_SPACE sets in GiB)
         kwargs["kv_cache_memory_bytes"] = int(request["kv_cache_memory_bytes"])
     if request.get("max_num_batched_tokens"):
@@ -86,7 +88,10 @@ def measure_point(llm, rows: list[list[int]], new_tokens: int, repeats: int, war
             raise RuntimeError(f"vLLM produced {produced} tokens, not {new_tokens} per row")
         if run < warmup:
             continue
-        decode = max(total - ttft, 1e-9)
+        decode = total - ttft
+        if decode <= 0:
+            raise RuntimeError(f"the {new_tokens}-token call ({total:.3f} s) took no longer than the 1-token call "
+                               f"({ttft:.3f} s): the timings are not usable (repeat under less load)")
         ttfts.append(ttft)
         steps.append(1000 * decode / max(new_tokens - 1, 1))
         rates.append(len(rows) * max(new_tokens - 1, 1) / decode)
