@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -91,9 +92,22 @@ def run_driver(engine, request: dict) -> dict:
         except subprocess.TimeoutExpired:
             raise EngineRunError(f"the vLLM driver ran past engine.timeout_s={engine.timeout_s} s") from None
         if done.returncode != 0 or not response_path.is_file():
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-            raise EngineRunError(f"the vLLM driver failed (exit {done.returncode}): {tail}")
+            raise EngineRunError(f"the vLLM driver failed (exit {done.returncode}): "
+                                 f"{root_cause(done.stderr or done.stdout or '')}")
         return json.loads(response_path.read_text())
+
+
+#: vLLM's wrappers around the error that stopped its engine process (the root cause is printed before them).
+WRAPPERS = ("Engine core initialization failed", "EngineDeadError", "Traceback")
+
+
+def root_cause(output: str) -> str:
+    """The first ``SomethingError: message`` line of the engine's output that is not one of vLLM's wrappers (its
+    engine core runs in a process of its own and prints the cause there), else the last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^(\(\w+ pid=\d+\) )?[\w.]*(Error|Exception): ", line)
+              and not any(w in line for w in WRAPPERS)]
+    return re.sub(r"^\(\w+ pid=\d+\) ", "", errors[0]) if errors else (lines[-1] if lines else "no output")
 
 
 def kv_bytes_per_token(reference_config, kv_cache_dtype: str, model_dtype_bytes: int) -> int:

@@ -64,3 +64,13 @@ def test_engine_cache_is_the_budget_less_the_weights():
     engine = SimpleNamespace(kv_cache_space_gb=7.0)
     assert kv_space_gb(engine, 2.0, 1 << 29) == pytest.approx(1.5)
     assert kv_space_gb(engine, None, 1 << 29) == 7.0
+
+
+def test_engine_failure_names_the_root_cause_not_vllms_wrapper():
+    output = """(EngineCore pid=12) Traceback (most recent call last):
+(EngineCore pid=12) NotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX.
+Traceback (most recent call last):
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: leaked shared_memory objects"""
+    assert vllm.root_cause(output) == "NotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX."
+    assert vllm.root_cause("just a last line") == "just a last line"
