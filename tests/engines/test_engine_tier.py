@@ -23,7 +23,7 @@ def test_vllm_greedy_matches_kvbench_full_on_quick_prompts(engine_env, tmp_path)
     from kvbench.engines import identity
 
     out = tmp_path / "identity.md"
-    assert identity.main([f"out={out}"]) == 0, out.read_text()
+    assert identity.main(["passkey=4", "prose=2", "new_tokens=8", f"out={out}"]) == 0, out.read_text()
 
 
 def test_efficiency_through_vllm_fills_the_same_record_fields(engine_env, run_cli, tmp_path):
