@@ -1,7 +1,7 @@
 """Hydra composition: every schema in Hydra's ConfigStore, and composing a config outside a Hydra app.
 
 Schemas: ``config_schema`` (the root :class:`~kvbench.config.RunConfig`), ``schema/model/model``,
-``schema/logger/logger``, ``schema/method/<name>`` for every registered method (the method dataclass)
+``schema/logger/logger``, ``schema/engine/engine``, ``schema/method/<name>`` for every registered method (the method dataclass)
 and ``schema/suite/<runner>`` for every registered suite (its ``Config``). A YAML names its schema in
 its defaults list, so registering a method or a suite is all it takes to make its YAML composable.
 """
@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from kvbench.config import CONF_DIR, LoggerConfig, ModelConfig, RunConfig
+from kvbench.config import CONF_DIR, EngineConfig, LoggerConfig, ModelConfig, RunConfig
 from kvbench.errors import ConfigError
 from kvbench.methods import METHODS
 from kvbench.methods.base import methods_with
@@ -33,6 +33,7 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=RunConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    cs.store(group="schema/engine", name="engine", node=EngineConfig)
     for name, cls in METHODS.items():
         cs.store(group="schema/method", name=name, node=cls)
     for runner, suite in SUITES.items():

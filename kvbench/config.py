@@ -132,6 +132,29 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
+class EngineConfig:
+    """Hydra schema of ``conf/engine/*.yaml``: what serves the model. ``hf`` (default) is kvbench's own Hugging Face
+    path, through which every method runs; ``vllm`` runs the efficiency suite's identical workload through vLLM's
+    offline engine in its own environment (:mod:`kvbench.engines.vllm_launcher`, issue 29), uncompressed but for its own
+    ``kv_cache_dtype``: the baseline a user would deploy instead of a compression method."""
+
+    name: str = "hf"
+    #: What runs: ``hf`` (kvbench's protocol) or ``vllm`` (the driver subprocess).
+    backend: str = "hf"
+    #: vLLM's KV cache dtype: ``auto`` (the model's dtype) or ``fp8`` (where the backend supports it).
+    kv_cache_dtype: str = "auto"
+    #: The engine environment's Python; null: ``$KVBENCH_ENGINE_PYTHON``, else ``.venv-vllm/bin/python``.
+    python: Optional[str] = None
+    #: GiB vLLM reserves for its KV cache (its ``kv_cache_memory_bytes``): its max concurrency comes from it. With
+    #: ``suite.options.memory_budget_gb`` the budget less the weights is used instead.
+    kv_cache_space_gb: float = 1.0
+    #: CPU threads of the engine process (``OMP_NUM_THREADS``); null: the engine's default.
+    threads: Optional[int] = None
+    #: Seconds the engine subprocess may run before it is stopped.
+    timeout_s: int = 3600
+
+
+@dataclass
 class RunConfig:
     """The root config (``conf/config.yaml``). ``method`` and ``suite`` are typed by their own schemas."""
 
@@ -139,6 +162,7 @@ class RunConfig:
     method: Any = None
     suite: Any = None
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 0
     #: Re-run a job even if a complete record with the same resolved config exists.
     force: bool = False

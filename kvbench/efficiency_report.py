@@ -58,13 +58,14 @@ def points_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, record in efficiency_frame(frame).iterrows():
         eff = json.loads(record["efficiency"])
+        engine = ((eff.get("workload") or {}).get("engine") or {}).get("name", "hf")
         for point in eff.get("points", []):
             if point.get("out_of_memory"):
                 rows.append({"model": record["model"], "method": _label(record), "label": record["label"],
                              "context": point["context_length"], "batch": point["batch_size"], "out_of_memory": True})
                 continue
             rows.append({
-                "model": record["model"], "method": _label(record), "label": record["label"],
+                "model": record["model"], "method": _label(record), "label": record["label"], "engine": engine,
                 "context": point["context_length"], "batch": point["batch_size"], "new_tokens": point["new_tokens"],
                 "ttft_s": point["ttft_s"], "ttft_s_min": point["ttft_s_min"], "ttft_s_max": point["ttft_s_max"],
                 "decode_ms_per_step": point["decode_ms_per_step"],
@@ -190,6 +191,7 @@ def markdown(frame: pd.DataFrame) -> str:
                     "bisection). " if "search" in sources else "")
                  + "Under a fixed budget the batch should grow with the KV ratio: `off by` compares the two.", "",
                  shown.to_markdown(index=False), ""]
+    text += engine_markdown(points)
     claims = claims_table(points)
     shown = pd.DataFrame({"paper": claims["paper"], "method": claims["method"], "paper setting": claims["setting"],
                           "paper KV ratio": claims["paper_kv_ratio"].map(format_number),
@@ -204,6 +206,53 @@ def markdown(frame: pd.DataFrame) -> str:
              "weights may still dominate decoding (EVALUATION.md, \"Why batch size matters\").", "",
              shown.to_markdown(index=False), ""]
     return "\n".join(text)
+
+
+def engine_table(points: pd.DataFrame) -> pd.DataFrame:
+    """At every (model, context, batch) where a serving engine ran (issue 29): each kvbench method's throughput
+    beside the best engine row's, and whether it beats it."""
+    if points.empty or "engine" not in points or not (points["engine"].fillna("hf") != "hf").any():
+        return pd.DataFrame()
+    ran = points[~points["out_of_memory"].astype(bool)].copy()
+    ran["engine"] = ran["engine"].fillna("hf")
+    rows = []
+    for (model, context, batch), at in ran.groupby(["model", "context", "batch"], sort=True):
+        engines, ours = at[at["engine"] != "hf"], at[at["engine"] == "hf"]
+        if engines.empty or ours.empty:
+            continue
+        best = engines.loc[engines["throughput_tok_s"].idxmax()]
+        for _, row in ours.iterrows():
+            rows.append({"model": model, "context": context, "batch": batch, "method": row["method"],
+                         "tok_s": row["throughput_tok_s"], "engine": best["method"],
+                         "engine_tok_s": best["throughput_tok_s"],
+                         "vs_engine": row["throughput_tok_s"] / best["throughput_tok_s"],
+                         "engines": "; ".join(f"{r['method']}: {r['throughput_tok_s']:.3g} tok/s"
+                                              for _, r in engines.iterrows())})
+    return pd.DataFrame(rows)
+
+
+def engine_markdown(points: pd.DataFrame) -> list[str]:
+    """The section that puts kvbench's methods beside the serving engine at the points both ran, with the plain
+    sentence per point: does any kvbench method beat the engine there?"""
+    table = engine_table(points)
+    if table.empty:
+        return []
+    shown = pd.DataFrame({"model": table["model"], "context": table["context"], "batch": table["batch"],
+                          "method (kvbench, HF)": table["method"], "tok/s": table["tok_s"].map(format_number),
+                          "engine rows": table["engines"], "÷ best engine": table["vs_engine"].map(format_number)})
+    text = ["### Beside a serving engine", "",
+            "kvbench's methods (Hugging Face model, kvbench's cache) against what a user would run instead: the same "
+            "token ids, batch, context and new tokens through vLLM's offline engine (`engine=vllm`, its own "
+            "environment). vLLM's decode steps are `new_tokens - 1` (its prefill samples the first token); its cache "
+            "bytes and max batch are its own block accounting (engine-reported).", "",
+            shown.to_markdown(index=False), ""]
+    for (model, context, batch), at in table.groupby(["model", "context", "batch"], sort=True):
+        winners = at[at["vs_engine"] > 1]
+        pairs = "; ".join(f"{r['method']} (HF): {r['tok_s']:.3g} tok/s" for _, r in at.iterrows())
+        verdict = (f"{', '.join(winners['method'])} beat{'s' if len(winners) == 1 else ''} the engine baseline here"
+                   if not winners.empty else "no kvbench method beats the engine baseline here")
+        text.append(f"- {model} at B={batch}, N={context}: {pairs}; {at.iloc[0]['engines']}. Plainly: {verdict}.")
+    return text + [""]
 
 
 def _range(row, name: str) -> str:

@@ -31,6 +31,10 @@ GROUPS = {
     "suite": "tasks, limit, the `runner` (a registered suite: `kvbench/suites/<runner>.py`), its typed `options` "
              "(schema: the suite's `Config`)",
     "logger": "W&B mode (schema `LoggerConfig`)",
+    "engine": "what serves the model: kvbench's own `hf` path, or vLLM in its own environment "
+              "(`kvbench/engines/`, schema `EngineConfig`; `make engine-env`)",
+    "arm": "one (method, engine) pair of a comparison sweep (`+arm=h2o`, `+arm=vllm_fp8`): the engine serves only "
+           "the uncompressed model, so a sweep over arms is not a product of methods and engines",
     "experiment": "overrides of the defaults for a study, may set a sweep (`hydra.mode: MULTIRUN`); listed below",
     "hydra/launcher": "where a sweep's jobs run (see Scaling out); Hydra's own `basic`, `joblib`, `submitit_local`, "
                       "`submitit_slurm` too",

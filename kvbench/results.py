@@ -169,16 +169,19 @@ class EfficiencyPart(RecordPart):
         "(weights + the cache after prefill, read once per step), `step_flops` (linear layers + attention over the "
         "stored cache), `floor_ms_per_step` = max(bytes / bandwidth, FLOPs / matmul rate) on this machine, "
         "`floor_bound` (`memory` or `compute`), `floor_multiple` = `decode_ms_per_step / floor_ms_per_step` (records "
-        "before the roofline lack these five); `out_of_memory` on a point that did not fit", factory=list)
+        "before the roofline lack these five); `out_of_memory` on a point that did not fit; an engine row (`engine=vllm`) "
+        "has no roofline, and `kv_source: engine`: its bytes are vLLM's block accounting", factory=list)
     max_batch: dict | None = _doc(
         "`budget_gb`, `context_length`, `batch`, `source` (`search`: largest batch that ran under the budget on CUDA; "
         "`derived`: weights + measured cache bytes per sequence at context + new tokens against the budget, "
-        "activations not counted); null without a budget")
+        "activations not counted; `engine_blocks`: the blocks vLLM's cache of `kv_cache_space_gb` holds ÷ the blocks "
+        "one request needs); null without a budget")
     model_bytes: int | None = _doc("the loaded model's weights and buffers")
     memory_source: str | None = _doc("`cuda_max_allocated`, or `rss_high_water`: the process's resident-set peak "
                                      "(approximate)")
     memory_reset: bool | None = _doc("whether that peak could be reset before each run")
-    workload: dict | None = _doc("`corpus`, `seed`, `new_tokens`, `repeats`, `warmup`, `eos`")
+    workload: dict | None = _doc("`corpus`, `seed`, `new_tokens`, `repeats`, `warmup`, `eos`; `engine` on an engine row "
+                                 "(`name`, `version`, `kv_cache_dtype`, `threads`, `kv_blocks`, `block_size`, ...)")
     roofline: dict | None = _doc(
         "the machine, measured once per run: `bandwidth_bytes_s` (a copy of `buffer_bytes`, larger than the "
         "last-level cache, best of 5), `matmul_flop_s` (a GEMM of `gemm_shape` [M, hidden, intermediate] in "
@@ -344,6 +347,8 @@ def record_fields_markdown() -> str:
 def config_hash(config: dict) -> str:
     """Stable hash of the resolved config, ignoring keys that do not change results."""
     relevant = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    if (relevant.get("engine") or {}).get("backend", "hf") == "hf":  # the default engine: earlier records' hashes hold
+        relevant.pop("engine", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

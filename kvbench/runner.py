@@ -158,17 +158,25 @@ def evaluate(cfg: DictConfig, plan: RunPlan, record: RunRecord, save: Callable[.
     protocol = CompressionProtocol(model, plan.method, reference_config)
     t0 = time.perf_counter()
     scores: list[dict] = []
-    for result in plan.suite.run(plan.suite_plan, RunContext(protocol, tokenizer, cfg.model, output_dir, cfg.seed)):
+    for result in plan.suite.run(plan.suite_plan, RunContext(protocol, tokenizer, cfg.model, output_dir, cfg.seed,
+                                                                   cfg.get("engine"))):
         add_result(record, result, tracker)
         scores.extend(result.scores)
         save(scores)
     if record.efficiency.points:
         tracker.log_efficiency(record.efficiency.points)
     record.timing.eval_s = time.perf_counter() - t0
+    if engine_backend(cfg) != "hf":  # the engine's figures are its own: kvbench's protocol measured nothing
+        return
     protocol.stats = distributed.combined_stats(protocol.stats)
     components = component_ratios(protocol) if distributed.is_main_process() else None
     record.kv = KvPart(**protocol.stats.kv_summary(), components=components)
     record.timing = dataclasses.replace(record.timing, **protocol.stats.speed_summary())
+
+
+def engine_backend(cfg: DictConfig) -> str:
+    """``engine.backend`` (``hf`` for configs composed before the engine group existed)."""
+    return (cfg.get("engine") or {}).get("backend", "hf")
 
 
 def add_result(record: RunRecord, result: TaskResult, tracker: Tracker) -> None:

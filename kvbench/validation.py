@@ -18,12 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from kvbench.compose import compose_config
 from kvbench.config import WANDB_MODES, cache_root
+from kvbench.engines import vllm_launcher as vllm_engine
+from kvbench.engines.vllm_launcher import EngineUnavailableError
 from kvbench.errors import ConfigError, KvbenchError, OfflineUnavailable
 from kvbench.eval import distributed
 from kvbench.methods import Method, build_method
 from kvbench.models import JOB_DEVICES, check_model_source, load_config
 from kvbench.suites import Suite, build_suite
 from kvbench.support import check_model_supported, check_supported
+
+#: ``engine.backend`` values: kvbench's own protocol, or vLLM through its driver (:mod:`kvbench.engines`).
+ENGINE_BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -81,6 +86,7 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None, method_confi
     if suite.compares_to_full and getattr(method, "changes_vocabulary", False):
         raise ConfigError(f"suite.runner={cfg.suite.runner} compares next-token distributions with full's over one "
                           f"vocabulary, and method={method.name} changes the tokenizer or vocabulary: use a task suite")
+    check_engine_choice(cfg, method, suite, unavailable)
     check_model_source(cfg.model)
     check_supported(method, cfg.model.get("family"))  # the model config's family: checked offline too
     suite_plan = _checked(lambda: suite.validate(cfg.model), unavailable)
@@ -88,7 +94,31 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None, method_confi
     if config is not None:
         check_model_supported(method, config)
         method.check_model(config)
+    if (cfg.get("engine") or {}).get("backend", "hf") != "hf":  # the engine's row: its config's name (vllm_fp8)
+        return RunPlan(method, suite, suite_plan, cfg.engine.name, {})
     return RunPlan(method, suite, suite_plan, *method_label(method, method_config))
+
+
+def check_engine_choice(cfg: DictConfig, method: Method, suite: Suite, unavailable: list[str] | None) -> None:
+    """``engine``: a known backend, one the suite runs through, serving the uncompressed model (its only
+    compression is its own ``kv_cache_dtype``), and its environment present (a dry run notes a missing one)."""
+    engine = cfg.get("engine")
+    if engine is None or engine.backend == "hf":
+        return
+    if engine.backend not in ENGINE_BACKENDS:
+        raise ConfigError(f"engine.backend={engine.backend!r} is not one of {', '.join(ENGINE_BACKENDS)}")
+    if engine.backend not in suite.engines:
+        raise ConfigError(f"engine={engine.name} runs only the efficiency suite here, not suite.runner="
+                          f"{cfg.suite.runner} (use engine=hf, the default)")
+    if method.name != "full":
+        raise ConfigError(f"engine={engine.name} serves the uncompressed model, so method={method.name} cannot run "
+                          "through it: use method=full (the engine's own compression is engine.kv_cache_dtype)")
+    try:
+        vllm_engine.check_engine(engine)
+    except EngineUnavailableError as error:
+        if unavailable is None:
+            raise
+        unavailable.append(str(error))
 
 
 def _checked(check, unavailable: list[str] | None):

@@ -17,7 +17,7 @@ from kvbench.suites import SUITES, build_suite
 from kvbench.validation import build_method_from
 
 #: Every config group under conf/ (beside the root config.yaml); a YAML outside them fails the last test.
-GROUPS = ("model", "method", "suite", "logger", "experiment", "hydra/launcher", "hydra/job_logging")
+GROUPS = ("model", "method", "suite", "logger", "engine", "arm", "experiment", "hydra/launcher", "hydra/job_logging")
 
 
 def _options(group: str) -> list[str]:
@@ -72,6 +72,19 @@ def test_every_suite_config_composes_into_a_registered_suite(name):
 @pytest.mark.parametrize("name", _options("logger"))
 def test_every_logger_config_composes(name):
     assert compose_config([f"logger={name}"]).logger.name == name
+
+
+@pytest.mark.parametrize("name", _options("engine"))
+def test_every_engine_config_composes(name):
+    engine = compose_config([f"engine={name}"]).engine
+    assert engine.name == name and engine.backend in ("hf", "vllm")
+
+
+@pytest.mark.parametrize("name", _options("arm"))
+def test_every_arm_config_picks_a_registered_method_and_an_engine(name):
+    cfg = compose_config([f"+arm={name}"])
+    assert build_method_from(cfg.method).name in METHODS
+    assert cfg.engine.backend == "hf" or cfg.method.name == "full"  # an engine serves the uncompressed model
 
 
 @pytest.mark.parametrize("name", _options("hydra/launcher"))

@@ -107,3 +107,35 @@ def test_a_report_without_efficiency_records_has_no_efficiency_section(tmp_path)
     paths = write_report(tmp_path / "runs", "plain", tmp_path / "reports")
     assert "## Efficiency" not in paths["md"].read_text(encoding="utf-8") and "efficiency_png" not in paths
     assert json.loads(json.dumps(efficiency_report.CLAIMS))  # the claims are plain data
+
+
+def _engine_record(run_id, label, ms_scale):
+    record = _record(run_id, label, ms_scale, 1.0, 200, name="full")
+    record.efficiency.workload = {"engine": {"name": "vllm", "kv_cache_dtype": "fp8" if "fp8" in label else "auto"}}
+    return record
+
+
+def test_engine_rows_sit_beside_the_methods_with_a_plain_verdict_per_point(sweep):
+    # h2o decodes at half full's ms/step, the engine at 0.4 and 0.7 of it: at every point the engine wins
+    write_record(sweep / "runs" / "e1" / "record.json", _engine_record("4", "vllm", 0.7))
+    write_record(sweep / "runs" / "e2" / "record.json", _engine_record("5", "vllm_fp8", 0.4))
+    frame, _ = collect(sweep / "runs")
+    table = efficiency_report.engine_table(efficiency_report.points_table(frame))
+    at = table[(table["context"] == 1024) & (table["batch"] == 4)].set_index("method")
+    assert set(at.index) == {"full", "h2o", "minicache_kivi"}  # kvbench's rows only; the engines are the baseline
+    assert at.loc["h2o", "engine"] == "vllm_fp8"  # the faster engine row
+    assert at.loc["h2o", "vs_engine"] == pytest.approx(0.4 / 0.5)
+    text = efficiency_report.markdown(frame)
+    assert "m at B=4, N=1024: " in text and "no kvbench method beats the engine baseline here" in text
+
+
+def test_a_method_faster_than_the_engine_is_named_as_beating_it(sweep):
+    write_record(sweep / "runs" / "e1" / "record.json", _engine_record("4", "vllm", 0.6))
+    frame, _ = collect(sweep / "runs")
+    text = efficiency_report.markdown(frame)
+    assert "h2o beats the engine baseline here" in text
+
+
+def test_no_engine_rows_no_engine_section(sweep):
+    frame, _ = collect(sweep / "runs")
+    assert "Beside a serving engine" not in efficiency_report.markdown(frame)

@@ -107,6 +107,9 @@ class RunContext:
     model_cfg: ModelConfig
     output_dir: Path
     seed: int = 0
+    #: ``cfg.engine`` (:class:`kvbench.config.EngineConfig`): what serves the workload; only suites whose
+    #: :attr:`Suite.engines` name its backend are run with one other than ``hf``.
+    engine: Any = None
 
 
 @dataclass
@@ -133,6 +136,8 @@ class Suite:
     #: Whether the suite generates answers through the protocol (then ``suite.fidelity`` applies: divergence from
     #: full along each answer, :class:`kvbench.eval.fidelity.DivergenceProbe`).
     decodes: ClassVar[bool] = False
+    #: The engines (``engine.backend``) the suite runs through; anything else is refused before the model loads.
+    engines: ClassVar[tuple[str, ...]] = ("hf",)
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -8,6 +8,7 @@ batch of equal-length prompts through the method's cache (batch > 1 is exact: ``
 The measurements are :mod:`kvbench.eval.efficiency`'s. Each point is a task result (``ctx<N>_b<B>``: throughput,
 decode ms/step, TTFT) that also carries every point so far, the max batch and the workload: the record's
 ``efficiency`` part (:class:`~kvbench.results.EfficiencyPart`), which the runner takes from each result.
+With ``engine=vllm`` the same workload runs through vLLM instead (:mod:`kvbench.engines.efficiency`, issue 29).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kvbench.corpus import check_source
 from kvbench.errors import SuiteConfigError
 from kvbench.eval import efficiency as eff
 from kvbench.eval import roofline
+from kvbench.engines.efficiency import engine_run
 from kvbench import models
 from kvbench.results import EfficiencyPart
 from kvbench.suites.base import RunContext, Suite, TaskResult, register
@@ -71,6 +73,7 @@ def _positive_ints(name: str, values, minimum: int = 1) -> list[int]:
 class Efficiency(Suite):
     runner = "efficiency"
     needs_cache = True
+    engines = ("hf", "vllm")
     Config = EfficiencyConfig
     Options = EfficiencyOptions
 
@@ -108,6 +111,12 @@ class Efficiency(Suite):
         """A result per measured point (``ctx<N>_b<B>``), then the max batch (with a budget); each carries the
         measurements so far, the record's ``efficiency`` part."""
         opts, protocol = self.options, context.protocol
+        if context.engine is not None and context.engine.backend != "hf":
+            for task, metrics, part in engine_run(plan, context, opts):
+                primary = "batch" if task == "max_batch" else "throughput_tok_s"
+                yield TaskResult(task, metrics, primary=primary, n=None if task == "max_batch" else opts.repeats,
+                                 efficiency=part)
+            return
         model_bytes = eff.model_nbytes(protocol.model)
         budget = opts.memory_budget_gb
         if budget is not None and budget * eff.GIB <= model_bytes:  # after surgery, on the real weights

@@ -1,0 +1,158 @@
+"""The script kvbench runs inside the engine environment (``.venv-vllm``, ``make engine-env``): it imports vLLM,
+never kvbench, so kvbench's own environment keeps its lock (issue 29). Run as
+``.venv-vllm/bin/python kvbench/engines/vllm_driver.py REQUEST.json RESPONSE.json``; the request and the
+response are plain JSON, built and read by :mod:`kvbench.engines.vllm_launcher`.
+
+Two jobs, both on token ids kvbench chose (``TokensPrompt``: vLLM never re-tokenizes):
+
+* ``efficiency`` -- per (context, batch) point, the batch of prompts through vLLM's offline ``LLM.generate``
+  with exactly ``new_tokens`` greedy tokens, EOS ignored. TTFT is a ``max_tokens=1`` call (the prefill of the
+  batch); decode ms per step is ``(generate time - TTFT) / (new_tokens - 1)``; throughput is
+  ``B * (new_tokens - 1) / decode time``, kvbench's definition (tokens of the decode steps / their time). Medians
+  over ``repeats`` with min and max. The max concurrency is vLLM's own KV block accounting: the blocks its cache
+  holds (``kv_cache_memory_bytes``, what ``VLLM_CPU_KVCACHE_SPACE`` sets in whole GiB on CPU) divided by the blocks
+  one request of context + new tokens needs.
+* ``identity`` -- greedy continuations of the given prompts with each chosen token's log-probability, to compare
+  with kvbench's ``full`` (:mod:`kvbench.engines.identity`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+# Run as a script, this file's directory (kvbench/engines) would be first on the path, and kvbench's modules there
+# would shadow the engine's: the engine environment imports only from its own site-packages.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+
+def _llm(request: dict):
+    from vllm import LLM
+
+    kwargs = dict(model=request["model_dir"], dtype=request.get("dtype", "float32"),
+                  kv_cache_dtype=request.get("kv_cache_dtype", "auto"), max_model_len=request["max_model_len"],
+                  seed=request.get("seed", 0), enforce_eager=request.get("enforce_eager", True),
+                  max_num_seqs=request.get("max_num_seqs", 256), skip_tokenizer_init=False,
+                  # every run must prefill: with prefix caching the timed call would reuse the TTFT call's blocks
+                  enable_prefix_caching=False)
+    if request.get("kv_cache_memory_bytes"):  # the cache's size, exactly (what VLLM_CPU_KVCACHE_SPACE sets in GiB)
+        kwargs["kv_cache_memory_bytes"] = int(request["kv_cache_memory_bytes"])
+    if request.get("max_num_batched_tokens"):
+        kwargs["max_num_batched_tokens"] = request["max_num_batched_tokens"]
+    return LLM(**kwargs)
+
+
+def _kv_blocks(llm) -> tuple[int | None, int | None]:
+    """(blocks in vLLM's KV cache, tokens per block): its own accounting, as set when the engine started."""
+    config = getattr(llm.llm_engine, "vllm_config", None)
+    cache = getattr(config, "cache_config", None)
+    blocks = getattr(cache, "num_gpu_blocks", None) or getattr(cache, "num_cpu_blocks", None)
+    return blocks, getattr(cache, "block_size", None)
+
+
+def _prompts(rows):
+    from vllm.inputs import TokensPrompt
+
+    return [TokensPrompt(prompt_token_ids=list(row)) for row in rows]
+
+
+def _timed_generate(llm, prompts, params) -> tuple[float, list]:
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    return time.perf_counter() - start, outputs
+
+
+def _median_range(values: list[float], name: str) -> dict:
+    return {name: statistics.median(values), f"{name}_min": min(values), f"{name}_max": max(values)}
+
+
+def measure_point(llm, rows: list[list[int]], new_tokens: int, repeats: int, warmup: int) -> dict:
+    """One (context, batch) point: TTFT, decode ms/step and throughput, medians over ``repeats``."""
+    from vllm import SamplingParams
+
+    prompts = _prompts(rows)
+    first = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    whole = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
+    ttfts, steps, rates = [], [], []
+    for run in range(warmup + repeats):
+        ttft, _ = _timed_generate(llm, prompts, first)
+        total, outputs = _timed_generate(llm, prompts, whole)
+        produced = [len(o.outputs[0].token_ids) for o in outputs]
+        if produced != [new_tokens] * len(rows):
+            raise RuntimeError(f"vLLM produced {produced} tokens, not {new_tokens} per row")
+        if run < warmup:
+            continue
+        decode = total - ttft
+        if decode <= 0:
+            raise RuntimeError(f"the {new_tokens}-token call ({total:.3f} s) took no longer than the 1-token call "
+                               f"({ttft:.3f} s): the timings are not usable (repeat under less load)")
+        ttfts.append(ttft)
+        steps.append(1000 * decode / max(new_tokens - 1, 1))
+        rates.append(len(rows) * max(new_tokens - 1, 1) / decode)
+    return {"batch_size": len(rows), "context_length": len(rows[0]), "new_tokens": new_tokens,
+            **_median_range(ttfts, "ttft_s"), **_median_range(steps, "decode_ms_per_step"),
+            **_median_range(rates, "throughput_tok_s")}
+
+
+def max_concurrency(blocks: int | None, block_size: int | None, tokens_per_request: int) -> int | None:
+    """How many requests of ``tokens_per_request`` tokens vLLM's KV cache holds at once (whole blocks each)."""
+    if not blocks or not block_size:
+        return None
+    return blocks // math.ceil(tokens_per_request / block_size)
+
+
+def efficiency(llm, request: dict) -> dict:
+    points = []
+    for point in request["points"]:
+        rows = request["workloads"][str(point["context_length"])][:point["batch_size"]]
+        points.append(measure_point(llm, rows, request["new_tokens"], request["repeats"], request["warmup"]))
+    blocks, block_size = _kv_blocks(llm)
+    longest = max(int(n) for n in request["workloads"])
+    return {"points": points, "kv_blocks": blocks, "block_size": block_size,
+            "max_batch": {"context_length": longest, "source": "engine_blocks",
+                          "batch": max_concurrency(blocks, block_size, longest + request["new_tokens"])}}
+
+
+def identity(llm, request: dict) -> dict:
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=request["new_tokens"], logprobs=0, ignore_eos=True)
+    outputs = llm.generate(_prompts(request["prompts"]), params, use_tqdm=False)
+    rows = []
+    for output in outputs:
+        completion = output.outputs[0]
+        tokens = list(completion.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+        rows.append({"tokens": tokens, "logprobs": logprobs})
+    return {"rows": rows}
+
+
+def main(argv: list[str]) -> int:
+    request_path, response_path = argv[1], argv[2]
+    with open(request_path) as handle:
+        request = json.load(handle)
+    import torch
+    import vllm
+
+    started = time.perf_counter()
+    llm = _llm(request)
+    startup = time.perf_counter() - started
+    result = {"efficiency": efficiency, "identity": identity}[request["job"]](llm, request)
+    result["engine"] = {"name": "vllm", "version": vllm.__version__, "torch": torch.__version__,
+                        "python": platform.python_version(), "kv_cache_dtype": request.get("kv_cache_dtype", "auto"),
+                        "dtype": request.get("dtype"), "kv_cache_memory_bytes": request.get("kv_cache_memory_bytes"),
+                        "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
+                        "startup_s": startup}
+    with open(response_path, "w") as handle:
+        json.dump(result, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
