@@ -225,7 +225,8 @@ class CliResult:
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
     """``run_cli(args, cwd, prog="kvbench", **env)``: the console script's entry point called in this process
-    (``kvbench``: :func:`kvbench.cli.main`; ``kvbench-report``: :func:`kvbench.cli.report_main`) with ``sys.argv``,
+    (``kvbench``: :func:`kvbench.cli.main`; ``kvbench-report``: :func:`kvbench.cli.report_main`; ``lm_eval``:
+    lm-eval's ``cli_evaluate`` with kvbench's model registered as the ``.pth`` hook registers it) with ``sys.argv``,
     the working directory and the environment set as a shell would, its exit code taken from ``SystemExit``. A
     process per call costs 10-25 s of imports (torch, transformers, lm-eval, Hydra) on two cores; what a separate
     process alone shows (``--help`` importing nothing heavy, signals, launchers) stays in the subprocess tests.
@@ -235,11 +236,20 @@ def run_cli(monkeypatch, capsys):
 
     from kvbench import cli
 
-    entry = {"kvbench": cli.main, "kvbench-report": lambda: cli.report_main(sys.argv[1:])}
+    def lm_eval_main():
+        from lm_eval.__main__ import cli_evaluate
+
+        from kvbench.lm_eval_plugin import register
+
+        register()  # what kvbench_lm_eval.pth does in a process of its own (tests/test_cli.py runs that one)
+        cli_evaluate()
+
+    entry = {"kvbench": cli.main, "kvbench-report": lambda: cli.report_main(sys.argv[1:]), "lm_eval": lm_eval_main}
 
     def run(args, cwd, prog: str = "kvbench", **env) -> CliResult:
-        root, kvbench_log = logging.getLogger(), logging.getLogger("kvbench")
+        root, kvbench_log, lm_eval_log = logging.getLogger(), logging.getLogger("kvbench"), logging.getLogger("lm_eval")
         saved = (root.handlers[:], root.level, kvbench_log.handlers[:], kvbench_log.level, kvbench_log.propagate)
+        saved_lm_eval = (lm_eval_log.handlers[:], lm_eval_log.level, lm_eval_log.propagate)
         capsys.readouterr()
         with monkeypatch.context() as patch:
             patch.chdir(cwd)
@@ -259,6 +269,12 @@ def run_cli(monkeypatch, capsys):
                 root.setLevel(saved[1])
                 kvbench_log.setLevel(saved[3])
                 kvbench_log.propagate = saved[4]
+                if prog == "lm_eval":  # its handler holds this test's captured stderr: the next call makes its own
+                    import lm_eval.utils
+
+                    lm_eval_log.handlers[:], lm_eval_log.propagate = saved_lm_eval[0], saved_lm_eval[2]
+                    lm_eval_log.setLevel(saved_lm_eval[1])
+                    lm_eval.utils._LOGGING_CONFIGURED = False
         out = capsys.readouterr()
         return CliResult(code, out.out, out.err)
 
