@@ -13,6 +13,33 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_and_the_environment_collected_once():
+    """The session's speed on two shared cores, without changing what a test checks:
+
+    - torch computes on one thread: the tests' tiny models gain nothing from a second one, and when the two cores
+      are shared (another test process, a sweep beside it) two threads that wait on each other make a tiny forward
+      several times slower (0.98 s against 7.1 s for 2,048 tokens at load 18); tests compare runs of one process,
+      so the thread count is the same on both sides of every comparison. ``KVBENCH_TEST_THREADS`` overrides it.
+    - torch's ``get_pretty_env_info`` (lm-eval's ``simple_evaluate`` adds it to every result: ``pip list``, ``git``
+      and more in subprocesses, 1-5 s a call) is collected once per session: the environment does not change
+      between the tests of one session, and kvbench reads none of it (records take theirs from
+      :mod:`kvbench.environment`).
+    """
+    import functools
+
+    import torch
+    import torch.utils.collect_env as collect_env
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("KVBENCH_TEST_THREADS", "1")))
+    real = collect_env.get_pretty_env_info
+    collect_env.get_pretty_env_info = functools.cache(real)
+    yield
+    collect_env.get_pretty_env_info = real
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _kvbench_cache_dir(tmp_path, monkeypatch):
     """Task data, calibration projections and LongBench downloads of a test go to its own temp dir."""
