@@ -13,6 +13,33 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_and_the_environment_collected_once():
+    """The session's speed on two shared cores, without changing what a test checks:
+
+    - torch computes on one thread: the tests' tiny models gain nothing from a second one, and when the two cores
+      are shared (another test process, a sweep beside it) two threads that wait on each other make a tiny forward
+      several times slower (0.98 s against 7.1 s for 2,048 tokens at load 18); tests compare runs of one process,
+      so the thread count is the same on both sides of every comparison. ``KVBENCH_TEST_THREADS`` overrides it.
+    - torch's ``get_pretty_env_info`` (lm-eval's ``simple_evaluate`` adds it to every result: ``pip list``, ``git``
+      and more in subprocesses, 1-5 s a call) is collected once per session: the environment does not change
+      between the tests of one session, and kvbench reads none of it (records take theirs from
+      :mod:`kvbench.environment`).
+    """
+    import functools
+
+    import torch
+    import torch.utils.collect_env as collect_env
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("KVBENCH_TEST_THREADS", "1")))
+    real = collect_env.get_pretty_env_info
+    collect_env.get_pretty_env_info = functools.cache(real)
+    yield
+    collect_env.get_pretty_env_info = real
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _kvbench_cache_dir(tmp_path, monkeypatch):
     """Task data, calibration projections and LongBench downloads of a test go to its own temp dir."""
@@ -225,7 +252,8 @@ class CliResult:
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
     """``run_cli(args, cwd, prog="kvbench", **env)``: the console script's entry point called in this process
-    (``kvbench``: :func:`kvbench.cli.main`; ``kvbench-report``: :func:`kvbench.cli.report_main`) with ``sys.argv``,
+    (``kvbench``: :func:`kvbench.cli.main`; ``kvbench-report``: :func:`kvbench.cli.report_main`; ``lm_eval``:
+    lm-eval's ``cli_evaluate`` with kvbench's model registered as the ``.pth`` hook registers it) with ``sys.argv``,
     the working directory and the environment set as a shell would, its exit code taken from ``SystemExit``. A
     process per call costs 10-25 s of imports (torch, transformers, lm-eval, Hydra) on two cores; what a separate
     process alone shows (``--help`` importing nothing heavy, signals, launchers) stays in the subprocess tests.
@@ -235,11 +263,20 @@ def run_cli(monkeypatch, capsys):
 
     from kvbench import cli
 
-    entry = {"kvbench": cli.main, "kvbench-report": lambda: cli.report_main(sys.argv[1:])}
+    def lm_eval_main():
+        from lm_eval.__main__ import cli_evaluate
+
+        from kvbench.lm_eval_plugin import register
+
+        register()  # what kvbench_lm_eval.pth does in a process of its own (tests/test_cli.py runs that one)
+        cli_evaluate()
+
+    entry = {"kvbench": cli.main, "kvbench-report": lambda: cli.report_main(sys.argv[1:]), "lm_eval": lm_eval_main}
 
     def run(args, cwd, prog: str = "kvbench", **env) -> CliResult:
-        root, kvbench_log = logging.getLogger(), logging.getLogger("kvbench")
+        root, kvbench_log, lm_eval_log = logging.getLogger(), logging.getLogger("kvbench"), logging.getLogger("lm_eval")
         saved = (root.handlers[:], root.level, kvbench_log.handlers[:], kvbench_log.level, kvbench_log.propagate)
+        saved_lm_eval = (lm_eval_log.handlers[:], lm_eval_log.level, lm_eval_log.propagate)
         capsys.readouterr()
         with monkeypatch.context() as patch:
             patch.chdir(cwd)
@@ -259,6 +296,12 @@ def run_cli(monkeypatch, capsys):
                 root.setLevel(saved[1])
                 kvbench_log.setLevel(saved[3])
                 kvbench_log.propagate = saved[4]
+                if prog == "lm_eval":  # its handler holds this test's captured stderr: the next call makes its own
+                    import lm_eval.utils
+
+                    lm_eval_log.handlers[:], lm_eval_log.propagate = saved_lm_eval[0], saved_lm_eval[2]
+                    lm_eval_log.setLevel(saved_lm_eval[1])
+                    lm_eval.utils._LOGGING_CONFIGURED = False
         out = capsys.readouterr()
         return CliResult(code, out.out, out.err)
 

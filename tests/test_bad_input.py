@@ -2,15 +2,13 @@
 
 Each case asserts the exact behaviour: the exit code, a single stderr line naming the value and the valid
 choices, no model load, and the record where one is owed. In-process cases patch the model loader to fail
-the test if it is reached; the console scripts' cases call their entry points in-process with the argv a shell
-would pass (``run_cli``, tests/conftest.py), and lm-eval's CLI runs as a real process.
+the test if it is reached; the console scripts' cases (lm-eval's CLI included) call their entry points in-process
+with the argv a shell would pass (``run_cli``, tests/conftest.py); tests/test_cli.py's slow tier runs ``lm_eval``
+as a process of its own, finding kvbench through the installed ``.pth`` hook.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,7 @@ from kvbench.compose import compose_config
 from kvbench.errors import ConfigError, KvbenchError
 from kvbench.results import read_record
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_SILENT="true")
-BIN = Path(sys.executable).parent
 TINY = ["model=tiny_llama", "logger=none", "suite.limit=1", "suite.tasks=[kvbench_recall_mc]"]
-
-
-def _cli(args, cwd, prog="kvbench", **env):
-    return subprocess.run([BIN / prog, *args], cwd=cwd, env=ENV | {k: str(v) for k, v in env.items()},
-                          capture_output=True, text=True, timeout=300)
 
 
 def _one_line(stderr: str, prog: str = "kvbench") -> str:
@@ -155,14 +146,24 @@ def test_the_cli_prints_a_validation_error_as_one_line_and_debug_shows_the_trace
 
 
 # -- lm_eval --model kvbench --------------------------------------------------------------------------------
+@pytest.fixture
+def kvbench_tasks_only(monkeypatch):
+    """lm-eval's CLI indexes only kvbench's tasks: its own ~14,000 task YAMLs take a minute to index on two cores
+    and none of them is asked for (the claim is about ``--model_args``, checked after the tasks resolve)."""
+    import lm_eval.tasks
+
+    real = lm_eval.tasks.TaskManager
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda *a, **k: real(*a, **(k | {"include_defaults": False})))
+
+
 @pytest.mark.parametrize("model_args, expected", [
     ("model=nope,method=full", "model=nope is not a kvbench model config (choose one of:"),
     ("model=tiny_llama,method=h2o,method.heavy_ratio=5", "method.heavy_ratio=5.0 must lie in [0, 1]"),
     ("model=tiny_llama,method=h2o,method.heavy_ratoi=0.1", "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi'"),
     ("model=tiny_llama,method=nope", "method=nope is not a kvbench method config"),
 ])
-def test_lm_eval_cli_bad_model_args_are_one_line(tmp_path, model_args, expected):
-    result = _cli(["--model", "kvbench", "--model_args", model_args, "--tasks", "kvbench_recall_mc", "--limit", "1",
+def test_lm_eval_cli_bad_model_args_are_one_line(run_cli, kvbench_tasks_only, tmp_path, model_args, expected):
+    result = run_cli(["--model", "kvbench", "--model_args", model_args, "--tasks", "kvbench_recall_mc", "--limit", "1",
                    "--include_path", str(Path(__file__).resolve().parents[1] / "kvbench" / "eval" / "tasks")],
                   tmp_path, prog="lm_eval", KVBENCH_CACHE_DIR=tmp_path / "cache")
     assert result.returncode == 2

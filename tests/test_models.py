@@ -10,7 +10,7 @@ from kvbench.compose import compose_config
 from kvbench.config import CONF_DIR, ModelConfig
 from kvbench.errors import ModelLoadError
 from kvbench.eval.prompts import eos_ids
-from kvbench.models import byte_tokenizer, load_model, resolve_pretrained, stop_token_ids
+from kvbench.models import byte_tokenizer, load_model, stop_token_ids
 from kvbench.support import FAMILIES
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -31,11 +31,9 @@ def test_llama3_stops_on_both_end_of_turn_and_end_of_text(name):
     assert {"<|eot_id|>", "<|end_of_text|>"} <= set(stops) and "\n" not in stops
 
 
-def test_the_bundled_smollm2_stop_tokens_are_tokens_of_its_own_tokenizer_with_its_eos_first():
-    from transformers import AutoTokenizer
-
+def test_the_bundled_smollm2_stop_tokens_are_tokens_of_its_own_tokenizer_with_its_eos_first(smollm2_shared):
     cfg = OmegaConf.to_object(compose_config(["model=smollm2_135m"]).model)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(cfg.pretrained), gguf_file=cfg.gguf_file)
+    tokenizer = smollm2_shared[1]  # load_model's tokenizer of the bundled GGUF (parsing it again costs ~10 s)
     assert cfg.stop_tokens[0] == tokenizer.eos_token == "<|im_end|>"
     assert stop_token_ids(tokenizer, cfg) == [tokenizer.convert_tokens_to_ids(t) for t in cfg.stop_tokens]
     assert cfg.chat_template == "chatml" and "<|im_start|>" in tokenizer.chat_template

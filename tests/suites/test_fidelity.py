@@ -49,9 +49,11 @@ def test_a_batch_of_prompts_gives_the_numbers_of_one_prompt_at_a_time(tiny_gqa, 
     method = build_method("kivi", nbits=2, group_size=16, residual_length=16)
     one, _ = _run(*tiny_gqa, method, tmp_path / "one")
     three, protocol = _run(*tiny_gqa, method, tmp_path / "three", batch_size=3)
+    # a KL of ~1e-4 from float32 log-probs carries ~1e-7 of rounding that depends on how the matmuls split the
+    # batch (one torch thread: 1.1e-7 apart); a batch that mixed rows up would be orders of magnitude off
     for task in ("greedy", "prose"):
         assert [r["score"] for r in three[task].scores] == pytest.approx([r["score"] for r in one[task].scores],
-                                                                         rel=1e-4, abs=1e-7)
+                                                                         rel=1e-4, abs=1e-6)
     assert protocol.stats.ratio > 1  # the bytes of the compressed cache are counted
 
 
