@@ -333,11 +333,11 @@ class EvictingLayer(KVLayer):
         return stored + query_length, self.book.seen - stored
 
     def nbytes(self) -> int:
-        """Every tensor held: the allocated slots (filled or not) and the book, or the quantized streams."""
-        self.settle()
+        """Every tensor held: the allocated slots (filled or not) and the book, or the quantized streams, and the
+        slot index of an eviction waiting for the forward's attention (a few bytes)."""
         if self.quantization is not None and self.is_initialized:
             return self.key_stream.nbytes() + self.value_stream.nbytes() + self.book.nbytes()
-        return self.store.nbytes() + self.book.nbytes()
+        return self.store.nbytes() + self.book.nbytes() + tensor_nbytes(self.pending)
 
     def reset(self) -> None:
         self.pending = None
