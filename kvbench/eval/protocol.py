@@ -242,8 +242,7 @@ class CompressionProtocol:
         at its first EOS (kept, as :meth:`generate` keeps it), the batch when every row has stopped. With
         ``return_logits`` also the last-position logits of every step ``[B, steps, vocab]``."""
         ids = self.batch_ids(contexts)
-        cache = (self.prefill_batch(ids[:, :-1].tolist(), then=max_new_tokens) if ids.shape[1] > 1
-                 else self.method.new_cache(self.model))
+        cache = self.prefill_batch(ids[:, :-1].tolist()) if ids.shape[1] > 1 else self.method.new_cache(self.model)
         pending = ids[:, -1:]
         batch = ids.shape[0]
         eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
@@ -284,7 +283,7 @@ class SinglePassProtocol(CompressionProtocol):
                             f"{getattr(method, 'name', method)!r} compresses its cache: use CompressionProtocol")
         super().__init__(model, method, reference_config)
 
-    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
+    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None, then: int = 0):
         raise SinglePassError(f"method={self.method.name} protocol=simulate scores each request in one masked "
                               "forward: it has no cache to fill in batches (use protocol=real)")
 
