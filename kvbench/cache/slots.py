@@ -11,7 +11,7 @@ exact-size cache.
 The rules:
 
 * **Capacity.** :meth:`SlotStore.reserve` fixes it before the first write (the caller knows prompt + new
-  tokens: the efficiency suite, batched generation). Without a reservation a write that does not fit
+  tokens: the efficiency suite). Without a reservation a write that does not fit
   reallocates to exactly what it needs -- one copy, the cost of ``DynamicCache``'s ``cat`` -- so paths that
   cannot say their final length (lm-eval's scoring) hold exactly what ``DynamicCache`` would.
 * **Bytes.** :meth:`SlotStore.nbytes` counts the allocated capacity, filled or not: that is what is held in memory
