@@ -7,8 +7,8 @@ writes one token per layer in place: :class:`~kvbench.cache.slots.SlotStore`) bu
 slots, so attention runs over the tokens seen, with the same causal mask a ``DynamicCache`` gets -- and the same
 logits, bit for bit (tested) -- rather than over the whole capacity under a mask.
 
-The capacity comes from :meth:`PreallocatedCache.reserve` (prompt + new tokens, which the efficiency suite and
-batched generation know) before the first forward; without it the first forward allocates exactly its tokens and
+The capacity comes from :meth:`PreallocatedCache.reserve` (prompt + new tokens, which the efficiency suite
+knows) before the first forward; without it the first forward allocates exactly its tokens and
 every later forward that does not fit reallocates to exactly what it needs (``DynamicCache``'s cost and bytes).
 ``nbytes()`` is the allocated capacity: what the cache holds in memory, filled or not.
 
