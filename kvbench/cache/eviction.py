@@ -8,8 +8,9 @@ applies it, and the selection primitives. Each baseline (``streaming_llm``, ``sn
   its own values when a method builds it, so a bad budget is one line before any model loads.
 * :class:`BudgetLayer` -- an :class:`~kvbench.cache.base.EvictingLayer` that resolves its budget at the
   first forward and keeps it for the life of the cache (streamed chunks, decoding). After each append a
-  subclass either evicts at once (rules that read no attention: the returned keys still hold every token,
-  so the forward's attention is exact, and only what is *stored* shrinks) or asks the scored attention
+  subclass either evicts at once (rules that read no attention: the forward's attention still runs over every
+  token -- a gather leaves the returned tensors intact, an in-place eviction waits for the attention,
+  ``evict_lowest(..., deferred=True)`` -- and only what is *stored* shrinks) or asks the scored attention
   for the probabilities it needs (:func:`~kvbench.cache.attention_scores.request_scores`) and evicts when
   they arrive. A forward whose requested scores never arrive fails on the next one, never silently.
 * :class:`BudgetCache` -- a cache of such layers: ``compress()`` checks that every eviction happened,
@@ -167,8 +168,8 @@ class BudgetCache(KVCache):
         return self.stored_tokens(layer_idx)
 
     def kept_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        """Logical positions [b, h, S] of the tokens a layer keeps, per KV head."""
-        return self.layers[layer_idx].positions
+        """Logical positions [b, h, S] of the tokens a layer keeps, per KV head, ascending."""
+        return self.layers[layer_idx].kept_positions()
 
 
 def num_layers(config) -> int:

@@ -12,9 +12,13 @@ so the tensors stay dense):
 Each forward: ``update`` appends the new tokens (score 0); the model's attention (switched to
 ``scored_<impl>`` by :func:`~kvbench.cache.attention_scores.use_scoring_attention`) adds the new
 queries' attention probabilities to ``scores``; then, if more than H + R tokens are stored, the layer
-keeps the last R tokens plus the H best-scored among the others (:func:`select_kept`). After the
-prefill forward that is the paper's end-of-prefill eviction, after a one-token step it evicts the
-single lowest-scored non-recent token; evicted tokens' scores are dropped.
+keeps the last R tokens (by logical position) plus the H best-scored among the others
+(:meth:`H2OLayer.priority`). After the prefill forward that is the paper's end-of-prefill eviction
+(a gather); after a one-token step it evicts the single lowest-scored non-recent token in place: the
+new token takes its slot (:meth:`~kvbench.cache.base.EvictingLayer.evict_lowest`), so slots are not
+in logical order and the recent window is read from ``positions``. Evicted tokens' scores are dropped.
+With H = 0 (``h2o_local``, a pure recency window) no decision reads a score, so none is computed: the
+layer evicts the oldest token after the forward's attention, like ``streaming_llm`` without sinks.
 
 Logical length ≠ stored length: ``get_seq_length`` returns the number of tokens seen (new tokens get
 position = tokens seen, as without eviction) and ``get_mask_sizes`` returns the stored length with the
@@ -101,8 +105,11 @@ class H2OLayer(EvictingLayer):
         if self.heavy is None:
             self.heavy, self.recent = self.budget.resolve(key_states.shape[-2])
         keys, values = super().update(key_states, value_states)
-        self.awaiting_scores = True
-        request_scores(self, keys)
+        if self.heavy == 0:  # a recency window: nothing reads a score, so none is computed
+            self.evict(deferred=True)
+        else:
+            self.awaiting_scores = True
+            request_scores(self, keys)
         return keys, values
 
     @property
@@ -116,13 +123,25 @@ class H2OLayer(EvictingLayer):
         self.awaiting_scores = False
         self.evict()
 
-    def evict(self) -> None:
-        """Keep the last R tokens and the H best-scored others, if more than H + R are stored."""
+    def evict(self, deferred: bool = False) -> None:
+        """Keep the last R tokens and the H best-scored others, if more than H + R are stored (``deferred``: the
+        forward's attention is still to run on the stored slots)."""
         if self.awaiting_scores:
             raise RuntimeError("H2O cache: cannot evict before the last forward's attention scores arrived "
                                "(is the model's attention 'scored_sdpa'/'scored_eager'? see H2O.apply)")
-        if self.is_initialized and self.stored_tokens() > self.budget_tokens:
-            self.keep(select_kept(self.book.scores, self.heavy, self.recent))
+        stored = self.stored_tokens()
+        if self.is_initialized and stored > self.budget_tokens:
+            self.evict_lowest(self.priority(), stored - self.budget_tokens, deferred)
+
+    def priority(self) -> torch.Tensor:
+        """Per slot: the R most recent tokens (by logical position) above everything, the others by accumulated
+        score (H = 0: by position alone, the recency window). Keeping the top H + R is :func:`select_kept`'s
+        rule in any slot order."""
+        positions = self.book.positions
+        if self.heavy == 0:
+            return positions
+        recent = positions >= self.book.seen - self.recent
+        return torch.where(recent, torch.finfo(torch.float32).max, self.book.scores)
 
     def reset(self) -> None:
         super().reset()
@@ -153,5 +172,5 @@ class H2OCache(KVCache):
         return self.stored_tokens(layer_idx)
 
     def kept_positions(self, layer_idx: int = 0) -> torch.Tensor:
-        """Logical positions [b, h, S] of the tokens a layer keeps, per KV head."""
-        return self.layers[layer_idx].positions
+        """Logical positions [b, h, S] of the tokens a layer keeps, per KV head, ascending."""
+        return self.layers[layer_idx].kept_positions()

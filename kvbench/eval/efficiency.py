@@ -137,7 +137,7 @@ def run_once(protocol, rows: torch.Tensor, new_tokens: int) -> dict:
     batch, length = rows.shape
     _sync(device)
     start = time.perf_counter()
-    cache = protocol.prefill_batch(rows[:, :-1].tolist())
+    cache = protocol.prefill_batch(rows[:, :-1].tolist(), then=new_tokens)
     _sync(device)
     ttft = time.perf_counter() - start
     kv_bytes = cache_nbytes(cache)

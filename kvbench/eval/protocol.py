@@ -126,17 +126,20 @@ class CompressionProtocol:
             self.longest_context = list(token_ids)
         return self._prefill(torch.tensor([list(token_ids)], dtype=torch.long, device=self.device), chunk)
 
-    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
+    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None, then: int = 0):
         """A fresh cache holding ``B`` equal-length prompts (a ``[B, n]`` batch, no padding), compressed by the
-        method. Every row equals a batch-1 :meth:`prefill` of that prompt (tested per method)."""
+        method. Every row equals a batch-1 :meth:`prefill` of that prompt (tested per method). ``then``: the
+        tokens that will follow, so a preallocating cache reserves ``n + then`` slots (``KVCache.reserve``)."""
         ids = self.batch_ids(batch)
         if ids.shape[1] > len(self.longest_context):
             self.longest_context = ids[0].tolist()
-        return self._prefill(ids, chunk)
+        return self._prefill(ids, chunk, then)
 
-    def _prefill(self, ids: torch.Tensor, chunk: int | None):
+    def _prefill(self, ids: torch.Tensor, chunk: int | None, then: int = 0):
         cache = self.method.new_cache(self.model)
         batch, n = ids.shape
+        if then and hasattr(cache, "reserve"):
+            cache.reserve(n + then)
         start = time.perf_counter()
         step = chunk or n
         for i in range(0, n, step):
@@ -315,7 +318,7 @@ class SinglePassProtocol(CompressionProtocol):
                             f"{getattr(method, 'name', method)!r} compresses its cache: use CompressionProtocol")
         super().__init__(model, method, reference_config)
 
-    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None):
+    def prefill_batch(self, batch: Sequence[Sequence[int]], chunk: int | None = None, then: int = 0):
         raise SinglePassError(f"method={self.method.name} protocol=simulate scores each request in one masked "
                               "forward: it has no cache to fill in batches (use protocol=real)")
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES, is_scoring, use_scoring_attention
 from kvbench.cache.base import KVCache, PlainCache
+from kvbench.cache.preallocated import PreallocatedCache
 from kvbench.errors import MethodConfigError
 from kvbench.registry import Registry
 
@@ -67,8 +68,8 @@ class Method:
 
     def new_cache(self, model: "PreTrainedModel") -> KVCache:
         """A fresh cache for one sequence (a :class:`~kvbench.cache.base.KVCache`: it reports its bytes).
-        Default: transformers' dynamic cache for the model as it is (after :meth:`apply`)."""
-        return PlainCache(config=model.config)
+        Default: every token in preallocated slots, for the model as it is (after :meth:`apply`)."""
+        return uncompressed_cache(model.config)
 
     def compress(self, cache: KVCache) -> None:
         """End-of-prefill compression: the cache's own ``compress()`` (idempotent)."""
@@ -99,6 +100,16 @@ class Method:
     def params(self) -> dict[str, Any]:
         """The method's parameters (everything but ``name``), for records and reports."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+
+def uncompressed_cache(config, layout: str = "static") -> KVCache:
+    """The cache of a method that keeps every token: preallocated slots (``static``,
+    :class:`~kvbench.cache.preallocated.PreallocatedCache`) or transformers' ``DynamicCache`` (``dynamic``, and
+    always for a model with sliding-window layers, whose window the slots do not model)."""
+    if layout == "dynamic" or sliding_window_in_effect(config):
+        return PlainCache(config=config)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return PreallocatedCache(text.num_hidden_layers)
 
 
 def changed(mine: dict, base: dict) -> dict:

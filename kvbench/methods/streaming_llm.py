@@ -4,7 +4,8 @@ Models with Attention Sinks"), with real eviction (METHODS.md §7).
 Every (layer, KV head) keeps the first ``sink_tokens`` tokens -- the attention sinks -- and the most recent
 tokens up to its budget. Eviction reads no attention, so it happens inside ``update`` and any attention
 implementation works: the forward attends over every stored token plus the new ones (prefill attention is
-exact), and the layer then stores only the sinks and the last ``budget − sinks`` tokens. That holds at the
+exact), and the layer then stores only the sinks and the last ``budget − sinks`` tokens (by logical position:
+at a decode step the new token takes the slot of the token that left the window, in place). That holds at the
 end of the prefill and at every decode step, so the cache never holds more than its budget between forwards.
 
 Positions: the paper re-indexes positions inside the cache to run past the training length; as a
@@ -29,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, rows
+from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers
 from kvbench.methods.base import Method, MethodConfigError, check_full_attention, register
 
 
@@ -78,11 +79,13 @@ class StreamingLLMLayer(BudgetLayer):
         return capacity
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
+        """Keep the sinks and the newest tokens, by logical position (slots are not in logical order once a
+        decode step has evicted in place); no scores. The eviction waits for this forward's attention."""
         n = self.stored_tokens()
         if n > self.capacity:
-            recent = self.capacity - self.sinks
-            index = torch.cat([torch.arange(self.sinks), torch.arange(n - recent, n)]).to(keys.device)
-            self.keep(rows(index, *keys.shape[:2]))
+            positions = self.book.positions
+            priority = torch.where(positions < self.sinks, torch.iinfo(positions.dtype).max, positions)
+            self.evict_lowest(priority, n - self.capacity, deferred=True)
 
     def reset(self) -> None:
         super().reset()

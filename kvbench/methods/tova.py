@@ -75,12 +75,20 @@ class TOVALayer(BudgetLayer):
             self.awaiting_scores = True
             request_scores(self, keys, last_rows=1)
 
+    def priority(self, column_sums: torch.Tensor) -> torch.Tensor:
+        """Per slot, the current query's attention (per KV head, or the layer's mean in every KV head)."""
+        if self.heads == "group":
+            return column_sums
+        return column_sums.mean(dim=1, keepdim=True).expand_as(column_sums)  # mean of the equal-sized groups' means
+
     def select(self, column_sums: torch.Tensor) -> torch.Tensor:
         """The ``capacity`` tokens the current query attends to most (per layer or per KV head)."""
-        if self.heads == "group":
-            return top_k_sorted(column_sums, self.capacity)
-        layer_mean = column_sums.mean(dim=1, keepdim=True)  # mean of the equal-sized groups' means
-        return top_k_sorted(layer_mean, self.capacity).expand(-1, column_sums.shape[1], -1)
+        return top_k_sorted(self.priority(column_sums), self.capacity)
+
+    def receive_scores(self, column_sums: torch.Tensor) -> None:
+        """Evict down to the budget: one token in place at a decode step, the rest by a gather."""
+        self.awaiting_scores = False
+        self.evict_lowest(self.priority(column_sums), self.stored_tokens() - self.capacity)
 
 
 class TOVACache(BudgetCache):

@@ -57,7 +57,7 @@ def test_simulate_keeps_a_key_only_a_later_query_attends_to_where_real_eviction_
     # real eviction: after the 4-token prompt, scores 0: 2.99, 1: 0.01, 2: 0.8 -> keeps 0, 2 (+ recent 3)
     layer = H2OLayer(H2OBudget(heavy_tokens=2, recent_tokens=1))
     _run(layer, probs[None, :4, :4], first=0, n_kv_heads=1)
-    assert layer.positions.tolist() == [[[0, 2, 3]]]  # key 1 is gone before row 4 arrives
+    assert layer.kept_positions().tolist() == [[[0, 2, 3]]]  # key 1 is gone before row 4 arrives
     # simulation over all 5 rows: key 1 sums to 0.91 > key 2's 0.82 -> heavy {0, 1}; row 4 sees key 1
     seen = visible(_queries_for(probs[None], 8), _one_hot_keys(0, 5, 1, 8), None, 1.0, heavy=2, recent=1)
     assert seen[0, 0, 4].tolist() == [True, True, False, True, True]

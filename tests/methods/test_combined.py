@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from kvbench.cache import cache_nbytes, full_cache_nbytes
-from kvbench.cache.base import PlainCache
+from kvbench.cache.preallocated import PreallocatedCache
 from kvbench.eval.component_ratios import component_ratios
 from kvbench.cache.combined import CombinedCache
 from kvbench.cache.h2o import H2OCache
@@ -101,7 +101,7 @@ def test_protocol_scores_deep_copied_continuations_and_generates_like_a_fresh_ca
 
 
 @pytest.mark.parametrize("axes,cache_type", [(dict(layers=None), H2OCache), (dict(tokens=None), MergedPairCache),
-                                             (dict(layers=None, tokens=None), PlainCache)])
+                                             (dict(layers=None, tokens=None), PreallocatedCache)])
 def test_a_null_axis_is_skipped(tiny_gqa, axes, cache_type):
     model, tok = tiny_gqa
     method, converted = _applied(model, tok, heads="meanpool_gqa", **axes)
