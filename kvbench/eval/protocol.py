@@ -214,13 +214,16 @@ class CompressionProtocol:
         prompt = list(context) + list(query)
         split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
+        self._note_decode_budget(len(prompt) + max_new_tokens)
         pending = prompt[split:]
         generated: list[int] = []
         eos = set(eos_token_ids)
+        peak = 0
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 logits = self.forward(cache, pending, last_logits_only=True)
+                peak = max(peak, self.measure(cache, cache.get_seq_length())[0])  # after the step's compression
                 token = int(logits[-1].argmax())
                 generated.append(token)
                 if token in eos or (stop is not None and stop(generated)):
@@ -228,8 +231,19 @@ class CompressionProtocol:
                 pending = [token]
         self.stats.decode_s += time.perf_counter() - start
         self.stats.decode_tokens += len(generated)
-        self.measure(cache, len(prompt) + len(generated) - 1)
+        final, _ = self.measure(cache, len(prompt) + len(generated) - 1)
+        self.stats.add_generation(peak, final)
         return generated
+
+    def _note_decode_budget(self, longest: int) -> None:
+        """Warn (a note in the record) when the method's decode budget can never be reached by this generation:
+        ``decode_budget_tokens`` ≥ prompt + ``max_new_tokens``, so decoding keeps every token (allowed: that is
+        the identity run, equal to full)."""
+        tokens = getattr(self.method, "decode_budget_tokens", None)
+        if tokens is not None and tokens >= longest:
+            note = (f"{self.method.name}: decode_budget_tokens={tokens} >= prompt + max_new_tokens ({longest}): "
+                    "never reached, decoding kept every token")
+            self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
 
     def generate_batch(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int] = (),
                        return_logits: bool = False):
@@ -245,10 +259,13 @@ class CompressionProtocol:
         eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)
         steps, logits_seen = [], []
+        self._note_decode_budget(ids.shape[1] + max_new_tokens)
+        peak = 0
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 logits = self.forward_batch(cache, pending, last_logits_only=True)[:, -1]
+                peak = max(peak, self.measure(cache, cache.get_seq_length(), batch)[0])
                 tokens = logits.argmax(-1)
                 steps.append(tokens)
                 if return_logits:
@@ -263,7 +280,8 @@ class CompressionProtocol:
             cut = next((i + 1 for i, token in enumerate(row) if token in set(eos_token_ids)), len(row))
             generated.append(row[:cut])
         self.stats.decode_tokens += sum(map(len, generated))
-        self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
+        final, _ = self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
+        self.stats.add_generation(peak, final, batch)
         return (generated, torch.stack(logits_seen, dim=1)) if return_logits else generated
 
 

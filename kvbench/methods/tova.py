@@ -19,6 +19,11 @@ Parameters:
   and kvpress's): the mean over *all* query heads of the layer, so the layer keeps one token set, stored in
   every KV head; ``group``: the mean over the query heads sharing each KV head, so each KV head keeps its
   own set. The record's method params say which.
+* ``decode_budget_tokens`` / ``decode_budget_ratio`` / ``compress_every`` -- compression while decoding
+  (:mod:`kvbench.cache.decode_budget`), independent of the prefill budget: on every ``compress_every``-th decode
+  step a layer over the decode target keeps the target tokens the current query attends to most -- TOVA's own
+  per-step rule (METHODS_NEXT.md §6), since TOVA *is* a decoding rule; with ``compress_every=1`` it is the
+  paper's. Both null (default): decoding holds the prefill budget, one token dropped per step, as above.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Optional
 import torch
 
 from kvbench.cache.attention_scores import request_scores
+from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
 
@@ -43,26 +49,33 @@ class TOVA(ScoredAttention, Method):
     budget_ratio: Optional[float] = None
     budget_tokens: Optional[int] = None
     heads: str = "layer"
+    decode_budget_tokens: Optional[int] = None
+    decode_budget_ratio: Optional[float] = None
+    compress_every: int = 1
 
     def __post_init__(self):
         self.budget()
+        self.decoding()
         if self.heads not in HEADS:
             raise MethodConfigError(f"method.heads={self.heads!r} is not supported (choose one of: {', '.join(HEADS)})")
 
     def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
+    def decoding(self) -> DecodeBudget | None:
+        return decode_budget_of(self)
+
     def new_cache(self, model) -> "TOVACache":
         self.require_scoring(model)
-        return TOVACache.for_model(model.config, self.budget(), self.heads)
+        return TOVACache.for_model(model.config, self.budget(), self.heads, self.decoding())
 
 
 class TOVALayer(BudgetLayer):
     method = "tova"
     score_agg = "mean"  # per KV head: the mean over its query heads
 
-    def __init__(self, budget: TokenBudget, heads: str = "layer"):
-        super().__init__(budget)
+    def __init__(self, budget: TokenBudget, heads: str = "layer", decode: DecodeBudget | None = None):
+        super().__init__(budget, decode=decode)
         self.heads = heads
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
@@ -70,18 +83,25 @@ class TOVALayer(BudgetLayer):
             self.awaiting_scores = True
             request_scores(self, keys, last_rows=1)
 
+    def decode_step(self, keys: torch.Tensor, compress: bool) -> None:
+        """The paper's per-step rule, run on the steps the decode budget makes due: the current query's attention."""
+        if compress:
+            self.awaiting_scores = True
+            request_scores(self, keys, last_rows=1)
+
     def select(self, column_sums: torch.Tensor) -> torch.Tensor:
-        """The ``capacity`` tokens the current query attends to most (per layer or per KV head)."""
+        """The ``target`` tokens the current query attends to most (per layer or per KV head)."""
         if self.heads == "group":
-            return top_k_sorted(column_sums, self.capacity)
+            return top_k_sorted(column_sums, self.target)
         layer_mean = column_sums.mean(dim=1, keepdim=True)  # mean of the equal-sized groups' means
-        return top_k_sorted(layer_mean, self.capacity).expand(-1, column_sums.shape[1], -1)
+        return top_k_sorted(layer_mean, self.target).expand(-1, column_sums.shape[1], -1)
 
 
 class TOVACache(BudgetCache):
-    def __init__(self, num_layers: int, budget: TokenBudget, heads: str = "layer"):
-        super().__init__(layers=[TOVALayer(budget, heads) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, budget: TokenBudget, heads: str = "layer", decode: DecodeBudget | None = None):
+        super().__init__(layers=[TOVALayer(budget, heads, decode) for _ in range(num_layers)])
 
     @classmethod
-    def for_model(cls, config, budget: TokenBudget, heads: str = "layer") -> "TOVACache":
-        return cls(num_layers(config), budget, heads)
+    def for_model(cls, config, budget: TokenBudget, heads: str = "layer",
+                  decode: DecodeBudget | None = None) -> "TOVACache":
+        return cls(num_layers(config), budget, heads, decode)
