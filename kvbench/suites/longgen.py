@@ -44,7 +44,7 @@ TASKS = ("prose", "progression")
 class LonggenOptions:
     prompts: int = 4
     prompt_tokens: int = 128
-    max_new_tokens: int = 1024
+    max_new_tokens: int = 1280
     check_terms: int = 64
     seed: int = 0
 
