@@ -214,8 +214,15 @@ class CompressionProtocol:
         prompt = list(context) + list(query)
         split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
-        self._note_decode_budget(len(prompt) + max_new_tokens)
-        pending = prompt[split:]
+        return self.decode(cache, prompt[split:], max_new_tokens, stop, eos_token_ids)
+
+    def decode(self, cache, pending: Sequence[int], max_new_tokens: int,
+               stop: Callable[[list[int]], bool] | None = None, eos_token_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy decoding on an existing ``cache``: feed ``pending`` (≥ 1 token), then one token per step. The
+        bytes are measured after every step (its decode-time compression included): the generation's peak and
+        final bytes go to the stats."""
+        self._note_decode_budget(cache.get_seq_length() + len(pending) + max_new_tokens - 1)
+        pending = list(pending)
         generated: list[int] = []
         eos = set(eos_token_ids)
         peak = 0
@@ -231,7 +238,7 @@ class CompressionProtocol:
                 pending = [token]
         self.stats.decode_s += time.perf_counter() - start
         self.stats.decode_tokens += len(generated)
-        final, _ = self.measure(cache, len(prompt) + len(generated) - 1)
+        final, _ = self.measure(cache, cache.get_seq_length())
         self.stats.add_generation(peak, final)
         return generated
 
