@@ -137,6 +137,10 @@ class KvPart(RecordPart):
     ratio: float | None = _doc("`full_bytes / stored_bytes`")
     peak_stored_bytes: int | None = _doc("the largest cache of the run")
     peak_full_bytes: int | None = _doc("the uncompressed bytes of that same request")
+    peak_decode_stored_bytes: int | None = _doc("the largest cache measured during generation, after every decode "
+                                                "step (and its decode-time compression), over all generations")
+    final_decode_stored_bytes: int | None = _doc("the cache each generation ended with, summed over generations")
+    generations: int | None = _doc("the generations those two count (null: the run generated nothing)")
     components: dict | None = _doc("a method with components (`combined`): each component's ratio measured alone on "
                                    "the run's longest context, their `product` (the expected ratio) and the "
                                    "`measured` ratio on that context")

@@ -15,7 +15,15 @@ applies it, and the selection primitives. Each baseline (``streaming_llm``, ``sn
   they arrive. A forward whose requested scores never arrive fails on the next one, never silently.
 * :class:`BudgetCache` -- a cache of such layers: ``compress()`` checks that every eviction happened,
   ``notes()`` reports what the cache had to adapt (a clamped window or budget) for the record.
-* :func:`top_k_sorted`, :func:`pool1d`, :func:`rows` -- selection helpers.
+* :func:`top_k_sorted`, :func:`pool1d`, :func:`rows` -- selection helpers; :func:`newest`,
+  :func:`keep_newest_and_top` and :func:`pool_by_position` read the book's *logical* positions, so decode-time
+  selection never assumes that storage slots are in token order.
+
+Decode-time compression (:class:`~kvbench.cache.decode_budget.DecodeBudget`, METHODS_NEXT.md §6): with a decode
+budget, every forward after the prefill is a decode step; on the steps the budget makes due, a layer holding more
+than the target calls its subclass's :meth:`BudgetLayer.decode_step` with ``compress=True`` and
+:attr:`BudgetLayer.target` set to the decode target (prefill selection uses the same attribute, set to the prefill
+budget). Without a decode budget every forward goes through :meth:`BudgetLayer.after_append` as before.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from kvbench.cache.base import EvictingLayer, KVCache
-from kvbench.cache.h2o import ratio_floor
+from kvbench.cache.decode_budget import DecodeBudget
+from kvbench.cache.h2o import keep_newest_and_top, newest, ratio_floor  # noqa: F401 (re-exported)
 from kvbench.errors import MethodConfigError
 
 POOLINGS = ("avg", "max")
@@ -85,6 +94,14 @@ def pool1d(scores: torch.Tensor, kernel_size: int, kind: str = "avg") -> torch.T
     return pool(flat, kernel_size=kernel_size, stride=1, padding=kernel_size // 2).reshape(scores.shape)
 
 
+def pool_by_position(scores: torch.Tensor, positions: torch.Tensor, kernel_size: int, kind: str = "avg") -> torch.Tensor:
+    """:func:`pool1d` along the tokens' logical order (neighbours by position, whatever the slot order), returned
+    in slot order."""
+    order = positions.argsort(dim=-1)
+    pooled = pool1d(scores.gather(-1, order), kernel_size, kind)
+    return torch.empty_like(pooled).scatter_(-1, order, pooled)
+
+
 def rows(index: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
     """A 1-D slot index (or ``[b, 1, K]``) as the ``[b, h, K]`` index :meth:`EvictingLayer.keep` takes."""
     if index.ndim == 1:
@@ -101,10 +118,15 @@ class BudgetLayer(EvictingLayer):
     #: How a KV head's query heads combine in the scores this layer requests (see ``aggregate_heads``).
     score_agg = "sum"
 
-    def __init__(self, budget: TokenBudget, with_scores: bool = False):
+    def __init__(self, budget: TokenBudget, with_scores: bool = False, decode: DecodeBudget | None = None):
         super().__init__(with_scores)
         self.budget = budget
+        self.decode = decode
         self.capacity: int | None = None
+        #: Tokens the current selection keeps: the prefill budget, or the decode target during a decode step.
+        self.target: int | None = None
+        #: Forwards since the prefill (decode steps), counted only with a decode budget.
+        self.steps = 0
         self.awaiting_scores = False
         self.note: str | None = None
 
@@ -120,11 +142,25 @@ class BudgetLayer(EvictingLayer):
         if first:
             self.capacity = self.resolve_capacity(key_states.shape[-2])
         keys, values = super().update(key_states, value_states)
-        self.after_append(keys, first)
+        if first or self.decode is None:
+            self.target = self.capacity
+            self.after_append(keys, first)
+        else:
+            self.steps += 1
+            target = self.decode.target(self.book.seen)
+            compress = self.decode.due(self.steps) and self.stored_tokens() > target
+            if compress:
+                self.target = target
+            self.decode_step(keys, compress)
         return keys, values
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
         """Evict now, or request the attention scores :meth:`select` needs. ``first``: the prefill forward."""
+        raise NotImplementedError
+
+    def decode_step(self, keys: torch.Tensor, compress: bool) -> None:
+        """A decode step under a decode budget: with ``compress``, keep :attr:`target` tokens (now, or once the
+        requested scores arrive). Methods that refuse a decode budget never get here."""
         raise NotImplementedError
 
     def receive_scores(self, column_sums: torch.Tensor) -> None:
@@ -141,7 +177,8 @@ class BudgetLayer(EvictingLayer):
 
     def reset(self) -> None:
         super().reset()
-        self.capacity = None
+        self.capacity = self.target = None
+        self.steps = 0
         self.awaiting_scores = False
         self.note = None
 

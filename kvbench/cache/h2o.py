@@ -83,15 +83,47 @@ def select_kept(scores: torch.Tensor, heavy: int, recent: int) -> torch.Tensor:
     return torch.cat([heavy_idx, recent_idx], dim=-1)
 
 
-class H2OLayer(EvictingLayer):
-    """One layer of an :class:`H2OCache`: keeps heavy hitters + recent tokens per KV head."""
+def newest(positions: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask ``[..., S]``: the ``k`` tokens with the largest logical positions of each row."""
+    mask = torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
+    if k > 0:
+        mask.scatter_(-1, torch.topk(positions, min(k, positions.shape[-1]), dim=-1).indices, True)
+    return mask
 
-    def __init__(self, budget: H2OBudget, score_agg: str = "sum"):
+
+def keep_newest_and_top(positions: torch.Tensor, scores: torch.Tensor, newest_k: int, total: int) -> torch.Tensor:
+    """Slot indices ``[..., total]`` (ascending) to keep: the ``newest_k`` newest tokens by logical position, plus
+    the ``total − newest_k`` highest ``scores`` among the others (H2O's recent + heavy, SnapKV's window + top)."""
+    ranked = scores.to(torch.float32).masked_fill(newest(positions, newest_k), float("inf"))
+    return torch.sort(torch.topk(ranked, total, dim=-1, sorted=False).indices, dim=-1).values
+
+
+def decode_split(target: int, heavy: int, recent: int) -> tuple[int, int]:
+    """(heavy, recent) for a decode target: the target split in the prefill budget's proportion (H2O's default
+    1:1), at least one recent token when the prefill budget has any."""
+    if recent == 0:
+        return target, 0
+    kept_recent = min(target, max(1, target * recent // (heavy + recent)))
+    return target - kept_recent, kept_recent
+
+
+class H2OLayer(EvictingLayer):
+    """One layer of an :class:`H2OCache`: keeps heavy hitters + recent tokens per KV head.
+
+    With a decode budget (:class:`~kvbench.cache.decode_budget.DecodeBudget`) the forwards after the prefill are
+    decode steps: scores accumulate at every step (the paper's rule), and on the due steps a layer over the decode
+    target keeps the newest tokens (by logical position) plus the best-scored others, split by
+    :func:`decode_split`. Without one the prefill budget holds at every step."""
+
+    def __init__(self, budget: H2OBudget, score_agg: str = "sum", decode=None):
         super().__init__(with_scores=True)
         self.budget = budget
         self.score_agg = score_agg
+        self.decode = decode
         self.heavy: int | None = None
         self.recent: int | None = None
+        self.steps = 0
+        self.due = False
         self.awaiting_scores = False
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -104,6 +136,9 @@ class H2OLayer(EvictingLayer):
             )
         if self.heavy is None:
             self.heavy, self.recent = self.budget.resolve(key_states.shape[-2])
+        elif self.decode is not None:
+            self.steps += 1
+            self.due = self.decode.due(self.steps)
         keys, values = super().update(key_states, value_states)
         if self.heavy == 0:  # a recency window: nothing reads a score, so none is computed
             self.evict(deferred=True)
@@ -129,38 +164,48 @@ class H2OLayer(EvictingLayer):
         if self.awaiting_scores:
             raise RuntimeError("H2O cache: cannot evict before the last forward's attention scores arrived "
                                "(is the model's attention 'scored_sdpa'/'scored_eager'? see H2O.apply)")
+        if not self.is_initialized:
+            return
         stored = self.stored_tokens()
-        if self.is_initialized and stored > self.budget_tokens:
-            self.evict_lowest(self.priority(), stored - self.budget_tokens, deferred)
+        if self.steps > 0:  # a decode step under a decode budget: the target, split as the prefill budget
+            target = self.decode.target(self.book.seen)
+            if self.due and stored > target:
+                self.evict_lowest(self.priority(*decode_split(target, self.heavy, self.recent)), stored - target,
+                                  deferred)
+            self.due = False
+        elif stored > self.budget_tokens:
+            self.evict_lowest(self.priority(self.heavy, self.recent), stored - self.budget_tokens, deferred)
 
-    def priority(self) -> torch.Tensor:
-        """Per slot: the R most recent tokens (by logical position) above everything, the others by accumulated
-        score (H = 0: by position alone, the recency window). Keeping the top H + R is :func:`select_kept`'s
-        rule in any slot order."""
+    def priority(self, heavy: int, recent: int) -> torch.Tensor:
+        """Per slot: the ``recent`` most recent tokens (by logical position) above everything, the others by
+        accumulated score (``heavy`` = 0: by position alone, the recency window). Keeping the top ``heavy + recent``
+        is :func:`select_kept`'s rule in any slot order."""
         positions = self.book.positions
-        if self.heavy == 0:
+        if heavy == 0:
             return positions
-        recent = positions >= self.book.seen - self.recent
-        return torch.where(recent, torch.finfo(torch.float32).max, self.book.scores)
+        is_recent = positions >= self.book.seen - recent
+        return torch.where(is_recent, torch.finfo(torch.float32).max, self.book.scores)
 
     def reset(self) -> None:
         super().reset()
         self.heavy = self.recent = None
+        self.steps = 0
+        self.due = False
         self.awaiting_scores = False
 
 
 class H2OCache(KVCache):
     """A transformers ``Cache`` of :class:`H2OLayer` s, one per decoder layer."""
 
-    def __init__(self, num_layers: int, budget: H2OBudget, score_agg: str = "sum"):
-        super().__init__(layers=[H2OLayer(budget, score_agg) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, budget: H2OBudget, score_agg: str = "sum", decode=None):
+        super().__init__(layers=[H2OLayer(budget, score_agg, decode) for _ in range(num_layers)])
         self.budget = budget
         self.score_agg = score_agg
 
     @classmethod
-    def for_model(cls, config, budget: H2OBudget, score_agg: str = "sum") -> "H2OCache":
+    def for_model(cls, config, budget: H2OBudget, score_agg: str = "sum", decode=None) -> "H2OCache":
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-        return cls(text.num_hidden_layers, budget, score_agg)
+        return cls(text.num_hidden_layers, budget, score_agg, decode)
 
     def compress(self) -> None:
         """Enforce the budget now (idempotent: every forward already evicts after its attention)."""

@@ -64,14 +64,19 @@ def teacher_forced_logprobs(protocol, prompts: Sequence[Sequence[int]],
     return torch.stack(steps, dim=1)
 
 
-def divergence(reference: torch.Tensor, method: torch.Tensor) -> list[Divergence]:
-    """Per row of ``[B, L, vocab]`` log-probabilities: mean KL(reference ‖ method), top-1 agreement, first
-    disagreeing position."""
+def per_position(reference: torch.Tensor, method: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(reference ‖ method), top-1 agreement)``, each ``[B, L]``, from ``[B, L, vocab]`` log-probabilities."""
     if reference.shape != method.shape:
         raise ValueError(f"log-probabilities of shapes {tuple(reference.shape)} and {tuple(method.shape)} "
                          "cannot be compared position by position")
     kl = (reference.exp() * (reference - method)).sum(-1)  # [B, L]; exactly 0 where the two are identical
-    agree = reference.argmax(-1) == method.argmax(-1)
+    return kl, reference.argmax(-1) == method.argmax(-1)
+
+
+def divergence(reference: torch.Tensor, method: torch.Tensor) -> list[Divergence]:
+    """Per row of ``[B, L, vocab]`` log-probabilities: mean KL(reference ‖ method), top-1 agreement, first
+    disagreeing position."""
+    kl, agree = per_position(reference, method)
     results = []
     for row_kl, row_agree in zip(kl, agree):
         disagreements = torch.nonzero(~row_agree).flatten()

@@ -31,6 +31,11 @@ class ProtocolStats:
     stored_bytes: int = 0
     peak_stored_bytes: int = 0
     peak_full_bytes: int = 0
+    #: Generations measured after every decode step (the step's compression included): their largest cache (the
+    #: most over all generations), the cache each one ended with (summed), and how many.
+    peak_decode_stored_bytes: int = 0
+    final_decode_stored_bytes: int = 0
+    generations: int = 0
     #: What the caches had to adapt (e.g. PyramidKV's clamped budgets): ``{note: prefills it applied to}``.
     notes: dict = field(default_factory=dict)
     #: What the byte sums count: ``{"prefills": n, "windows": m}`` (caches after context compression, streamed
@@ -43,6 +48,12 @@ class ProtocolStats:
         self.stored_bytes += stored
         self.full_bytes += full
         self.counted[what] = self.counted.get(what, 0) + sequences
+
+    def add_generation(self, peak: int, final: int, sequences: int = 1) -> None:
+        """A generation (of ``sequences`` rows) measured step by step: its peak and final stored bytes."""
+        self.peak_decode_stored_bytes = max(self.peak_decode_stored_bytes, peak)
+        self.final_decode_stored_bytes += final
+        self.generations += sequences
 
     def aggregation(self) -> str | None:
         """How the ratio was aggregated, in words (the record's ``kv.aggregation``)."""
@@ -61,6 +72,9 @@ class ProtocolStats:
         """The record's ``kv`` field: bytes measured from the cache, and the compression ratio."""
         summary = {"full_bytes": self.full_bytes, "stored_bytes": self.stored_bytes, "ratio": self.ratio,
                    "peak_stored_bytes": self.peak_stored_bytes, "peak_full_bytes": self.peak_full_bytes}
+        if self.generations:
+            summary.update(peak_decode_stored_bytes=self.peak_decode_stored_bytes,
+                           final_decode_stored_bytes=self.final_decode_stored_bytes, generations=self.generations)
         if self.notes:
             summary["notes"] = dict(self.notes)
         if self.counted:

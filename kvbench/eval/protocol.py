@@ -252,22 +252,45 @@ class CompressionProtocol:
         prompt = list(context) + list(query)
         split = len(context) if query and not query_aware else len(prompt) - 1
         cache = self.prefill(prompt[:split])
-        pending = prompt[split:]
+        return self.decode(cache, prompt[split:], max_new_tokens, stop, eos_token_ids)
+
+    def decode(self, cache, pending: Sequence[int], max_new_tokens: int,
+               stop: Callable[[list[int]], bool] | None = None, eos_token_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy decoding on an existing ``cache``: feed ``pending`` (≥ 1 token), then one token per step. The
+        bytes are measured after every step (its decode-time compression included): the generation's peak and
+        final bytes go to the stats."""
+        self._note_decode_budget(cache.get_seq_length() + len(pending) + max_new_tokens - 1)
+        pending = list(pending)
         generated: list[int] = []
         eos = set(eos_token_ids)
+        peak, measuring = 0, 0.0
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 logits = self.forward(cache, pending, last_logits_only=True)
+                tick = time.perf_counter()
+                peak = max(peak, self.measure(cache, cache.get_seq_length())[0])  # after the step's compression
+                measuring += time.perf_counter() - tick
                 token = int(logits[-1].argmax())
                 generated.append(token)
                 if token in eos or (stop is not None and stop(generated)):
                     break
                 pending = [token]
-        self.stats.decode_s += time.perf_counter() - start
+        self.stats.decode_s += time.perf_counter() - start - measuring  # decoding, not the byte counting
         self.stats.decode_tokens += len(generated)
-        self.measure(cache, len(prompt) + len(generated) - 1)
+        final, _ = self.measure(cache, cache.get_seq_length())
+        self.stats.add_generation(peak, final)
         return generated
+
+    def _note_decode_budget(self, longest: int) -> None:
+        """Warn (a note in the record) when the method's decode budget can never be reached by this generation:
+        ``decode_budget_tokens`` ≥ prompt + ``max_new_tokens``, so decoding keeps every token (allowed: that is
+        the identity run, equal to full)."""
+        tokens = getattr(self.method, "decode_budget_tokens", None)
+        if tokens is not None and tokens >= longest:
+            note = (f"{self.method.name}: decode_budget_tokens={tokens} >= prompt + max_new_tokens ({longest}): "
+                    "never reached, decoding kept every token")
+            self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
 
     def generate_batch(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int] = (),
                        return_logits: bool = False):
@@ -283,10 +306,15 @@ class CompressionProtocol:
         eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)
         steps, logits_seen = [], []
+        self._note_decode_budget(ids.shape[1] + max_new_tokens)
+        peak, measuring = 0, 0.0
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 logits = self.forward_batch(cache, pending, last_logits_only=True)[:, -1]
+                tick = time.perf_counter()
+                peak = max(peak, self.measure(cache, cache.get_seq_length(), batch)[0])
+                measuring += time.perf_counter() - tick
                 tokens = logits.argmax(-1)
                 steps.append(tokens)
                 if return_logits:
@@ -295,13 +323,14 @@ class CompressionProtocol:
                 if bool(stopped.all()):
                     break
                 pending = tokens[:, None]
-        self.stats.decode_s += time.perf_counter() - start
+        self.stats.decode_s += time.perf_counter() - start - measuring
         generated = []
         for row in torch.stack(steps, dim=1).tolist():
             cut = next((i + 1 for i, token in enumerate(row) if token in set(eos_token_ids)), len(row))
             generated.append(row[:cut])
         self.stats.decode_tokens += sum(map(len, generated))
-        self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
+        final, _ = self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
+        self.stats.add_generation(peak, final, batch)
         return (generated, torch.stack(logits_seen, dim=1)) if return_logits else generated
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES, is_scoring, use_scoring_attention
 from kvbench.cache.base import KVCache, PlainCache
 from kvbench.cache.preallocated import PreallocatedCache
+from kvbench.cache.decode_budget import PARAMETERS as DECODE_PARAMETERS
 from kvbench.errors import MethodConfigError
 from kvbench.registry import Registry
 
@@ -58,6 +59,8 @@ class Method:
     #: Whether the method changes the tokenizer or the output vocabulary (none does yet): a suite that compares
     #: next-token distributions with full's (``suite=fidelity``) refuses it in one line.
     changes_vocabulary: ClassVar[bool] = False
+    #: Why a ``tokens`` method takes no decode budget (``decode_budget_*``), said in one line when one is given.
+    no_decode_budget: ClassVar[str | None] = None
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""
@@ -198,6 +201,14 @@ def build_method(name: str, **params: Any) -> Method:
     if "protocol" in unknown:
         raise MethodConfigError(f"method={name} has no masking simulation (protocol=simulate exists for: "
                                 f"{', '.join(methods_with('protocol'))}; {name} runs real compression only)")
+    decoding = [p for p in unknown if p in DECODE_PARAMETERS]
+    if decoding:
+        if cls.axis == "tokens":
+            raise MethodConfigError(f"method={name} cannot compress while decoding ({decoding[0]}): "
+                                    f"{cls.no_decode_budget or 'no decode-time rule'}")
+        raise MethodConfigError(
+            f"method={name} has no token axis, so {decoding[0]} does not apply (decode-time compression exists "
+            f"for: {', '.join(methods_with('decode_budget_tokens'))})")
     if unknown:
         raise MethodConfigError(
             f"method={name} has no parameter {', '.join(unknown)} (valid: {', '.join(sorted(fields)) or 'none'})"

@@ -122,6 +122,10 @@ class Combined(Method):
                 f"simulation is a mode of {self._components[simulated[0]].name} alone (method={self._components[simulated[0]].name} "
                 "method.protocol=simulate)")
         tokens = self._components.get("tokens")
+        if tokens is not None and hasattr(tokens, "decoding") and tokens.decoding() is not None:
+            raise MethodConfigError(
+                f"method.tokens_params: combined compresses with the prefill budget only; decode_budget_* is for "
+                f"method={tokens.name} alone (drop it from method.tokens_params)")
         if "layers" in self._components and tokens is not None and not hasattr(tokens, "eviction"):
             with_pairs = sorted(name for name in methods_on("tokens") if hasattr(METHODS[name], "eviction"))
             raise MethodConfigError(

@@ -24,7 +24,14 @@ Parameters (each budget is a ratio of the prompt length P = tokens of the first 
   in the record (``protocol=simulate``) and the report (``(simulated)``). Generation re-runs the whole
   sequence once per new token.
 
-The budget is fixed once the prompt is seen and holds while streaming further chunks or decoding.
+The budget is fixed once the prompt is seen and holds while streaming further chunks or decoding, unless
+
+* ``decode_budget_tokens`` / ``decode_budget_ratio`` / ``compress_every`` -- compression while decoding
+  (:mod:`kvbench.cache.decode_budget`), independent of the prefill budget (``heavy_ratio=1`` turns the prefill
+  eviction off). H2O's own per-step rule (METHODS_NEXT.md §6, the authors' code): scores accumulate over every
+  query; every ``compress_every`` steps a layer over the decode target keeps the newest tokens plus the
+  best-scored others, the target split between recent and heavy in the prefill budget's proportion (default
+  1:1). Not with ``protocol=simulate`` nor inside ``combined`` (refused in one line).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Optional
 from kvbench.cache.attention_scores import SCORE_AGGS
 from kvbench.cache.base import PlainCache
 from kvbench.cache.combined import Eviction
+from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.h2o import H2OBudget, H2OCache
 from kvbench.cache.h2o_simulation import is_simulating, use_simulated_attention
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_full_attention, register
@@ -54,6 +62,9 @@ class H2O(ScoredAttention, Method):
     recent_tokens: Optional[int] = None
     score_agg: str = "sum"
     protocol: str = "real"
+    decode_budget_tokens: Optional[int] = None
+    decode_budget_ratio: Optional[float] = None
+    compress_every: int = 1
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -77,6 +88,9 @@ class H2O(ScoredAttention, Method):
         if self.heavy_tokens == 0 and self.recent_tokens == 0:
             raise MethodConfigError("method.heavy_tokens=0 and method.recent_tokens=0 leave no cache: "
                                     "at least one of them must be >= 1")
+        if self.decoding() is not None and self.protocol == "simulate":
+            raise MethodConfigError("method.protocol=simulate masks attention in one forward and keeps no cache to "
+                                    "compress while decoding: drop decode_budget_* or set method.protocol=real")
         for what in ("heavy", "recent"):  # resolve the default (both null = 10%), so 0.1 and null are one config
             if getattr(self, f"{what}_ratio") is None and getattr(self, f"{what}_tokens") is None:
                 setattr(self, f"{what}_ratio", DEFAULT_RATIO)
@@ -105,8 +119,15 @@ class H2O(ScoredAttention, Method):
         """The resolved :class:`~kvbench.cache.h2o.H2OBudget` (defaults: 10% heavy, 10% recent)."""
         return H2OBudget(self.heavy_ratio, self.heavy_tokens, self.recent_ratio, self.recent_tokens)
 
+    def decoding(self) -> DecodeBudget | None:
+        """The decode budget (None: the prefill budget holds while decoding)."""
+        return decode_budget_of(self)
+
     def eviction(self) -> Eviction:
-        """The policy ``combined``'s cache applies on the tokens axis."""
+        """The policy ``combined``'s cache applies on the tokens axis (the prefill budget only)."""
+        if self.decoding() is not None:
+            raise MethodConfigError("method=combined's tokens component evicts with H2O's prefill budget at every "
+                                    "step and has no decode budget: drop decode_budget_* from the h2o component")
         return Eviction(self.budget(), self.score_agg)
 
     def new_cache(self, model):
@@ -115,4 +136,4 @@ class H2O(ScoredAttention, Method):
                 raise RuntimeError("method=h2o protocol=simulate: call method.apply(model) before method.new_cache(model)")
             return PlainCache(config=model.config)
         self.require_scoring(model)
-        return H2OCache.for_model(model.config, self.budget(), self.score_agg)
+        return H2OCache.for_model(model.config, self.budget(), self.score_agg, self.decoding())

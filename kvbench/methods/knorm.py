@@ -12,6 +12,11 @@ Parameters:
 
 * ``budget_ratio`` / ``budget_tokens`` -- tokens kept per (layer, KV head): ⌊budget_ratio·P⌋ of the
   prompt (exact floor) or a count. Give one (set the other to null); both null = ratio 0.2.
+* ``decode_budget_tokens`` / ``decode_budget_ratio`` / ``compress_every`` -- compression while decoding
+  (:mod:`kvbench.cache.decode_budget`), independent of the prefill budget. The paper has no decoding rule, so
+  K-norm follows kvpress's ``DecodingPress`` (METHODS_NEXT.md §6): every ``compress_every`` steps, rescore every
+  stored key from scratch and keep the target lowest norms (nothing carried over). Both null (default): decoding
+  appends without evicting.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
 from kvbench.methods.base import Method, check_full_attention, register
 
@@ -32,9 +38,13 @@ class Knorm(Method):
     name: str = "knorm"
     budget_ratio: Optional[float] = None
     budget_tokens: Optional[int] = None
+    decode_budget_tokens: Optional[int] = None
+    decode_budget_ratio: Optional[float] = None
+    compress_every: int = 1
 
     def __post_init__(self):
         self.budget()
+        self.decoding()
 
     def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
@@ -42,8 +52,11 @@ class Knorm(Method):
     def check_model(self, config) -> None:
         check_full_attention(self.name, config)  # any attention implementation: the rule reads keys only
 
+    def decoding(self) -> DecodeBudget | None:
+        return decode_budget_of(self)
+
     def new_cache(self, model) -> "KnormCache":
-        return KnormCache.for_model(model.config, self.budget())
+        return KnormCache.for_model(model.config, self.budget(), self.decoding())
 
 
 class KnormLayer(BudgetLayer):
@@ -54,11 +67,16 @@ class KnormLayer(BudgetLayer):
             norms = keys.to(torch.float32).norm(dim=-1)  # [b, h, n]: every stored key (the first forward)
             self.keep(top_k_sorted(-norms, self.capacity))
 
+    def decode_step(self, keys: torch.Tensor, compress: bool) -> None:
+        """kvpress's decoding rule: rescore every stored key from scratch, keep the ``target`` lowest norms."""
+        if compress:
+            self.keep(top_k_sorted(-keys.to(torch.float32).norm(dim=-1), self.target))
+
 
 class KnormCache(BudgetCache):
-    def __init__(self, num_layers: int, budget: TokenBudget):
-        super().__init__(layers=[KnormLayer(budget) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, budget: TokenBudget, decode: DecodeBudget | None = None):
+        super().__init__(layers=[KnormLayer(budget, decode=decode) for _ in range(num_layers)])
 
     @classmethod
-    def for_model(cls, config, budget: TokenBudget) -> "KnormCache":
-        return cls(num_layers(config), budget)
+    def for_model(cls, config, budget: TokenBudget, decode: DecodeBudget | None = None) -> "KnormCache":
+        return cls(num_layers(config), budget, decode)

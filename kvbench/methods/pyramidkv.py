@@ -25,6 +25,9 @@ included; ``window`` 32, ``kernel_size`` 5, ``pooling`` avg), plus
 * ``beta`` -- the pyramid's steepness: the last layer selects (B − window)/β tokens (default 20, the
   paper's); 1 is uniform SnapKV.
 * ``group_reduction`` -- GQA reduction of a KV head's query heads (``sum`` default, as ``snapkv``; ``mean``, ``max``).
+
+No decode budget (``decode_budget_*`` is refused in one line): the schedule is defined on the prompt, and a
+decode-time target is one count for every layer; ``snapkv`` with a decode budget is the same selection, uniform.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ from kvbench.methods.snapkv import SnapKVLayer, check_group_reduction, check_sel
 @dataclass
 class PyramidKV(ScoredAttention, Method):
     axis = "tokens"
+    no_decode_budget = ("its per-layer pyramid is computed from the prompt (P, window, beta), and a decode budget "
+                        "is one count for every layer, which would flatten it; use method=snapkv with "
+                        "decode_budget_tokens (the same selection, uniform)")
     name: str = "pyramidkv"
     budget_ratio: Optional[float] = None
     budget_tokens: Optional[int] = None

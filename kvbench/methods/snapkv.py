@@ -24,6 +24,14 @@ Parameters:
 * ``pooling`` -- ``avg`` (default, the official code's: zero padding counted) or ``max``.
 * ``group_reduction`` -- GQA: how the query heads sharing a KV head combine their scores: ``sum`` (default;
   the official code is MHA-only, kvpress takes the ``mean``, which ranks tokens the same), ``mean`` or ``max``.
+* ``decode_budget_tokens`` / ``decode_budget_ratio`` / ``compress_every`` -- compression while decoding
+  (:mod:`kvbench.cache.decode_budget`), independent of the prefill budget. SnapKV has no decoding rule, so it
+  follows kvpress's ``DecodingPress`` (METHODS_NEXT.md §6: score the window, keep the top, nothing carried over):
+  the observation window is the queries decoded since the last compression (kvpress buffers their hidden states;
+  kvbench adds each one's attention to the book's scores as it is decoded, the same sum whenever no eviction
+  happened in between), pooled along logical positions; every ``compress_every`` steps a layer keeps its newest
+  ``window`` tokens plus the top pooled scores up to the target, then clears the scores. The scores
+  (float32, one per kept token) are counted in the cache's bytes. Both null (default): decoding appends.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from typing import Optional
 import torch
 
 from kvbench.cache.attention_scores import SCORE_AGGS, request_scores
-from kvbench.cache.eviction import (POOLINGS, BudgetCache, BudgetLayer, TokenBudget, num_layers, pool1d, rows,
-                                    top_k_sorted)
+from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
+from kvbench.cache.eviction import (POOLINGS, BudgetCache, BudgetLayer, TokenBudget, keep_newest_and_top, num_layers,
+                                    pool1d, pool_by_position, rows, top_k_sorted)
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
 
 
@@ -50,10 +59,17 @@ class SnapKV(ScoredAttention, Method):
     kernel_size: int = 5
     pooling: str = "avg"
     group_reduction: str = "sum"
+    decode_budget_tokens: Optional[int] = None
+    decode_budget_ratio: Optional[float] = None
+    compress_every: int = 1
 
     def __post_init__(self):
         check_selection(self)
         check_group_reduction(self)
+        self.decoding()
+
+    def decoding(self) -> DecodeBudget | None:
+        return decode_budget_of(self)
 
     def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
@@ -61,7 +77,7 @@ class SnapKV(ScoredAttention, Method):
     def new_cache(self, model) -> "SnapKVCache":
         self.require_scoring(model)
         return reduce_groups_by(SnapKVCache.for_model(model.config, self.budget(), self.window, self.kernel_size,
-                                                      self.pooling), self.group_reduction)
+                                                      self.pooling, self.decoding()), self.group_reduction)
 
 
 def check_group_reduction(method) -> None:
@@ -99,8 +115,10 @@ class SnapKVLayer(BudgetLayer):
     method = "snapkv"
     score_agg = "sum"
 
-    def __init__(self, budget: TokenBudget, window: int = 32, kernel_size: int = 5, pooling: str = "avg"):
-        super().__init__(budget)
+    def __init__(self, budget: TokenBudget, window: int = 32, kernel_size: int = 5, pooling: str = "avg",
+                 decode: DecodeBudget | None = None):
+        super().__init__(budget, with_scores=decode is not None, decode=decode)
+        self.compress_due = False
         self.window = window
         self.kernel_size = kernel_size
         self.pooling = pooling
@@ -127,9 +145,33 @@ class SnapKVLayer(BudgetLayer):
         window = rows(torch.arange(n - w, n, device=column_sums.device), *column_sums.shape[:2])
         return torch.cat([chosen, window], dim=-1)
 
+    def decode_step(self, keys: torch.Tensor, compress: bool) -> None:
+        """Every decode step delivers its query's attention (the observation window accumulates in the book's
+        scores); a due step also compresses, once they arrive (:meth:`receive_scores`)."""
+        self.compress_due = compress
+        self.awaiting_scores = True
+        request_scores(self, keys, last_rows=1)
+
+    def receive_scores(self, column_sums: torch.Tensor) -> None:
+        if self.steps == 0:  # the prefill's selection
+            return super().receive_scores(column_sums)
+        self.awaiting_scores = False
+        self.book.add_scores(column_sums.to(torch.float32))
+        if self.compress_due:
+            self.compress_due = False
+            self.keep(self.select_decoding())
+            self.book.scores.zero_()  # kvpress: nothing carried over between compressions
+
+    def select_decoding(self) -> torch.Tensor:
+        """The newest ``window`` tokens (by logical position) plus the top pooled window scores among the others."""
+        positions = self.book.positions
+        pooled = pool_by_position(self.book.scores, positions, self.kernel_size, self.pooling)
+        return keep_newest_and_top(positions, pooled, min(self.window, self.target), self.target)
+
     def reset(self) -> None:
         super().reset()
         self.observed = None
+        self.compress_due = False
 
 
 class SnapKVCache(BudgetCache):
@@ -138,5 +180,5 @@ class SnapKVCache(BudgetCache):
 
     @classmethod
     def for_model(cls, config, budget: TokenBudget, window: int = 32, kernel_size: int = 5,
-                  pooling: str = "avg") -> "SnapKVCache":
-        return cls([SnapKVLayer(budget, window, kernel_size, pooling) for _ in range(num_layers(config))])
+                  pooling: str = "avg", decode: DecodeBudget | None = None) -> "SnapKVCache":
+        return cls([SnapKVLayer(budget, window, kernel_size, pooling, decode) for _ in range(num_layers(config))])

@@ -21,6 +21,11 @@ Parameters:
   A ``budget_tokens`` must leave room for at least one recent token; a ratio that leaves none
   (``⌊r·P⌋ ≤ sink_tokens``, very short prompts) keeps ``budget − 1`` sinks and the newest token, and says
   so in the record.
+* ``decode_budget_tokens`` / ``decode_budget_ratio`` / ``compress_every`` -- compression while decoding
+  (:mod:`kvbench.cache.decode_budget`), independent of the prefill budget. The paper's rule has no scores to
+  rescore, so kvpress's ``DecodingPress`` rule ("rescore, keep the target") reduces to the same window: every
+  ``compress_every`` steps, keep the sinks and the newest ``target − sinks`` tokens, chosen by logical position.
+  Both null (default): decoding holds the prefill budget at every step, as above.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Optional
 
 import torch
 
-from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers
+from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
+from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, keep_newest_and_top, num_layers
 from kvbench.methods.base import Method, MethodConfigError, check_full_attention, register
 
 
@@ -42,9 +48,17 @@ class StreamingLLM(Method):
     budget_ratio: Optional[float] = None
     budget_tokens: Optional[int] = None
     sink_tokens: int = 4
+    decode_budget_tokens: Optional[int] = None
+    decode_budget_ratio: Optional[float] = None
+    compress_every: int = 1
 
     def __post_init__(self):
         self.budget()
+        decode = self.decoding()
+        if decode is not None and decode.tokens is not None and decode.tokens <= self.sink_tokens:
+            raise MethodConfigError(
+                f"method.decode_budget_tokens={decode.tokens} leaves no recent window beside "
+                f"method.sink_tokens={self.sink_tokens} (the decode budget must exceed the sinks)")
         if self.sink_tokens < 0:
             raise MethodConfigError(f"method.sink_tokens={self.sink_tokens} must be a token count >= 0")
         if self.budget_tokens is not None and self.budget_tokens <= self.sink_tokens:
@@ -58,15 +72,18 @@ class StreamingLLM(Method):
     def check_model(self, config) -> None:
         check_full_attention(self.name, config)
 
+    def decoding(self) -> DecodeBudget | None:
+        return decode_budget_of(self)
+
     def new_cache(self, model) -> "StreamingLLMCache":
-        return StreamingLLMCache.for_model(model.config, self.budget(), self.sink_tokens)
+        return StreamingLLMCache.for_model(model.config, self.budget(), self.sink_tokens, self.decoding())
 
 
 class StreamingLLMLayer(BudgetLayer):
     method = "streaming_llm"
 
-    def __init__(self, budget: TokenBudget, sink_tokens: int = 4):
-        super().__init__(budget)
+    def __init__(self, budget: TokenBudget, sink_tokens: int = 4, decode: DecodeBudget | None = None):
+        super().__init__(budget, decode=decode)
         self.sink_tokens = sink_tokens
         self.sinks: int | None = None
 
@@ -87,15 +104,24 @@ class StreamingLLMLayer(BudgetLayer):
             priority = torch.where(positions < self.sinks, torch.iinfo(positions.dtype).max, positions)
             self.evict_lowest(priority, n - self.capacity, deferred=True)
 
+    def decode_step(self, keys: torch.Tensor, compress: bool) -> None:
+        """Sinks + the newest tokens, by logical position, down to the decode target (sinks cut to leave one)."""
+        if compress:
+            positions = self.book.positions
+            sinks = min(self.sink_tokens, self.target - 1)
+            is_sink = (positions < sinks).to(torch.float32)
+            self.keep(keep_newest_and_top(positions, is_sink, self.target - sinks, self.target))
+
     def reset(self) -> None:
         super().reset()
         self.sinks = None
 
 
 class StreamingLLMCache(BudgetCache):
-    def __init__(self, num_layers: int, budget: TokenBudget, sink_tokens: int = 4):
-        super().__init__(layers=[StreamingLLMLayer(budget, sink_tokens) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, budget: TokenBudget, sink_tokens: int = 4, decode: DecodeBudget | None = None):
+        super().__init__(layers=[StreamingLLMLayer(budget, sink_tokens, decode) for _ in range(num_layers)])
 
     @classmethod
-    def for_model(cls, config, budget: TokenBudget, sink_tokens: int = 4) -> "StreamingLLMCache":
-        return cls(num_layers(config), budget, sink_tokens)
+    def for_model(cls, config, budget: TokenBudget, sink_tokens: int = 4,
+                  decode: DecodeBudget | None = None) -> "StreamingLLMCache":
+        return cls(num_layers(config), budget, sink_tokens, decode)

@@ -21,6 +21,11 @@ Parameters:
   own set. The record's method params say which.
 * ``group_reduction`` -- with ``heads=group``, how a KV head's query heads combine: ``mean`` (default, the
   paper's mean over heads), ``sum`` or ``max``. ``heads=layer`` averages the groups' scores over the layer.
+* ``decode_budget_tokens`` / ``decode_budget_ratio`` / ``compress_every`` -- compression while decoding
+  (:mod:`kvbench.cache.decode_budget`), independent of the prefill budget: on every ``compress_every``-th decode
+  step a layer over the decode target keeps the target tokens the current query attends to most -- TOVA's own
+  per-step rule (METHODS_NEXT.md §6), since TOVA *is* a decoding rule; with ``compress_every=1`` it is the
+  paper's. Both null (default): decoding holds the prefill budget, one token dropped per step, as above.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Optional
 import torch
 
 from kvbench.cache.attention_scores import request_scores
+from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
 from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
 from kvbench.methods.snapkv import check_group_reduction, reduce_groups_by
@@ -47,31 +53,45 @@ class TOVA(ScoredAttention, Method):
     budget_tokens: Optional[int] = None
     heads: str = "layer"
     group_reduction: str = "mean"
+    decode_budget_tokens: Optional[int] = None
+    decode_budget_ratio: Optional[float] = None
+    compress_every: int = 1
 
     def __post_init__(self):
         self.budget()
         check_group_reduction(self)
+        self.decoding()
         if self.heads not in HEADS:
             raise MethodConfigError(f"method.heads={self.heads!r} is not supported (choose one of: {', '.join(HEADS)})")
 
     def budget(self) -> TokenBudget:
         return TokenBudget.of(self.budget_ratio, self.budget_tokens)
 
+    def decoding(self) -> DecodeBudget | None:
+        return decode_budget_of(self)
+
     def new_cache(self, model) -> "TOVACache":
         self.require_scoring(model)
-        return reduce_groups_by(TOVACache.for_model(model.config, self.budget(), self.heads), self.group_reduction)
+        return reduce_groups_by(TOVACache.for_model(model.config, self.budget(), self.heads, self.decoding()),
+                                self.group_reduction)
 
 
 class TOVALayer(BudgetLayer):
     method = "tova"
     score_agg = "mean"  # per KV head: the mean over its query heads
 
-    def __init__(self, budget: TokenBudget, heads: str = "layer"):
-        super().__init__(budget)
+    def __init__(self, budget: TokenBudget, heads: str = "layer", decode: DecodeBudget | None = None):
+        super().__init__(budget, decode=decode)
         self.heads = heads
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
         if self.stored_tokens() > self.capacity:
+            self.awaiting_scores = True
+            request_scores(self, keys, last_rows=1)
+
+    def decode_step(self, keys: torch.Tensor, compress: bool) -> None:
+        """The paper's per-step rule, run on the steps the decode budget makes due: the current query's attention."""
+        if compress:
             self.awaiting_scores = True
             request_scores(self, keys, last_rows=1)
 
@@ -82,19 +102,21 @@ class TOVALayer(BudgetLayer):
         return column_sums.mean(dim=1, keepdim=True).expand_as(column_sums)  # mean of the equal-sized groups' means
 
     def select(self, column_sums: torch.Tensor) -> torch.Tensor:
-        """The ``capacity`` tokens the current query attends to most (per layer or per KV head)."""
-        return top_k_sorted(self.priority(column_sums), self.capacity)
+        """The :attr:`target` tokens the current query attends to most (per layer or per KV head): the budget, or
+        the decode target during a decode step."""
+        return top_k_sorted(self.priority(column_sums), self.target)
 
     def receive_scores(self, column_sums: torch.Tensor) -> None:
-        """Evict down to the budget: one token in place at a decode step, the rest by a gather."""
+        """Evict down to :attr:`target`: one token in place at a decode step, more by a gather."""
         self.awaiting_scores = False
-        self.evict_lowest(self.priority(column_sums), self.stored_tokens() - self.capacity)
+        self.evict_lowest(self.priority(column_sums), self.stored_tokens() - self.target)
 
 
 class TOVACache(BudgetCache):
-    def __init__(self, num_layers: int, budget: TokenBudget, heads: str = "layer"):
-        super().__init__(layers=[TOVALayer(budget, heads) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, budget: TokenBudget, heads: str = "layer", decode: DecodeBudget | None = None):
+        super().__init__(layers=[TOVALayer(budget, heads, decode) for _ in range(num_layers)])
 
     @classmethod
-    def for_model(cls, config, budget: TokenBudget, heads: str = "layer") -> "TOVACache":
-        return cls(num_layers(config), budget, heads)
+    def for_model(cls, config, budget: TokenBudget, heads: str = "layer",
+                  decode: DecodeBudget | None = None) -> "TOVACache":
+        return cls(num_layers(config), budget, heads, decode)

@@ -128,6 +128,8 @@ class Suite:
     supports_data_parallel: ClassVar[bool] = False
     #: Whether prompts keep a question apart from their context (then ``suite.query_aware`` applies).
     keeps_query: ClassVar[bool] = False
+    #: Why a suite is query-agnostic by construction (``suite=shared_context``), said when ``query_aware=true``.
+    query_agnostic_by_design: ClassVar[str | None] = None
     #: Whether the suite runs batches through a compressed cache (then a single-pass simulation cannot run it).
     needs_cache: ClassVar[bool] = False
     #: Whether the suite compares the method's next-token distributions with full's (then a method that changes the
@@ -211,6 +213,9 @@ def build_suite(cfg) -> Suite:
         raise SuiteConfigError(f"suite.runner={cfg.runner!r} is not valid (choose one of: {', '.join(sorted(SUITES))})")
     check_common(cfg)
     cls = SUITES[cfg.runner]
+    if getattr(cfg, "query_aware", False) and cls.query_agnostic_by_design:
+        raise SuiteConfigError(f"suite.query_aware=true: suite={cfg.name} (runner {cfg.runner}) "
+                               f"{cls.query_agnostic_by_design} (set suite.query_aware=false)")
     if getattr(cfg, "query_aware", False) and not cls.keeps_query:
         raise no_question_part(cfg, f"suite={cfg.name} (runner {cfg.runner}) has none")
     if getattr(cfg, "fidelity", False) and not cls.decodes:

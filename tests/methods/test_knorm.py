@@ -99,7 +99,8 @@ def test_stored_bytes_are_budget_over_length_of_full(tiny_mha):
     (dict(budget_ratio=1.2), r"method.budget_ratio=1.2 must lie in \(0, 1\]"),
     (dict(budget_tokens=0), r"method.budget_tokens=0 must be a token count >= 1"),
     (dict(budget_ratio=0.2, budget_tokens=3), r"both set"),
-    (dict(norm="l1"), r"method=knorm has no parameter norm \(valid: budget_ratio, budget_tokens\)"),
+    (dict(norm="l1"), r"method=knorm has no parameter norm \(valid: budget_ratio, budget_tokens, compress_every, "
+     r"decode_budget_ratio, decode_budget_tokens\)"),
 ])
 def test_bad_parameters_are_rejected_in_one_line_naming_the_value(params, message):
     with pytest.raises(MethodConfigError, match=message) as error:

@@ -1,0 +1,138 @@
+"""``suite.runner=longgen``: long generations on the bundled model (issue 25), measured along the trace
+(:mod:`kvbench.eval.longgen`).
+
+Two tasks, each prompt generated greedily up to ``max_new_tokens`` by ``full`` and by the method:
+
+* ``prose`` -- continue a held-out prose prompt (the ``eval`` split of the offline corpus, as ``suite=fidelity``);
+* ``progression`` -- continue a seeded arithmetic progression (a checkable chain): ``accuracy`` is the share of the
+  first ``check_terms`` terms after the shown ones that the method's output gets right before its first error
+  (``full``'s in ``accuracy_full``).
+
+Per task: the mean per-prompt KL(full ‖ method) on full's own output (primary, lower is better, with a bootstrap
+interval over prompts) and top-1 agreement, each also per position bin (``kl_0_256``, ``kl_256_1k``,
+``kl_1k_plus``, ``top1_*``; a bin no trace reaches is absent), the output length (``output_length``, full's in
+``output_length_full``) and its paired change against full on the same prompt (``length_change``, with a 95%
+bootstrap interval ``length_change_low``/``_high``), and decode ms per step. Peak and final KV bytes of the
+generations are the record's ``kv.peak_decode_stored_bytes`` / ``final_decode_stored_bytes``. Writes
+``<run dir>/<suite name>/traces.jsonl``, one line per prompt and task. Query-agnostic by construction (no question
+kept apart): ``suite.query_aware=true`` is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvbench.atomic import atomic_write_text
+from kvbench.config import SuiteConfig
+from kvbench.errors import SuiteConfigError
+from kvbench.eval.intervals import bootstrap, mean
+from kvbench.eval.longgen import BINS, correct_terms, progression_prompt, trace
+from kvbench.eval.prompts import eos_ids
+from kvbench.eval.protocol import CompressionProtocol
+from kvbench.methods import build_method
+from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.suites.fidelity import check_vocabulary, prose_prompts, reference_model
+
+TASKS = ("prose", "progression")
+
+
+@dataclass
+class LonggenOptions:
+    prompts: int = 4
+    prompt_tokens: int = 128
+    max_new_tokens: int = 1280
+    check_terms: int = 64
+    seed: int = 0
+
+
+@dataclass
+class LonggenConfig(SuiteConfig):
+    runner: str = "longgen"
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    options: LonggenOptions = field(default_factory=LonggenOptions)
+
+
+@register
+class Longgen(Suite):
+    runner = "longgen"
+    Config = LonggenConfig
+    Options = LonggenOptions
+    compares_to_full = True
+
+    def validate(self, model_cfg=None) -> None:
+        opts = self.options
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise SuiteConfigError(f"unknown longgen task(s) {', '.join(unknown)} (choose from: {', '.join(TASKS)})")
+        for name in ("prompts", "prompt_tokens", "max_new_tokens", "check_terms"):
+            value = getattr(opts, name)
+            low = 2 if name == "prompt_tokens" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise SuiteConfigError(f"suite.options.{name}={value!r} must be an integer >= {low}")
+        if model_cfg is not None and opts.prompt_tokens + opts.max_new_tokens > model_cfg.max_length:
+            raise SuiteConfigError(f"suite.options.prompt_tokens + max_new_tokens = "
+                                   f"{opts.prompt_tokens + opts.max_new_tokens} exceeds model.max_length="
+                                   f"{model_cfg.max_length}")
+
+    def run(self, plan, context: RunContext) -> Iterator[TaskResult]:
+        opts, protocol, tokenizer = self.options, context.protocol, context.tokenizer
+        reference = CompressionProtocol(reference_model(context), build_method("full"))
+        check_vocabulary(reference.model, protocol.model, protocol.method)
+        n = opts.prompts if self.cfg.limit is None else min(self.cfg.limit, opts.prompts)
+        eos = eos_ids(tokenizer, protocol.model)
+        lines = []
+        for task in self.tasks:
+            rows = []
+            for i, (prompt, check) in enumerate(task_prompts(task, tokenizer, n, opts)):
+                found = trace(reference, protocol, prompt, opts.max_new_tokens, eos)
+                row = {"task": task, "prompt": i,
+                       **{k: v for k, v in vars(found).items() if k not in ("output", "full_output")}}
+                if check is not None:
+                    for key, output in (("accuracy", found.output), ("accuracy_full", found.full_output)):
+                        row[key] = min(opts.check_terms, correct_terms(tokenizer.decode(output), *check)) / opts.check_terms
+                rows.append(row)
+                lines.append(json.dumps(row) + "\n")
+            yield task_result(task, rows)
+        atomic_write_text(Path(context.output_dir) / self.cfg.name / "traces.jsonl", "".join(lines))
+
+
+def task_prompts(task: str, tokenizer, n: int, opts: LonggenOptions):
+    """``[(prompt ids, check or None)]``: held-out prose pieces, or progressions with ``(start, step, shown)``."""
+    if task == "prose":
+        prompts, _ = prose_prompts(tokenizer, n, opts.prompt_tokens, 1, opts.seed)
+        return [(p, None) for p in prompts]
+    rng = random.Random(opts.seed)
+    out = []
+    for _ in range(n):
+        text, start, step, shown = progression_prompt(rng)
+        out.append((tokenizer(text, add_special_tokens=False)["input_ids"], (start, step, shown)))
+    return out
+
+
+def task_result(task: str, rows: list[dict]) -> TaskResult:
+    """Means over prompts; KL primary with its interval; the paired length change with its own interval."""
+    metrics = {"kl": mean([r["kl"] for r in rows]), "top1_agreement": mean([r["top1_agreement"] for r in rows]),
+               "output_length": mean([r["length"] for r in rows]),
+               "output_length_full": mean([r["full_length"] for r in rows])}
+    for name, _, _ in BINS:
+        for metric, key in (("kl", "kl_bins"), ("top1", "agreement_bins")):
+            values = [r[key][name] for r in rows if r[key][name] is not None]
+            if values:
+                metrics[f"{metric}_{name}"] = mean(values)
+    changes = [r["length"] - r["full_length"] for r in rows]
+    metrics["length_change"] = mean(changes)
+    found = bootstrap(changes, mean)
+    if found is not None:
+        metrics["length_change_low"], metrics["length_change_high"] = found[0], found[1]
+    steps = [r["decode_ms_per_step"] for r in rows if r["decode_ms_per_step"] is not None]
+    if steps:
+        metrics["decode_ms_per_step"] = mean(steps)
+    if "accuracy" in rows[0]:
+        metrics["accuracy"] = mean([r["accuracy"] for r in rows])
+        metrics["accuracy_full"] = mean([r["accuracy_full"] for r in rows])
+    return TaskResult.from_samples(task, metrics, "kl", [r["kl"] for r in rows], mean, higher_is_better=False,
+                                   ids=range(len(rows)))

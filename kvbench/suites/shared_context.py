@@ -1,0 +1,109 @@
+"""``suite.runner=shared_context``: one context, many questions, SCBench's two modes (issue 25;
+:mod:`kvbench.eval.shared_context` says what each mode does).
+
+Tasks ``multi_request`` and ``multi_turn``. Each sample is a RULER-style haystack of ``units`` noise paragraphs with
+``questions`` needles and one question per needle, answered greedily (``max_new_tokens``) and scored by string match
+of the needle's value. Per task: ``score`` (primary: the mean over every question of every sample, query-agnostic:
+the questions were never visible at compression time), per question position ``score_q1`` ... (multi-request: the
+order asked; multi-turn: the turn), ``score_own`` -- the same questions asked one at a time, each compressed *with*
+its context (query-aware) -- and ``reuse_cost`` = ``score_own − score``, the cost of reuse as one number. Timing
+(multi-request): ``compress_once_s`` (compressing the context once, per sample) and ``compress_each_s``
+(compressing it once per question, summed), and their amortised per-question values. Query-agnostic by
+construction: ``suite.query_aware=true`` is refused in one line; ``questions`` must be >= 1. Writes
+``<run dir>/<suite name>/answers.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvbench.atomic import atomic_write_text
+from kvbench.config import SuiteConfig
+from kvbench.errors import SuiteConfigError
+from kvbench.eval.intervals import mean
+from kvbench.eval.prompts import eos_ids
+from kvbench.eval.shared_context import draw, multi_request, multi_turn, own_compression
+from kvbench.suites.base import RunContext, Suite, TaskResult, register
+
+TASKS = ("multi_request", "multi_turn")
+
+
+@dataclass
+class SharedContextOptions:
+    samples: int = 4
+    units: int = 24
+    questions: int = 4
+    max_new_tokens: int = 12
+    seed: int = 0
+
+
+@dataclass
+class SharedContextConfig(SuiteConfig):
+    runner: str = "shared_context"
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    options: SharedContextOptions = field(default_factory=SharedContextOptions)
+
+
+@register
+class SharedContext(Suite):
+    runner = "shared_context"
+    Config = SharedContextConfig
+    Options = SharedContextOptions
+    query_agnostic_by_design = ("compresses the context before any question is seen (SCBench's shared context); "
+                                "its score_own column is the query-aware comparison")
+
+    def validate(self, model_cfg=None) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise SuiteConfigError(f"unknown shared_context task(s) {', '.join(unknown)} (choose from: {', '.join(TASKS)})")
+        for name in ("samples", "units", "questions", "max_new_tokens"):
+            value = getattr(self.options, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SuiteConfigError(f"suite.options.{name}={value!r} must be an integer >= 1"
+                                       + (" (questions asked of each shared context)" if name == "questions" else ""))
+
+    def run(self, plan, context: RunContext) -> Iterator[TaskResult]:
+        opts, protocol, tokenizer = self.options, context.protocol, context.tokenizer
+        n = opts.samples if self.cfg.limit is None else min(self.cfg.limit, opts.samples)
+        rng = random.Random(opts.seed)
+        samples = [draw(rng, tokenizer, opts.units, opts.questions) for _ in range(n)]
+        eos = eos_ids(tokenizer, protocol.model)
+        hit = lambda out, answer: float(answer in tokenizer.decode(out, skip_special_tokens=True))  # noqa: E731
+        own, own_s = [], []
+        for sample in samples:
+            outputs, seconds = own_compression(protocol, sample, opts.max_new_tokens, eos)
+            own.append([hit(o, a) for o, a in zip(outputs, sample.answers)])
+            own_s.append(seconds)
+        lines = []
+        for task in self.tasks:
+            rows, once_s = [], []
+            for i, sample in enumerate(samples):
+                if task == "multi_request":
+                    outputs, seconds = multi_request(protocol, sample, opts.max_new_tokens, eos)
+                    once_s.append(seconds)
+                else:
+                    answers = [tokenizer(f" {a}.", add_special_tokens=False)["input_ids"] for a in sample.answers]
+                    outputs = multi_turn(protocol, sample, answers, opts.max_new_tokens, eos)
+                rows.append([hit(o, a) for o, a in zip(outputs, sample.answers)])
+                lines += [json.dumps({"task": task, "sample": i, "question": q, "answer": sample.answers[q],
+                                      "output": tokenizer.decode(o, skip_special_tokens=True), "score": rows[-1][q],
+                                      "score_own": own[i][q]}) + "\n" for q, o in enumerate(outputs)]
+            yield task_result(task, rows, own, once_s, own_s)
+        atomic_write_text(Path(context.output_dir) / self.cfg.name / "answers.jsonl", "".join(lines))
+
+
+def task_result(task: str, rows: list[list[float]], own: list[list[float]], once_s: list[float],
+                own_s: list[float]) -> TaskResult:
+    """Scores per question position, the query-aware own-compression score and the reuse cost; timing."""
+    k = len(rows[0])
+    score, score_own = mean([s for row in rows for s in row]), mean([s for row in own for s in row])
+    metrics = {"score": score, "score_own": score_own, "reuse_cost": score_own - score}
+    metrics.update({f"score_q{q + 1}": mean([row[q] for row in rows]) for q in range(k)})
+    if once_s:
+        metrics.update(compress_once_s=mean(once_s), compress_each_s=mean(own_s),
+                       amortised_once_s=mean(once_s) / k, amortised_each_s=mean(own_s) / k)
+    return TaskResult.from_samples(task, metrics, "score", [mean(row) for row in rows], mean, ids=range(len(rows)))

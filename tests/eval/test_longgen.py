@@ -1,0 +1,23 @@
+"""kvbench/eval/longgen.py: position bins of a trace, and the checkable progression."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from kvbench.eval.longgen import binned, correct_terms, progression_prompt
+
+
+def test_binned_means_cover_each_bin_the_trace_reaches():
+    values = torch.cat([torch.zeros(256), torch.ones(768), torch.full((10,), 3.0)])
+    assert binned(values) == {"0_256": 0.0, "256_1k": 1.0, "1k_plus": 3.0}
+    assert binned(torch.ones(5)) == {"0_256": 1.0, "256_1k": None, "1k_plus": None}
+
+
+def test_a_progression_is_checked_term_by_term_up_to_the_first_error():
+    text, start, step, shown = progression_prompt(random.Random(0))
+    assert text.endswith(f"{start + (shown - 1) * step},")
+    right = ", ".join(str(start + (shown + i) * step) for i in range(5))
+    assert correct_terms(f" {right}, 1, {start + (shown + 6) * step}", start, step, shown) == 5
+    assert correct_terms(" nothing", start, step, shown) == 0

@@ -1,0 +1,56 @@
+"""suite.runner=longgen: full against itself diverges nowhere; a small decode budget diverges along the trace, within
+the bins the trace reaches; bad options are one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from kvbench.config import ModelConfig
+from kvbench.errors import SuiteConfigError
+from kvbench.eval.protocol import CompressionProtocol
+from kvbench.methods import build_method
+from kvbench.suites import RunContext, build_suite
+from kvbench.suites.longgen import LonggenConfig
+
+TINY = ModelConfig(pretrained="tiny:llama-gqa", max_length=512, chat=False)
+
+
+def _run(model, tokenizer, method, tmp_path, tasks=("prose", "progression"), **options):
+    cfg = LonggenConfig(name="longgen", tasks=list(tasks),
+                        options={"prompts": 2, "prompt_tokens": 24, "max_new_tokens": 40, **options})
+    suite = build_suite(cfg)
+    protocol = CompressionProtocol(method.apply(copy.deepcopy(model), tokenizer), method, model.config)
+    results = list(suite.run(suite.validate(TINY), RunContext(protocol, tokenizer, TINY, tmp_path)))
+    return {r.task: r for r in results}, protocol
+
+
+def test_full_against_itself_diverges_nowhere_and_keeps_its_length(tiny_gqa, tmp_path):
+    results, protocol = _run(*tiny_gqa, build_method("full"), tmp_path)
+    for task in ("prose", "progression"):
+        m = results[task].metrics
+        assert m["kl"] == 0.0 and m["top1_agreement"] == 1.0 and m["kl_0_256"] == 0.0
+        assert m["length_change"] == 0 and m["output_length"] == m["output_length_full"]
+        assert "kl_256_1k" not in m  # 40 tokens never reach the second bin
+    assert results["progression"].metrics["accuracy"] == results["progression"].metrics["accuracy_full"]
+    lines = (tmp_path / "longgen" / "traces.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["full_length"] == json.loads(lines[0])["length"]
+    assert protocol.stats.generations == 4
+
+
+def test_a_small_decode_budget_diverges_along_the_trace_and_bounds_the_generations_bytes(tiny_gqa, tmp_path):
+    method = build_method("streaming_llm", budget_ratio=1.0, decode_budget_tokens=8, sink_tokens=2)
+    results, protocol = _run(*tiny_gqa, method, tmp_path, tasks=["prose"])
+    assert results["prose"].metrics["kl"] > 0
+    _, full = _run(*tiny_gqa, build_method("full"), tmp_path / "full", tasks=["prose"])
+    assert protocol.stats.peak_decode_stored_bytes < full.stats.peak_decode_stored_bytes / 4
+
+
+@pytest.mark.parametrize("options, message", [({"max_new_tokens": 0}, "max_new_tokens=0"),
+                                              ({"prompt_tokens": 400, "max_new_tokens": 200}, "exceeds model.max_length")])
+def test_bad_options_are_refused_in_one_line_before_the_model_loads(options, message):
+    suite = build_suite(LonggenConfig(name="longgen", options=options))
+    with pytest.raises(SuiteConfigError, match=message):
+        suite.validate(TINY)
