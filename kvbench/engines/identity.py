@@ -129,7 +129,12 @@ def main(argv: list[str]) -> int:
                                         "dtype": cfg.dtype, "max_model_len": max(map(len, prompts)) + new_tokens,
                                         "new_tokens": new_tokens, "prompts": prompts, "max_num_seqs": 8})
     result = compare(ours, response["rows"])
+    from kvbench.environment import script_provenance  # the report names its command, commit and lock (issue 23)
+
     text = markdown(result, cfg.name, cfg.dtype, response["engine"], new_tokens)
+    text = text.replace("\n\n", "\n\n" + script_provenance(
+        f"{len(prompts)} quick-suite prompts, {new_tokens} greedy tokens", "GGUF Q4_1, dequantised to float32",
+        ["python", "-m", "kvbench.engines.identity", *argv]) + "\n\n", 1)
     out = args.get("out")
     if out:
         with open(out, "w") as handle:
