@@ -47,12 +47,12 @@ def run_in(tmp_path, monkeypatch):
 
 # -- composition: Hydra's errors as one line (kvbench CLI) -----------------------------------------------
 @pytest.mark.parametrize("args, expected", [
-    (["method=no_such_method"], "method=no_such_method is not a kvbench method config (choose one of: combined, full"),
+    (["method=no_such_method"], "method=no_such_method is not a kvbench method config (choose one of: adakv, combined, duo_attention"),
     (["model=no_such_model"], "model=no_such_model is not a kvbench model config (choose one of: bloomz_7b1"),
     (["suite=no_such_suite"], "suite=no_such_suite is not a kvbench suite config (choose one of: efficiency, fidelity, h2o_paper"),
     (["experiment=nope"], "experiment=nope is not a kvbench experiment config (choose one of: baselines, "),
     (["method=h2o", "method.heavy_ratoi=0.3"],
-     "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi' (valid: heavy_ratio, heavy_tokens, protocol, recent_ratio"),
+     "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi' (valid: compress_every, decode_budget_ratio, decode_budget_tokens, heavy_ratio, heavy_tokens"),
     (["suite=longbench", "suite.options.datadir=x"],
      "suite.options.datadir: suite.options has no setting 'datadir' (valid: chat_template, data_dir, e, max_length)"),
     (["method=minicache", "method.gamma=lots"], "method.gamma=lots: Value 'lots' of type 'str' could not be converted"),
@@ -61,7 +61,7 @@ def run_in(tmp_path, monkeypatch):
      "method.protocol: method=snapkv has no masking simulation (protocol=simulate exists for: h2o; snapkv runs real"),
     (["method=svd_gqa", "method.lora.rnak=4"], "method.lora.rnak: method.lora has no setting 'rnak' (valid: alpha, "),
     (["-m", "method=full,nope"], "method=nope is not a kvbench method config"),
-    (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: dry_run, force, html, job_device, logger, method, model, paper"),
+    (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: dry_run, engine, force, html, job_device, logger, method, model, paper"),
     (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
     (["-m", "hydra/launcher=workers", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be a positive number"),
 ])
@@ -90,7 +90,7 @@ def test_composition_error_translation_keeps_hydras_error_as_the_cause():
     (["model.pretrained=/no/such/model/dir"], "model.pretrained='/no/such/model/dir': no such directory"),
     (["model.dtype=float8"], "model.dtype='float8' is not supported (choose one of: auto, float32"),
     (["method=h2o", "method.heavy_ratio=2.0"], "method.heavy_ratio=2.0 must lie in [0, 1]"),
-    (["method=h2o", "+method.heavy_ratoi=1"], "method=h2o has no parameter heavy_ratoi (valid: heavy_ratio"),
+    (["method=h2o", "+method.heavy_ratoi=1"], "method=h2o has no parameter heavy_ratoi (valid: compress_every, decode_budget_ratio, decode_budget_tokens, heavy_ratio"),
     (["method=kivi", "+method.decode_budget_tokens=5"], "method=kivi has no token axis, so decode_budget_tokens"),
     (["method=h2o", "method.compress_every=0"], "method.compress_every=0 must be an integer >= 1"),
     (["method=pyramidkv", "+method.decode_budget_tokens=5"], "method=pyramidkv cannot compress while decoding"),

@@ -40,7 +40,7 @@ def no_model_loading(monkeypatch):
         ("suite.limit=0", "suite.limit=0 must be a positive number"),
         ("suite.limit=-3", "suite.limit=-3 must be a positive number"),
         ("suite.tasks=[kvbench_pasky]", "unknown task(s) kvbench_pasky: kvbench's offline tasks are kvbench_passkey"),
-        ("suite.runner=foo", "suite.runner='foo' is not valid (choose one of: efficiency, fidelity, lm_eval, longbench, ruler)"),
+        ("suite.runner=foo", "suite.runner='foo' is not valid (choose one of: efficiency, fidelity, lm_eval, longbench, longgen, ruler, shared_context)"),
         ("suite.stream_chunk=0", "suite.stream_chunk=0 must be a positive"),
     ],
 )
@@ -73,8 +73,8 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     expected_model = {"name": "tiny_llama", "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
     assert {k: record.model[k] for k in expected_model} == expected_model
     assert record.model["n_params"] > 0
-    assert record.method == {"name": "full", "label": "full", "label_params": {}, "params": {}, "changed_params": {},
-                             "simulated": False}
+    assert record.method == {"name": "full", "label": "full", "label_params": {}, "params": {"cache_layout": "static"},
+                             "changed_params": {}, "simulated": False}
     assert record.kv["stored_bytes"] == record.kv["full_bytes"] > 0 and record.kv["ratio"] == 1.0
     for key in ("wall_s", "prefill_tok_s", "eval_s"):
         assert record.timing[key] > 0

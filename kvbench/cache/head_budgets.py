@@ -34,7 +34,10 @@ def flattened_counts(scores: torch.Tensor, budget: int) -> torch.Tensor:
 
 def apportion(counts: torch.Tensor, total: int) -> torch.Tensor:
     """Integers proportional to ``counts`` ``[b, H]`` summing to ``total`` per row (largest remainder, lower
-    heads first on ties). ``counts`` sum to ``C > 0`` per row."""
+    heads first on ties). ``counts`` sum to ``C > 0`` per row, unless ``total`` is 0 (nothing to share: a budget no
+    larger than the window or the floor)."""
+    if total == 0:
+        return torch.zeros_like(counts)
     whole = counts.sum(dim=1, keepdim=True)
     exact = counts * total  # shares are exact / whole
     base = exact // whole

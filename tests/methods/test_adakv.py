@@ -48,6 +48,8 @@ def test_every_head_keeps_its_floor_and_a_layer_keeps_exactly_heads_times_budget
 
 def test_largest_remainder_apportionment_is_exact_and_proportional():
     assert apportion(torch.tensor([[4, 2]]), 4).tolist() == [[3, 1]]
+    # nothing to share (a selected budget of 0 after the window): zeros, not a division by zero
+    assert apportion(torch.tensor([[0, 0]]), 0).tolist() == [[0, 0]]
     assert apportion(torch.tensor([[1, 1, 1]]), 4).tolist() == [[2, 1, 1]]  # ties: the lower head first
     assert apportion(torch.tensor([[5, 0, 5]]), 10).tolist() == [[5, 0, 5]]
 
