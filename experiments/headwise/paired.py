@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     print("Δ KL = method − snapkv on the same 12 prompts (negative: closer to `full`); sign-flip permutation test, "
           "paired-bootstrap interval (`kvbench.statistics.compare`, not Holm-corrected). Bytes: what each run's "
           "cache held over what the full cache holds, measured from its tensors (keys, values, positions, per-head "
-          "lengths; the masked layout also its mask).\n")
+          "lengths; the masked layout also its mask). Generated from the same records by "
+          f"`python experiments/headwise/paired.py {args.records}` (`make example-headwise` runs it).\n")
     print(table(runs))
     return 0
 
