@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvbench.eval.intervals import bootstrap
+from kvbench.eval.intervals import bootstrap, mean
 
 
 @dataclass
@@ -95,9 +95,8 @@ def teacher_forced_after(protocol, context: Sequence[int], query: Sequence[int],
     if getattr(protocol.method, "single_pass", False):  # the masking simulation: one forward over everything
         logits = protocol.forward(protocol.method.new_cache(protocol.model), [*prompt, *continuation[:-1]])
         return torch.log_softmax(logits[len(prompt) - 1:].float(), dim=-1)
-    split = len(context) if query and not query_aware else len(prompt) - 1
-    cache = protocol.prefill(prompt[:split])
-    pending, steps = prompt[split:], []
+    cache, pending = protocol.prefill_prompt(context, query, query_aware)
+    steps = []
     for token in continuation:
         steps.append(torch.log_softmax(protocol.forward(cache, pending, last_logits_only=True)[-1].float(), dim=-1))
         pending = [token]
@@ -142,8 +141,8 @@ def divergence_metrics(rows: Sequence[dict]) -> dict[str, float]:
     probed = [row for row in rows if "kl_vs_full" in row]
     if not probed:
         return {}
-    metrics = {name: sum(row[name] for row in probed) / len(probed) for name in PROBE_FIELDS}
-    found = bootstrap([row["kl_vs_full"] for row in probed], lambda xs: sum(xs) / len(xs))
+    metrics = {name: mean([row[name] for row in probed]) for name in PROBE_FIELDS}
+    found = bootstrap([row["kl_vs_full"] for row in probed], mean)
     if found is not None:
         metrics["kl_vs_full_low"], metrics["kl_vs_full_high"] = found[0], found[1]
     return metrics

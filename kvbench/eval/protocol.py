@@ -249,10 +249,15 @@ class CompressionProtocol:
         token is prefilled and compressed. Stops at ``max_new_tokens``, an EOS id, or when
         ``stop(generated_ids)`` is true.
         """
+        cache, pending = self.prefill_prompt(context, query, query_aware)
+        return self.decode(cache, pending, max_new_tokens, stop, eos_token_ids)
+
+    def prefill_prompt(self, context: Sequence[int], query: Sequence[int] = (), query_aware: bool = False):
+        """``(cache, pending)``: the part of ``context + query`` that :meth:`generate` compresses, prefilled, and the
+        tokens it feeds afterwards (the query when it is kept apart, else the prompt's last token)."""
         prompt = list(context) + list(query)
         split = len(context) if query and not query_aware else len(prompt) - 1
-        cache = self.prefill(prompt[:split])
-        return self.decode(cache, prompt[split:], max_new_tokens, stop, eos_token_ids)
+        return self.prefill(prompt[:split]), prompt[split:]
 
     def decode(self, cache, pending: Sequence[int], max_new_tokens: int,
                stop: Callable[[list[int]], bool] | None = None, eos_token_ids: Sequence[int] = ()) -> list[int]:
