@@ -33,6 +33,9 @@ A ragged per-KV-head layer hands its packed store over instead of keys (:mod:`kv
 a query-statistics layer (Expected Attention, KVzip) receives the queries themselves (``receive_queries``). Just
 over 300 lines: every path of the one wrapper that sees the model's queries stays in the module that owns it.
 
+Decode steps (one query row, no mask, base ``sdpa``) take one eager pass for both the output and the scores
+(:mod:`kvbench.cache.decode_attention`) instead of sdpa plus the chunked sums.
+
 Caches whose layers store different numbers of tokens (PyramidKV's per-layer budgets): transformers
 builds one mask, sized for layer 0; the wrapper re-aligns it to each layer's keys (:func:`align_mask`),
 so a forward of several tokens after compression works in every layer.
@@ -45,6 +48,7 @@ import threading
 
 import torch
 
+from kvbench.cache import decode_attention
 from kvbench.cache.ragged_attention import take
 
 #: Implementations the wrapper can sit on. ``flash_attention_*`` / ``flex_attention`` have their own
@@ -211,8 +215,7 @@ def fusable(base: str, last_rows: int | None, kwargs: dict) -> bool:
     position bias)."""
     if base != "sdpa" or last_rows is not None or not FUSED:
         return False
-    extras = ("softcap", "sliding_window", "s_aux", "position_bias")
-    return not kwargs.get("dropout") and all(kwargs.get(name) is None for name in extras)
+    return decode_attention.plain(kwargs)
 
 
 def _base_function(base: str, module):
@@ -255,6 +258,11 @@ def scored_attention(base: str):
             if flash is not None:  # a causal prefill on CPU: output and scores from the flash kernel, no N×N matrix
                 layer.receive_scores(flash[0])
                 return flash[1], None
+        if base == "sdpa" and decode_attention.applies(query, attention_mask, kwargs):
+            with torch.no_grad():  # a decode step: output and scores from one eager pass
+                out, probs = decode_attention.attend_and_score(query, key, value, _scaling(module, query, kwargs))
+                layer.receive_scores(aggregate_heads(probs, layer.score_agg))
+            return out, None
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         b, n_heads, q_len, _ = query.shape
         h, kv = key.shape[1], key.shape[2]
