@@ -203,3 +203,26 @@ def test_lm_evals_own_default_device_and_the_cpu_are_accepted_without_a_gpu():
         check_lm_eval_args({"method.heavy_ratio": "0.2", "suite.stream_chunk": "4"}, 1, device)
     with pytest.raises(ConfigError, match="--device cuda:1 is not available"):
         check_lm_eval_args({}, "1", "cuda:1")
+
+
+def test_a_config_lock_is_removed_when_released_and_still_excludes_a_waiter(tmp_path):
+    """No ``.lock`` is left per config, and a waiter that wakes on the removed file still waits for the next
+    holder: at most one holder at any time."""
+    from kvbench.file_lock import exclusive
+
+    lock, inside, overlaps = tmp_path / "records" / "abc.lock", [], []
+
+    def hold(seconds: float) -> None:
+        with exclusive(lock):
+            inside.append(1)
+            overlaps.append(len(inside))
+            time.sleep(seconds)
+            inside.pop()
+
+    threads = [threading.Thread(target=hold, args=(0.2,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert overlaps == [1, 1, 1, 1]
+    assert not lock.exists()
