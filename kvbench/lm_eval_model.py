@@ -15,10 +15,8 @@ import sys
 from kvbench.compose import compose_config
 from kvbench.errors import ConfigError, KvbenchError, fail
 from kvbench.eval.lm import KvbenchLM, quiet_lm_eval
-from kvbench.models import check_model_source, load_config
 from kvbench.runner import load_and_apply
-from kvbench.support import check_model_supported, check_supported
-from kvbench.validation import build_method_from
+from kvbench.validation import build_method_from, check_method_on_model
 
 
 class KvbenchCLIModel(KvbenchLM):
@@ -33,11 +31,7 @@ class KvbenchCLIModel(KvbenchLM):
             check_lm_eval_args(overrides, batch_size, device)
             cfg = compose_config([f"model={model}", f"method={method}", *(f"{k}={v}" for k, v in overrides.items())])
             method_obj = build_method_from(cfg.method)
-            check_model_source(cfg.model)
-            check_supported(method_obj, cfg.model.get("family"))
-            config = load_config(cfg.model)
-            check_model_supported(method_obj, config)
-            method_obj.check_model(config)
+            check_method_on_model(method_obj, cfg.model)
             loaded, tokenizer, reference_config = load_and_apply(cfg, method_obj)
         except KvbenchError as error:
             fail(error)

@@ -87,16 +87,25 @@ def validate(cfg: DictConfig, unavailable: list[str] | None = None, method_confi
         raise ConfigError(f"suite.runner={cfg.suite.runner} compares next-token distributions with full's over one "
                           f"vocabulary, and method={method.name} changes the tokenizer or vocabulary: use a task suite")
     check_engine_choice(cfg, method, suite, unavailable)
-    check_model_source(cfg.model)
-    check_supported(method, cfg.model.get("family"))  # the model config's family: checked offline too
+    check_method_on_model(method, cfg.model, unavailable)
     suite_plan = _checked(lambda: suite.validate(cfg.model), unavailable)
-    config = _checked(lambda: load_config(cfg.model), unavailable)
-    if config is not None:
-        check_model_supported(method, config)
-        method.check_model(config)
     if (cfg.get("engine") or {}).get("backend", "hf") != "hf":  # the engine's row: its config's name (vllm_fp8)
         return RunPlan(method, suite, suite_plan, cfg.engine.name, {})
     return RunPlan(method, suite, suite_plan, *method_label(method, method_config))
+
+
+def check_method_on_model(method: Method, model_cfg: DictConfig, unavailable: list[str] | None = None):
+    """Everything a method and a model must agree on before the weights load, on every entry point (``kvbench``,
+    its dry run, ``lm_eval --model kvbench``): the model's source exists, the method supports the model config's
+    family, and -- from the model's config alone -- its architecture and shapes. Returns that config (None when a
+    dry run could not fetch it offline; noted in ``unavailable``)."""
+    check_model_source(model_cfg)
+    check_supported(method, model_cfg.get("family"))  # the model config's family: checked offline too
+    config = _checked(lambda: load_config(model_cfg), unavailable)
+    if config is not None:
+        check_model_supported(method, config)
+        method.check_model(config)
+    return config
 
 
 def check_engine_choice(cfg: DictConfig, method: Method, suite: Suite, unavailable: list[str] | None) -> None:
