@@ -13,7 +13,7 @@ from pathlib import Path
 from kvbench.records_frame import method_label
 from kvbench.results import RunRecord, short_params
 from kvbench.site.overview import blank, number
-from kvbench.site.samples import read_samples
+from kvbench.site.samples import read_samples, read_sidecar_rows
 
 ENV_FIELDS = ("git_commit", "lock_sha256", "kvbench", "python", "torch", "transformers", "lm_eval", "device",
               "torch_threads", "load_avg_1m", "lock_drift")
@@ -56,6 +56,9 @@ def run_page(path: Path, record: RunRecord) -> dict:
     kv, timing, env = record.kv, record.timing, record.env
     run_dir = Path(record.outputs.get("dir") or path.parent) if path.name != "record.json" else path.parent
     samples, problems = read_samples(run_dir, record.primary_metrics)
+    from_sidecar = not samples and not problems
+    if from_sidecar:  # a committed record: its per-sample scores travel beside it
+        samples = read_sidecar_rows(path)
     return {
         "run_id": record.run_id, "path": str(path), "status": record.status, "created_at": record.created_at,
         "label": method_label(record.method), "params": short_params(record.method.label_params or {}),
@@ -70,5 +73,6 @@ def run_page(path: Path, record: RunRecord) -> dict:
                    ("wall_s", "load_apply_s", "eval_s", "prefill_tok_s", "decode_tok_s", "decode_ms_per_token")],
         "env": [(name, "" if blank(env.get(name)) else str(env.get(name))) for name in ENV_FIELDS],
         "samples": samples_table(samples), "sample_problems": problems, "run_dir": str(run_dir),
+        "samples_from_sidecar": from_sidecar and bool(samples),
         "config": json.dumps(record.config, indent=2, sort_keys=True, default=str),
     }

@@ -5,12 +5,19 @@ The record holds aggregates only; the samples are the files a suite wrote beside
 LongBench: :mod:`kvbench.suites`). Each suite names its fields its own way, so a row is read by the first field
 present of a short list per column. A file that cannot be parsed gives no rows (its page says so), never an error:
 the site must build from any directory.
+
+A committed record travels without its run dir but with its per-sample scores (the sidecar,
+:mod:`kvbench.sample_scores`): without sample files the page shows the sidecar's rows -- task, id and score (a
+perplexity-type task's log-likelihood and weight), no prompt or prediction -- so every number of a committed report
+still opens onto the samples behind it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from kvbench.sample_scores import read_sidecar
 
 #: Rows kept per run and characters kept per cell: a page stays light whatever the run's size.
 MAX_ROWS = 2000
@@ -92,3 +99,19 @@ def _row(data: dict, default_task: str, number: int, primary_metrics: dict) -> d
             "reference": _excerpt(", ".join(map(str, reference)) if isinstance(reference, list)
                                   and all(isinstance(r, str) for r in reference) else _text(reference)),
             "score": _score(data, metric)}
+
+
+def read_sidecar_rows(record_path: Path) -> list[dict]:
+    """Up to :data:`MAX_ROWS` rows from the sidecar of the record at ``record_path`` (none without one): the score,
+    or for a perplexity-type item its log-likelihood over its weight shown in ``prediction``."""
+    rows: list[dict] = []
+    for task, samples in (read_sidecar(record_path) or {}).items():
+        for sample_id, data in samples.items():
+            if len(rows) >= MAX_ROWS:
+                return rows
+            score = _score(data, None)
+            loglik = "" if score is not None or "loglikelihood" not in data else \
+                f"log-likelihood {data['loglikelihood']:.4g} over weight {data.get('weight', float('nan')):g}"
+            rows.append({"task": task, "id": str(sample_id), "prompt": "", "prediction": loglik, "reference": "",
+                         "score": score})
+    return rows

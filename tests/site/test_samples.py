@@ -38,3 +38,17 @@ def test_an_unparsable_sample_file_is_a_problem_line_not_an_error(tmp_path):
     (tmp_path / "samples_bad.jsonl").write_text('{"pred": 1}\n{broken\n', encoding="utf-8")
     rows, problems = read_samples(tmp_path)
     assert len(problems) == 1 and problems[0].startswith("samples_bad.jsonl: JSONDecodeError")
+
+
+def test_a_committed_record_without_its_run_dir_shows_the_sidecar_scores(tmp_path):
+    from kvbench.sample_scores import sample_entries, write_sidecar
+    from kvbench.site.samples import read_sidecar_rows
+
+    record = tmp_path / "record.json"
+    write_sidecar(record, [*sample_entries("niah", [0, 1], [1.0, 0.0]),
+                           *sample_entries("wikitext", ["d"], [(-12.5, 40)])])
+    rows = read_sidecar_rows(record)
+    assert rows[:2] == [{"task": "niah", "id": "0", "prompt": "", "prediction": "", "reference": "", "score": 1.0},
+                        {"task": "niah", "id": "1", "prompt": "", "prediction": "", "reference": "", "score": 0.0}]
+    assert rows[2]["score"] is None and rows[2]["prediction"] == "log-likelihood -12.5 over weight 40"
+    assert read_sidecar_rows(tmp_path / "other.json") == []
