@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from kvbench.config import CONF_DIR, EngineConfig, LoggerConfig, ModelConfig, RunConfig
 from kvbench.errors import ConfigError
 from kvbench.methods import METHODS
-from kvbench.methods.base import methods_with
+from kvbench.methods.base import methods_with, renamed_parameter
 from kvbench.suites import SUITES
 
 
@@ -135,6 +135,8 @@ def explain(error: Exception, overrides: list[str]) -> str:
         parent, _, leaf = key.rpartition(".")
         keys, name = _keys_at(parent, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")])
         where = f"{parent}={name}" if parent in ("method", "model", "suite", "logger") and name else parent or "the config"
+        if parent == "method" and renamed_parameter(name, leaf):
+            return renamed_parameter(name, leaf)
         if parent == "method" and leaf == "protocol":
             return (f"{key}: {where} has no masking simulation (protocol=simulate exists for: "
                     f"{', '.join(methods_with('protocol'))}; {name or 'this method'} runs real compression only)")

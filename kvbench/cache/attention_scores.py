@@ -25,7 +25,7 @@ scores 3.3 s, the flash path 1.1 s. Its output is the kernel's (sdpa's own on CP
 chunked ones within float rounding (tested). Anything else (a mask, decoding, another device, ``max``) keeps
 sdpa's output and the chunked scores beside it.
 
-What a request asks for: the query heads of each KV head combine by the layer's ``score_agg``, and
+What a request asks for: the query heads of each KV head combine by the layer's ``group_reduction``, and
 ``last_rows`` limits the sum to the forward's last query rows: every row (H2O's accumulated scores),
 the last ``w`` prompt queries (SnapKV's observation window) or the current query alone (TOVA).
 
@@ -55,7 +55,7 @@ from kvbench.cache.ragged_attention import take
 #: mask conventions and are not wrapped (yet).
 SUPPORTED_BASES = ("sdpa", "eager")
 PREFIX = "scored_"
-SCORE_AGGS = ("sum", "mean", "max")
+GROUP_REDUCTIONS = ("sum", "mean", "max")
 #: Logits materialised at once while scoring (float32: 16 MiB), but at least MIN_ROWS query rows. Chunks skip most
 #: of the causal upper triangle (only each chunk's diagonal block is masked); larger ones mean fewer operations,
 #: which is what a scored prefill pays for on a CPU (each op has a fixed cost, worse on a loaded machine).
@@ -103,7 +103,7 @@ def aggregate_heads(probs: torch.Tensor, agg: str) -> torch.Tensor:
         return probs.sum(dim=3).mean(dim=2)
     if agg == "max":
         return probs.amax(dim=2).sum(dim=2)
-    raise ValueError(f"score_agg={agg!r} is not supported (choose one of: {', '.join(SCORE_AGGS)})")
+    raise ValueError(f"group_reduction={agg!r} is not supported (choose one of: {', '.join(GROUP_REDUCTIONS)})")
 
 
 def _mask_rows(mask: torch.Tensor, start: int, stop: int, h: int, g: int, kv: int) -> torch.Tensor:
@@ -122,7 +122,7 @@ def _aggregate_rows(probs: torch.Tensor, agg: str) -> torch.Tensor:
         return probs.sum(dim=(2, 3)) / probs.shape[3]
     if agg == "max":
         return probs.amax(dim=3).sum(dim=2)
-    raise ValueError(f"score_agg={agg!r} is not supported (choose one of: {', '.join(SCORE_AGGS)})")
+    raise ValueError(f"group_reduction={agg!r} is not supported (choose one of: {', '.join(GROUP_REDUCTIONS)})")
 
 
 def attention_column_sums(
@@ -254,7 +254,7 @@ def scored_attention(base: str):
             return fn(module, query, key, value, attention_mask, **kwargs)
         if attention_mask is None and fusable(base, last_rows, kwargs) and not query.requires_grad:
             with torch.no_grad():
-                flash = prefill_scores_by_flash(query, key, value, _scaling(module, query, kwargs), layer.score_agg)
+                flash = prefill_scores_by_flash(query, key, value, _scaling(module, query, kwargs), layer.group_reduction)
             if flash is not None:  # a causal prefill on CPU: output and scores from the flash kernel, no N×N matrix
                 layer.receive_scores(flash[0])
                 return flash[1], None
@@ -270,11 +270,11 @@ def scored_attention(base: str):
         with torch.no_grad():  # scores are bookkeeping: never part of an autograd graph
             if weights is not None and tuple(weights.shape) == (b, n_heads, q_len, kv):
                 probs = weights[:, :, first:].to(torch.float32).reshape(b, h, n_heads // h, q_len - first, kv)
-                sums = aggregate_heads(probs, layer.score_agg)
+                sums = aggregate_heads(probs, layer.group_reduction)
             else:
                 rows_mask = None if attention_mask is None else attention_mask[:, :, first:]
                 sums = attention_column_sums(query[:, :, first:].detach(), key.detach(), rows_mask,
-                                             _scaling(module, query, kwargs), layer.score_agg)
+                                             _scaling(module, query, kwargs), layer.group_reduction)
             layer.receive_scores(sums)
         return out, weights
 

@@ -54,7 +54,7 @@ class Eviction:
     """What the ``tokens`` component supplies: H2O's budget and how a KV head's query heads combine."""
 
     budget: H2OBudget
-    score_agg: str = "sum"
+    group_reduction: str = "sum"
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class EvictingMergedPair:
 
     def __init__(self, eviction: Eviction, merging: Merging):
         self.eviction, self.merging = eviction, merging
-        self.score_agg = eviction.score_agg
+        self.group_reduction = eviction.group_reduction
         self.reset()
 
     def reset(self) -> None:
@@ -147,7 +147,7 @@ class EvictingPairLayer(MergedPairLayer):
 
     def __init__(self, pair: EvictingMergedPair, role: int):
         super().__init__(pair, role)
-        self.score_agg = pair.score_agg
+        self.group_reduction = pair.group_reduction
 
     def update(self, key_states, value_states, *args, **kwargs):
         keys, values = super().update(key_states, value_states, *args, **kwargs)
@@ -166,7 +166,7 @@ class CombinedCache(KVCache):
     """H2O layers below ``merging.start_layer``; evicting merged pairs from it on (an odd last layer stays H2O)."""
 
     def __init__(self, num_layers: int, eviction: Eviction, merging: Merging):
-        layers = [H2OLayer(eviction.budget, eviction.score_agg) for _ in range(num_layers)]
+        layers = [H2OLayer(eviction.budget, eviction.group_reduction) for _ in range(num_layers)]
         self.pairs: list[EvictingMergedPair] = []
         for a, b in merged_pairs(num_layers, merging.start_layer):
             pair = EvictingMergedPair(eviction, merging)

@@ -116,7 +116,7 @@ class BudgetLayer(EvictingLayer):
     #: The method's name, for messages.
     method = "eviction"
     #: How a KV head's query heads combine in the scores this layer requests (see ``aggregate_heads``).
-    score_agg = "sum"
+    group_reduction = "sum"
 
     def __init__(self, budget: TokenBudget, with_scores: bool = False, decode: DecodeBudget | None = None):
         super().__init__(with_scores)

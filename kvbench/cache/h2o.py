@@ -115,10 +115,10 @@ class H2OLayer(EvictingLayer):
     target keeps the newest tokens (by logical position) plus the best-scored others, split by
     :func:`decode_split`. Without one the prefill budget holds at every step."""
 
-    def __init__(self, budget: H2OBudget, score_agg: str = "sum", decode=None):
+    def __init__(self, budget: H2OBudget, group_reduction: str = "sum", decode=None):
         super().__init__(with_scores=True)
         self.budget = budget
-        self.score_agg = score_agg
+        self.group_reduction = group_reduction
         self.decode = decode
         self.heavy: int | None = None
         self.recent: int | None = None
@@ -197,15 +197,15 @@ class H2OLayer(EvictingLayer):
 class H2OCache(KVCache):
     """A transformers ``Cache`` of :class:`H2OLayer` s, one per decoder layer."""
 
-    def __init__(self, num_layers: int, budget: H2OBudget, score_agg: str = "sum", decode=None):
-        super().__init__(layers=[H2OLayer(budget, score_agg, decode) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, budget: H2OBudget, group_reduction: str = "sum", decode=None):
+        super().__init__(layers=[H2OLayer(budget, group_reduction, decode) for _ in range(num_layers)])
         self.budget = budget
-        self.score_agg = score_agg
+        self.group_reduction = group_reduction
 
     @classmethod
-    def for_model(cls, config, budget: H2OBudget, score_agg: str = "sum", decode=None) -> "H2OCache":
+    def for_model(cls, config, budget: H2OBudget, group_reduction: str = "sum", decode=None) -> "H2OCache":
         text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-        return cls(text.num_hidden_layers, budget, score_agg, decode)
+        return cls(text.num_hidden_layers, budget, group_reduction, decode)
 
     def compress(self) -> None:
         """Enforce the budget now (idempotent: every forward already evicts after its attention)."""

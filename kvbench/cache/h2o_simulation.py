@@ -12,7 +12,7 @@ is *masked*. Per layer and head:
 3. mask every other entry and recompute the softmax.
 
 kvbench's version: budgets as in :class:`~kvbench.cache.h2o.H2OBudget` (ratios of n, exact floors, or token
-counts); for GQA the query heads sharing a KV head combine their sums by ``score_agg`` (one visible set per
+counts); for GQA the query heads sharing a KV head combine their sums by ``group_reduction`` (one visible set per
 KV head, as real eviction keeps one token set per KV head; with MHA this is the official per-head rule).
 Step 1 reuses :func:`~kvbench.cache.attention_scores.attention_column_sums` and step 3 runs in query chunks,
 so memory stays O(chunk·n) per head. Budgets covering every key reproduce plain attention.

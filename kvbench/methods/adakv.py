@@ -41,8 +41,8 @@ from kvbench.cache.h2o import ratio_floor
 from kvbench.cache.head_budgets import ALLOCATIONS, head_budgets, keep_top_per_head
 from kvbench.cache.masked_heads import MaskedHeadLayer
 from kvbench.cache.ragged import RaggedCache, RaggedLayer
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
-from kvbench.methods.snapkv import check_group_reduction, check_selection
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_group_reduction, register
+from kvbench.methods.snapkv import check_selection
 
 LAYOUTS = ("ragged", "masked")
 
@@ -102,7 +102,7 @@ class AdaKVSelection:
     def __init__(self, params: AdaKV):
         super().__init__()
         self.params = params
-        self.score_agg = params.group_reduction
+        self.group_reduction = params.group_reduction
         self.awaiting_scores = False
         self.capacity = self.observed = None
         self.note: str | None = None

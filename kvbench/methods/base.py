@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kvbench.cache.attention_scores import PREFIX, SUPPORTED_BASES, is_scoring, use_scoring_attention
+from kvbench.cache.attention_scores import GROUP_REDUCTIONS, PREFIX, SUPPORTED_BASES, is_scoring, use_scoring_attention
 from kvbench.cache.base import KVCache, PlainCache
 from kvbench.cache.preallocated import PreallocatedCache
 from kvbench.cache.decode_budget import PARAMETERS as DECODE_PARAMETERS
@@ -61,6 +61,9 @@ class Method:
     changes_vocabulary: ClassVar[bool] = False
     #: Why a ``tokens`` method takes no decode budget (``decode_budget_*``), said in one line when one is given.
     no_decode_budget: ClassVar[str | None] = None
+    #: ``{old parameter: new name}``: parameters renamed since a release, refused in one line that names the new
+    #: one (before the model loads) rather than as an unknown parameter.
+    renamed: ClassVar[dict[str, str]] = {}
 
     def check_model(self, config: "PretrainedConfig") -> None:
         """Raise :class:`MethodConfigError` if the method cannot run on this model."""
@@ -182,6 +185,13 @@ class ScoredAttention:
                                "(the cache needs the model's attention scores)")
 
 
+def check_group_reduction(method) -> None:
+    """One line for a ``group_reduction`` that is not a reduction kvbench knows (every scored token method)."""
+    if method.group_reduction not in GROUP_REDUCTIONS:
+        raise MethodConfigError(f"method.group_reduction={method.group_reduction!r} is not supported (choose one "
+                                f"of: {', '.join(GROUP_REDUCTIONS)})")
+
+
 def _scorable(impl: str) -> bool:
     return impl.removeprefix(PREFIX) in SUPPORTED_BASES
 
@@ -191,6 +201,15 @@ def methods_with(parameter: str) -> list[str]:
     return sorted(name for name, cls in METHODS.discover().items() if parameter in getattr(cls, "__dataclass_fields__", {}))
 
 
+def renamed_parameter(name: str, parameter: str) -> str | None:
+    """The one line for a parameter of method ``name`` that was renamed (None if it was not)."""
+    cls = METHODS.discover().get(name)
+    new = getattr(cls, "renamed", {}).get(parameter)
+    if new is None:
+        return None
+    return f"method={name}: {parameter} was renamed {new} (set method.{new} instead)"
+
+
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method, with a clear error for an unknown name or parameter."""
     if name not in METHODS.discover():
@@ -198,6 +217,9 @@ def build_method(name: str, **params: Any) -> Method:
     cls = METHODS[name]
     fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
     unknown = sorted(set(params) - fields)
+    for old in unknown:
+        if old in cls.renamed:
+            raise MethodConfigError(renamed_parameter(name, old))
     if "protocol" in unknown:
         raise MethodConfigError(f"method={name} has no masking simulation (protocol=simulate exists for: "
                                 f"{', '.join(methods_with('protocol'))}; {name} runs real compression only)")

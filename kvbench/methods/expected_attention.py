@@ -29,8 +29,7 @@ from kvbench.cache.expected_attention import expected_scores, future_statistics,
 from kvbench.cache.h2o import ratio_floor
 from kvbench.cache.head_budgets import ALLOCATIONS, head_budgets, keep_top_per_head
 from kvbench.cache.ragged import RaggedCache, RaggedLayer
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
-from kvbench.methods.snapkv import check_group_reduction
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_group_reduction, register
 
 HEAD_ALLOCATIONS = ("uniform", *ALLOCATIONS)
 

@@ -13,8 +13,10 @@ Parameters (each budget is a ratio of the prompt length P = tokens of the first 
 * ``recent_ratio`` / ``recent_tokens`` -- R = ⌊recent_ratio·P⌋ or R = recent_tokens. Default ratio 0.1.
   Give at most one of ratio/count per budget (set the other to null). Defaults H = R = 10% of P: the
   paper's 20% KV cache. ``h2o_local`` (heavy 0, recent 20%) is the paper's "local" baseline.
-* ``score_agg`` -- GQA: how the query heads sharing a KV head combine: ``sum`` (default) or ``mean``
-  of their probabilities (same ranking), or ``max`` (per query token, the largest of the group).
+* ``group_reduction`` -- GQA: how the query heads sharing a KV head combine: ``sum`` (default: the paper's
+  accumulated score is a sum, and its code is MHA-only) or ``mean`` of their probabilities (same ranking), or
+  ``max`` (per query token, the largest of the group). The name every scored token method uses; it was
+  ``score_agg`` until issue 26, and a config that still says ``score_agg`` is refused in one line.
 * ``protocol`` -- ``real`` (default): the eviction above, under kvbench's prefill → compress → score
   protocol. ``simulate``: the paper's own lm-eval procedure (METHODS.md §3b,
   :mod:`kvbench.cache.h2o_simulation`): each request is scored in ONE forward over its whole sequence
@@ -39,13 +41,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvbench.cache.attention_scores import SCORE_AGGS
 from kvbench.cache.base import PlainCache
 from kvbench.cache.combined import Eviction
 from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.h2o import H2OBudget, H2OCache
 from kvbench.cache.h2o_simulation import is_simulating, use_simulated_attention
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_full_attention, register
+from kvbench.methods.base import (Method, MethodConfigError, ScoredAttention, check_full_attention, check_group_reduction,
+                                  register)
 
 DEFAULT_RATIO = 0.1
 PROTOCOLS = ("real", "simulate")
@@ -55,12 +57,13 @@ PROTOCOLS = ("real", "simulate")
 @dataclass
 class H2O(ScoredAttention, Method):
     axis = "tokens"
+    renamed = {"score_agg": "group_reduction"}
     name: str = "h2o"
     heavy_ratio: Optional[float] = None
     heavy_tokens: Optional[int] = None
     recent_ratio: Optional[float] = None
     recent_tokens: Optional[int] = None
-    score_agg: str = "sum"
+    group_reduction: str = "sum"
     protocol: str = "real"
     decode_budget_tokens: Optional[int] = None
     decode_budget_ratio: Optional[float] = None
@@ -70,9 +73,7 @@ class H2O(ScoredAttention, Method):
         if self.protocol not in PROTOCOLS:
             raise MethodConfigError(
                 f"method.protocol={self.protocol!r} is not valid (choose one of: {', '.join(PROTOCOLS)})")
-        if self.score_agg not in SCORE_AGGS:
-            raise MethodConfigError(
-                f"method.score_agg={self.score_agg!r} is not supported (choose one of: {', '.join(SCORE_AGGS)})")
+        check_group_reduction(self)
         for what, low_ok in (("heavy", True), ("recent", False)):
             ratio, count = getattr(self, f"{what}_ratio"), getattr(self, f"{what}_tokens")
             if ratio is not None and count is not None:
@@ -110,7 +111,7 @@ class H2O(ScoredAttention, Method):
         if not self.single_pass:
             return super().apply(model, tokenizer)
         try:
-            use_simulated_attention(model, self.budget(), self.score_agg)
+            use_simulated_attention(model, self.budget(), self.group_reduction)
         except ValueError as err:
             raise MethodConfigError(f"method={self.name} protocol=simulate: {err}") from None
         return model
@@ -128,7 +129,7 @@ class H2O(ScoredAttention, Method):
         if self.decoding() is not None:
             raise MethodConfigError("method=combined's tokens component evicts with H2O's prefill budget at every "
                                     "step and has no decode budget: drop decode_budget_* from the h2o component")
-        return Eviction(self.budget(), self.score_agg)
+        return Eviction(self.budget(), self.group_reduction)
 
     def new_cache(self, model):
         if self.single_pass:  # the simulation masks attention in one forward: the cache holds every token
@@ -136,4 +137,4 @@ class H2O(ScoredAttention, Method):
                 raise RuntimeError("method=h2o protocol=simulate: call method.apply(model) before method.new_cache(model)")
             return PlainCache(config=model.config)
         self.require_scoring(model)
-        return H2OCache.for_model(model.config, self.budget(), self.score_agg, self.decoding())
+        return H2OCache.for_model(model.config, self.budget(), self.group_reduction, self.decoding())

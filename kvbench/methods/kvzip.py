@@ -34,8 +34,7 @@ from kvbench.cache.eviction import TokenBudget, num_layers
 from kvbench.cache.head_budgets import keep_top_per_head
 from kvbench.cache.ragged import RaggedCache, RaggedLayer
 from kvbench.cache.reconstruction import global_budgets, reconstruction_scores
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
-from kvbench.methods.snapkv import check_group_reduction
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_group_reduction, register
 
 FIRST_PROMPT = "\n\nRepeat the previous context exactly."
 LATER_PROMPT = "\n\nRepeat the part of the previous context exactly, starting with"
@@ -97,7 +96,7 @@ class KVzipLayer(RaggedLayer):
         self.reconstructing = False
         self.context = 0
         self.scores: torch.Tensor | None = None  # [b, h, C], only while compressing
-        self.score_agg = "max"
+        self.group_reduction = "max"
 
     def after_append(self, keys: torch.Tensor, first: bool) -> None:
         if first:
@@ -108,7 +107,7 @@ class KVzipLayer(RaggedLayer):
     def receive_queries(self, query: torch.Tensor, module) -> None:
         keys, _ = self.store.as_uniform(self.seen)
         scale = getattr(module, "scaling", query.shape[-1] ** -0.5)
-        found = reconstruction_scores(query, keys, self.context, scale, self.score_agg)
+        found = reconstruction_scores(query, keys, self.context, scale, self.group_reduction)
         self.scores = found if self.scores is None else torch.maximum(self.scores, found)
 
     def drop_reconstruction(self) -> None:
@@ -134,7 +133,7 @@ class KVzipCache(RaggedCache):
         self.run = None
         self.compressed = False
         for layer in layers:
-            layer.score_agg = params.group_reduction
+            layer.group_reduction = params.group_reduction
 
     def record(self, ids: torch.Tensor, run) -> None:
         if self.context_ids is None and not self.compressed:

@@ -38,8 +38,8 @@ from math import floor
 from typing import Optional
 
 from kvbench.cache.eviction import BudgetCache, TokenBudget, num_layers
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
-from kvbench.methods.snapkv import SnapKVLayer, check_group_reduction, check_selection, reduce_groups_by
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_group_reduction, register
+from kvbench.methods.snapkv import SnapKVLayer, check_selection, reduce_groups_by
 
 
 @register

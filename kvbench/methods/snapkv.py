@@ -41,11 +41,11 @@ from typing import Optional
 
 import torch
 
-from kvbench.cache.attention_scores import SCORE_AGGS, request_scores
+from kvbench.cache.attention_scores import request_scores
 from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.eviction import (POOLINGS, BudgetCache, BudgetLayer, TokenBudget, keep_newest_and_top, num_layers,
                                     pool1d, pool_by_position, rows, top_k_sorted)
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_group_reduction, register
 
 
 @register
@@ -80,17 +80,10 @@ class SnapKV(ScoredAttention, Method):
                                                       self.pooling, self.decoding()), self.group_reduction)
 
 
-def check_group_reduction(method) -> None:
-    """One line for a ``group_reduction`` that is not a reduction kvbench knows (every scored token method)."""
-    if method.group_reduction not in SCORE_AGGS:
-        raise MethodConfigError(f"method.group_reduction={method.group_reduction!r} is not supported (choose one "
-                                f"of: {', '.join(SCORE_AGGS)})")
-
-
 def reduce_groups_by(cache, group_reduction: str):
     """Set how each layer of ``cache`` combines a KV head's query heads in the scores it requests."""
     for layer in cache.layers:
-        layer.score_agg = group_reduction
+        layer.group_reduction = group_reduction
     return cache
 
 
@@ -113,7 +106,7 @@ def check_selection(method) -> None:
 
 class SnapKVLayer(BudgetLayer):
     method = "snapkv"
-    score_agg = "sum"
+    group_reduction = "sum"
 
     def __init__(self, budget: TokenBudget, window: int = 32, kernel_size: int = 5, pooling: str = "avg",
                  decode: DecodeBudget | None = None):

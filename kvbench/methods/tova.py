@@ -38,8 +38,8 @@ import torch
 from kvbench.cache.attention_scores import request_scores
 from kvbench.cache.decode_budget import DecodeBudget, decode_budget_of
 from kvbench.cache.eviction import BudgetCache, BudgetLayer, TokenBudget, num_layers, top_k_sorted
-from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, register
-from kvbench.methods.snapkv import check_group_reduction, reduce_groups_by
+from kvbench.methods.base import Method, MethodConfigError, ScoredAttention, check_group_reduction, register
+from kvbench.methods.snapkv import reduce_groups_by
 
 HEADS = ("layer", "group")
 
@@ -78,7 +78,7 @@ class TOVA(ScoredAttention, Method):
 
 class TOVALayer(BudgetLayer):
     method = "tova"
-    score_agg = "mean"  # per KV head: the mean over its query heads
+    group_reduction = "mean"  # per KV head: the mean over its query heads
 
     def __init__(self, budget: TokenBudget, heads: str = "layer", decode: DecodeBudget | None = None):
         super().__init__(budget, decode=decode)

@@ -17,7 +17,7 @@ class _Module(nn.Module):
 
 class _Receiver:
     def __init__(self, agg: str):
-        self.score_agg, self.received = agg, None
+        self.group_reduction, self.received = agg, None
 
     def receive_scores(self, sums):
         self.received = sums

@@ -35,8 +35,8 @@ def _scored_peaky(kind: str = "llama-gqa", scale: float = 6.0):
     return model, scored
 
 
-def _cache(heavy=6, recent=4, score_agg="sum", **merging) -> CombinedCache:
-    return CombinedCache(4, Eviction(H2OBudget(heavy_tokens=heavy, recent_tokens=recent), score_agg),
+def _cache(heavy=6, recent=4, group_reduction="sum", **merging) -> CombinedCache:
+    return CombinedCache(4, Eviction(H2OBudget(heavy_tokens=heavy, recent_tokens=recent), group_reduction),
                          Merging(start_layer=1, **merging))
 
 

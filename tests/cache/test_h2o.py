@@ -106,14 +106,14 @@ def test_mha_heads_keep_their_own_heavy_hitters_from_known_attention():
 
 
 @pytest.mark.parametrize("agg,expected_heavy", [("sum", 0), ("mean", 0), ("max", 1)])
-def test_gqa_score_aggregation_decides_which_token_is_heavy(agg, expected_heavy):
+def test_gqa_group_reductionregation_decides_which_token_is_heavy(agg, expected_heavy):
     # One KV head shared by 2 query heads; prefill of 4 tokens; keep 1 heavy + 1 recent.
     # Head 0 favours token 1, head 1 favours token 2, both give token 0 a fair share:
     head0 = _causal_probs([[1.0], [0.5, 0.5], [0.2, 0.7, 0.1], [0.1, 0.8, 0.05, 0.05]])
     head1 = _causal_probs([[1.0], [0.5, 0.5], [0.2, 0.1, 0.7], [0.1, 0.1, 0.75, 0.05]])
     # sum over heads and queries:  token0 3.6, token1 2.7, token2 1.6  -> token 0 (mean: same ranking)
     # per query, max over heads:   token0 1.8, token1 2.0, token2 1.45 -> token 1
-    layer = H2OLayer(H2OBudget(heavy_tokens=1, recent_tokens=1), score_agg=agg)
+    layer = H2OLayer(H2OBudget(heavy_tokens=1, recent_tokens=1), group_reduction=agg)
     _run(layer, torch.stack([head0, head1]), first=0, n_kv_heads=1)
     assert layer.positions.tolist() == [[[expected_heavy, 3]]]
     sums = torch.stack([head0, head1]).sum(dim=(0, 1))
@@ -145,7 +145,7 @@ def test_eager_and_sdpa_scoring_give_the_same_scores():
     probs = probs / probs.sum(-1, keepdim=True)
     layers = {}
     for base in ("sdpa", "eager"):
-        layer = H2OLayer(H2OBudget(heavy_tokens=10, recent_tokens=10), score_agg="max")
+        layer = H2OLayer(H2OBudget(heavy_tokens=10, recent_tokens=10), group_reduction="max")
         keys = _one_hot_keys(0, 6, 2, 8)
         k, v = layer.update(keys, keys.clone())
         if base == "eager":

@@ -107,10 +107,10 @@ def test_continuation_after_eviction_matches_hand_built_reduced_cache_at_logical
     assert not torch.allclose(got, wrong, atol=1e-3)
 
 
-@pytest.mark.parametrize("score_agg", ["sum", "max"])
-def test_greedy_decoding_after_eviction_matches_reference_step_by_step(tiny_gqa, score_agg):
+@pytest.mark.parametrize("group_reduction", ["sum", "max"])
+def test_greedy_decoding_after_eviction_matches_reference_step_by_step(tiny_gqa, group_reduction):
     model = _peaky(tiny_gqa[0])
-    method, scored = _h2o_model(model, heavy_ratio=0.2, recent_ratio=0.1, score_agg=score_agg)
+    method, scored = _h2o_model(model, heavy_ratio=0.2, recent_ratio=0.1, group_reduction=group_reduction)
     prompt = random_ids(30)
     cache = method.new_cache(scored)
     logits = scored(input_ids=prompt, cache=cache).logits
@@ -183,7 +183,7 @@ def test_stored_bytes_after_prefill_are_budget_over_length_of_full(tiny_mha):
     (dict(heavy_ratio=0.1, heavy_tokens=8), r"method.heavy_ratio=0.1 and method.heavy_tokens=8 both set"),
     (dict(recent_ratio=0.1, recent_tokens=8), r"method.recent_ratio=0.1 and method.recent_tokens=8 both set"),
     (dict(heavy_tokens=0, recent_tokens=0), r"leave no cache"),
-    (dict(score_agg="median"), r"method.score_agg='median' is not supported \(choose one of: sum, mean, max\)"),
+    (dict(group_reduction="median"), r"method.group_reduction='median' is not supported \(choose one of: sum, mean, max\)"),
     (dict(heavy_budget=3), r"method=h2o has no parameter heavy_budget"),
 ])
 def test_bad_parameters_are_rejected_with_the_value_and_the_valid_choices(params, message):
