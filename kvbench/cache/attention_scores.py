@@ -261,7 +261,7 @@ def scored_attention(base: str):
         if base == "sdpa" and decode_attention.applies(query, attention_mask, kwargs):
             with torch.no_grad():  # a decode step: output and scores from one eager pass
                 out, probs = decode_attention.attend_and_score(query, key, value, _scaling(module, query, kwargs))
-                layer.receive_scores(aggregate_heads(probs, layer.score_agg))
+                layer.receive_scores(aggregate_heads(probs, layer.group_reduction))
             return out, None
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         b, n_heads, q_len, _ = query.shape
