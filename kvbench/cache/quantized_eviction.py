@@ -68,10 +68,10 @@ def keep(stream, index: torch.Tensor) -> None:
     compact_groups(stream, group)
 
 
-def compact_groups(stream, group: torch.Tensor) -> None:
+def compact_groups(stream, group: torch.Tensor, in_place: bool = False) -> None:
     """Keep only the channel groups some token of a row uses (``group`` ``[B, h, Nq]``: each quantized token's),
     renumbered 0.. per row in ascending order (rows with fewer groups pad with a copy of their group 0, as a
-    rectangular tensor needs)."""
+    rectangular tensor needs). ``in_place``: into the stores' own slots, else into exact-size tensors."""
     n_groups = stream.scales.filled
     used = torch.zeros(*group.shape[:2], n_groups, dtype=torch.bool, device=group.device)
     used.scatter_(2, group.long(), True)
@@ -81,8 +81,13 @@ def compact_groups(stream, group: torch.Tensor) -> None:
     old = torch.where(used, ids, n_groups).sort(-1).values[..., :count]
     old = torch.where(old == n_groups, 0, old)
     along = old[..., None].expand(-1, -1, -1, stream.scale.shape[-1])
-    stream.scales.hold(stream.scale.gather(2, along), stream.zero.gather(2, along))
-    stream.groups.hold(renumbered.to(torch.int32))
+    for store, arrays in ((stream.scales, (stream.scale.gather(2, along), stream.zero.gather(2, along))),
+                          (stream.groups, (renumbered.to(torch.int32),))):
+        if in_place:
+            store.crop(store.filled)
+            store.write(*arrays)
+        else:
+            store.hold(*arrays)
 
 
 def _indexed_groups(stream) -> None:
@@ -141,4 +146,4 @@ def _drop_ordered(stream, start: int, slot: torch.Tensor) -> None:
     if residual.filled:
         stream.exact.write(residual.views()[0])
     if stream.grouping == "channel" and stream.scales.filled > 2 * -(-stream.quantized_tokens // stream.group_size) + 4:
-        compact_groups(stream, stream.group)
+        compact_groups(stream, stream.group, in_place=True)
