@@ -140,7 +140,7 @@ class SlotStore:
 
 
 def drop_one(arrays: list[torch.Tensor], drop: torch.Tensor) -> list[torch.Tensor]:
-    """Each array ``[b, r, L, ...]`` without its slot ``drop`` ``[b, r]`` (one per row), order kept: ``L − 1`` slots."""
+    """Each array ``[b, r, L, ...]`` without its slot ``drop`` ``[b, r]`` (one per row), order kept (L − 1 slots)."""
     length = arrays[0].shape[2]
     index = torch.arange(length - 1, device=drop.device).expand(*drop.shape, length - 1)
     index = index + (index >= drop[..., None])
