@@ -284,8 +284,8 @@ class EvictingLayer(KVLayer):
         return keys, values
 
     def keep(self, index: torch.Tensor) -> None:
-        """Keep the stored tokens in slots ``index`` ``[b, h, K]`` of every KV head (ascending, as the quantized
-        streams need: their quantized tokens come first)."""
+        """Keep the stored tokens in slots ``index`` ``[b, h, K]`` of every KV head (ascending; quantized streams
+        take them in logical order, which puts their quantized tokens first in any slot order)."""
         self.settle()
         if self.quantization is not None:  # kept tokens in logical order: a stream's quantized ones come first
             index = index.gather(2, self.book.positions.gather(2, index).argsort(dim=-1))
@@ -341,7 +341,8 @@ class EvictingLayer(KVLayer):
         """Every tensor held: the allocated slots (filled or not) and the book, or the quantized streams, and the
         slot index of an eviction waiting for the forward's attention (a few bytes)."""
         if self.quantization is not None and self.is_initialized:
-            return self.key_stream.nbytes() + self.value_stream.nbytes() + self.book.nbytes()
+            return (self.key_stream.nbytes() + self.value_stream.nbytes() + self.book.nbytes()
+                    + tensor_nbytes(self.pending))
         return self.store.nbytes() + self.book.nbytes() + tensor_nbytes(self.pending)
 
     def reset(self) -> None:
