@@ -23,7 +23,8 @@ slots ``[F, S)`` stay in logical order, as KIVI's residual window needs. Evictin
 
 So the kept tokens, which of them are quantized, and every stored value are :func:`keep`'s (tested against it);
 only the order of slots ``[0, F)`` differs. Channel groups that no kept token uses any more are dropped once they
-outnumber the used ones (:func:`compact_groups`), so memory follows the kept tokens, not the tokens seen.
+outnumber twice those used after the last compaction (:func:`compact_groups`), so memory follows the kept
+tokens, not the tokens seen, at an amortized O(1) per step.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def compact_groups(stream, group: torch.Tensor, in_place: bool = False) -> None:
     used = torch.zeros(*group.shape[:2], n_groups, dtype=torch.bool, device=group.device)
     used.scatter_(2, group.long(), True)
     renumbered = (used.to(torch.int32).cumsum(-1) - 1).gather(2, group.long())
-    count = int(used.sum(-1).max())
+    count = stream.compacted_groups = int(used.sum(-1).max())
     ids = torch.arange(n_groups, device=group.device).expand_as(used)
     old = torch.where(used, ids, n_groups).sort(-1).values[..., :count]
     old = torch.where(old == n_groups, 0, old)
@@ -145,5 +146,5 @@ def _drop_ordered(stream, start: int, slot: torch.Tensor) -> None:
     stream.exact.crop(nr)
     if residual.filled:
         stream.exact.write(residual.views()[0])
-    if stream.grouping == "channel" and stream.scales.filled > 2 * -(-stream.quantized_tokens // stream.group_size) + 4:
-        compact_groups(stream, stream.group, in_place=True)
+    if stream.grouping == "channel" and stream.scales.filled > 2 * stream.compacted_groups + 4:
+        compact_groups(stream, stream.group, in_place=True)  # amortized: the stored groups at most doubled since

@@ -44,6 +44,7 @@ class QuantizedStream:
         #: int32; no arrays while groups are G consecutive tokens from token 0.
         self.groups = SlotStore(1)
         self.exact = SlotStore(1)  # the residual [B, h, Nr, d]
+        self.compacted_groups = 0  # channel groups stored after the last compaction (eviction)
         self.reserved: int | None = None
 
     # -- the stored tensors, as views of the filled slots (None when empty) ---------------------------------
@@ -127,13 +128,18 @@ class QuantizedStream:
         if group is None and tokens is None:
             return dequantize(Quantized(codes, self.scale, self.zero), self.nbits, self.grouping, self.group_size, out)
         if self.grouping == "token":  # tokens given: each token's own scales
-            along = tokens[..., None].expand(-1, -1, -1, self.scale.shape[-1])
-            return dequantize(Quantized(codes, self.scale.gather(2, along), self.zero.gather(2, along)), self.nbits,
-                              "token", self.group_size, out)
+            return dequantize(Quantized(codes, *self._scale_rows(tokens)), self.nbits, "token", self.group_size, out)
         # each token's own channel scales: per-token groups of one channel dequantize them the same way
-        index = group.long()[..., None].expand(-1, -1, -1, self.scale.shape[-1])
-        per_token = Quantized(codes, self.scale.gather(2, index), self.zero.gather(2, index))
-        return dequantize(per_token, self.nbits, "token", 1, out)
+        return dequantize(Quantized(codes, *self._scale_rows(group)), self.nbits, "token", 1, out)
+
+    def _scale_rows(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """Scale and zero-point slots ``index`` ``[B, h, k]`` of each row, ``[B, h, k, ·]``: rows of the flattened
+        slot arrays picked by ``index_select`` (a ``gather`` with the index expanded over the channels costs
+        several times more on CPU, and this runs for every layer at every step)."""
+        B, h, k = index.shape
+        capacity = self.scales.capacity
+        flat = (torch.arange(B * h, device=index.device).view(B, h, 1) * capacity + index.long()).view(-1)
+        return [a.reshape(B * h * capacity, -1).index_select(0, flat).view(B, h, k, -1) for a in self.scales.arrays]
 
     def append(self, x: torch.Tensor) -> None:
         """Add exact tokens ``x`` ``[B, h, q, d]``, quantizing the leading residual tokens the rule says: those

@@ -76,5 +76,5 @@ def test_channel_groups_no_kept_token_uses_are_dropped_in_place():
     layer = list(_run(Quantization(2, G, 0), True, 14, seed=1))[-1]  # R = 0: a key group of G every G tokens
     stream = layer.key_stream
     used = max(len(torch.unique(row)) for row in stream.group.reshape(-1, stream.group.shape[-1]))
-    assert stream.scales.filled <= 2 * -(-stream.quantized_tokens // G) + 4 and used <= stream.scales.filled
+    assert stream.scales.filled <= 2 * stream.compacted_groups + 4 and used <= stream.scales.filled
     assert stream.scales.filled < sum(SCHEDULE) // G  # not every group ever made
