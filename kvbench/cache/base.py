@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
+from kvbench.cache.quantized_eviction import evict_in_place
 from kvbench.cache.slots import SlotStore
 
 
@@ -200,8 +201,8 @@ class EvictingLayer(KVLayer):
     Masks are exact without padding (equal-length prompts).
 
     :meth:`quantize_with` (``combined`` with ``tokens`` and ``bits``) stores the kept keys and values as
-    quantized streams (:class:`kvbench.cache.kivi.QuantizedStream`) instead: the same eviction, applied to codes
-    (those streams still append with ``cat`` and evict with ``gather``).
+    quantized streams (:class:`kvbench.cache.quantized_stream.QuantizedStream`) instead: the same eviction, applied
+    to codes, one token in place too (:func:`kvbench.cache.quantized_eviction.evict_in_place`).
     """
 
     #: Evict one token by overwriting its slot (True) or by gathering the kept ones (False: slots in logical order).
@@ -283,10 +284,11 @@ class EvictingLayer(KVLayer):
         return keys, values
 
     def keep(self, index: torch.Tensor) -> None:
-        """Keep the stored tokens in slots ``index`` ``[b, h, K]`` of every KV head (ascending, as the quantized
-        streams need: their quantized tokens come first)."""
+        """Keep the stored tokens in slots ``index`` ``[b, h, K]`` of every KV head (ascending; quantized streams
+        take them in logical order, which puts their quantized tokens first in any slot order)."""
         self.settle()
-        if self.quantization is not None:
+        if self.quantization is not None:  # kept tokens in logical order: a stream's quantized ones come first
+            index = index.gather(2, self.book.positions.gather(2, index).argsort(dim=-1))
             self.key_stream.keep(index)
             self.value_stream.keep(index)
         else:
@@ -303,7 +305,7 @@ class EvictingLayer(KVLayer):
         self.settle()
         if count <= 0:
             return
-        if count == 1 and self.in_place and self.quantization is None:
+        if count == 1 and self.in_place:
             self.pending = priority.argmin(dim=-1)
             if not deferred:
                 self.settle()
@@ -315,6 +317,9 @@ class EvictingLayer(KVLayer):
         """Apply a deferred in-place eviction: the last slot moves into the evicted one."""
         if self.pending is not None:
             slot, self.pending = self.pending, None
+            if self.quantization is not None:
+                evict_in_place([self.key_stream, self.value_stream], self.book, slot)
+                return
             self.store.replace(slot)
             self.book.replace(slot)
 
@@ -336,7 +341,8 @@ class EvictingLayer(KVLayer):
         """Every tensor held: the allocated slots (filled or not) and the book, or the quantized streams, and the
         slot index of an eviction waiting for the forward's attention (a few bytes)."""
         if self.quantization is not None and self.is_initialized:
-            return self.key_stream.nbytes() + self.value_stream.nbytes() + self.book.nbytes()
+            return (self.key_stream.nbytes() + self.value_stream.nbytes() + self.book.nbytes()
+                    + tensor_nbytes(self.pending))
         return self.store.nbytes() + self.book.nbytes() + tensor_nbytes(self.pending)
 
     def reset(self) -> None:

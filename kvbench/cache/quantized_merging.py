@@ -2,7 +2,7 @@
 paper's "MiniCache on 4-bit KIVI", 5.02×). The rule: quantize what merging stores, except the norms.
 
 * Unmerged layers (below ``start_layer``, and an odd last layer) are :class:`~kvbench.cache.kivi.QuantizedLayer` s.
-* A merged pair's shared unit directions ``[B, h, K, d]`` are a :class:`~kvbench.cache.kivi.QuantizedStream`
+* A merged pair's shared unit directions ``[B, h, K, d]`` are a :class:`~kvbench.cache.quantized_stream.QuantizedStream`
   under the bits method's rule (KIVI: key directions per channel, value directions per token, the pair's last
   tokens exact as its residual window says; RTN: per token, no window).
 * The exactly-retained tokens of both layers are quantized per token (groups of G channels, the bits method's

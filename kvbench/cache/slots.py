@@ -90,10 +90,40 @@ class SlotStore:
                 array.scatter_(2, _along(slot[..., None], array), moved)
         self.filled = last
 
+    def swap(self, slot: torch.Tensor, fixed: int) -> None:
+        """Exchange slot ``slot`` ``[b, r]`` of every row with slot ``fixed`` (the same in every row)."""
+        with self._writable():
+            for array in self.arrays:
+                at = _along(slot[..., None], array)
+                other = array.gather(2, at)
+                array.scatter_(2, at, array[:, :, fixed : fixed + 1].clone())
+                array[:, :, fixed : fixed + 1] = other
+
+    def drop_after(self, start: int, drop: torch.Tensor) -> None:
+        """Remove slot ``start + drop`` (``drop`` ``[b, r]``) of every row from the filled slots ``[start, filled)``,
+        keeping the order of the others: a copy of ``filled − start`` slots, not of the store."""
+        kept = drop_one([a[:, :, start : self.filled] for a in self.arrays], drop)
+        self.filled = start
+        if kept[0].shape[2]:
+            self.write(*kept)
+
     def _writable(self):
         """Slots allocated under ``torch.inference_mode`` (the protocol's forwards) are inference tensors, which
         only accept in-place writes inside it: write them there, whatever mode the caller is in."""
         return torch.inference_mode(self.arrays[0].is_inference())
+
+    def hold(self, *arrays: torch.Tensor) -> None:
+        """Hold exactly ``arrays`` (every slot filled): what an eviction that rebuilds the store leaves. A later
+        write that does not fit grows to the reservation, as a first write would."""
+        self.arrays = list(arrays)
+        self.filled = arrays[0].shape[2]
+
+    def fit(self) -> None:
+        """Without a reservation, reallocate to exactly the filled slots (none: no arrays), as a store built by
+        ``cat`` and slicing would hold; a reserved store keeps its capacity."""
+        if self.reserved or self.arrays[0] is None or self.capacity == self.filled:
+            return
+        self.arrays = [a[:, :, : self.filled].clone() if self.filled else None for a in self.arrays]
 
     def crop(self, n: int) -> None:
         """Forget the last ``n`` filled slots."""
@@ -107,3 +137,11 @@ class SlotStore:
     def nbytes(self) -> int:
         """Bytes of the allocated capacity (filled or not)."""
         return sum(a.element_size() * a.nelement() for a in self.arrays if a is not None)
+
+
+def drop_one(arrays: list[torch.Tensor], drop: torch.Tensor) -> list[torch.Tensor]:
+    """Each array ``[b, r, L, ...]`` without its slot ``drop`` ``[b, r]`` (one per row), order kept (L − 1 slots)."""
+    length = arrays[0].shape[2]
+    index = torch.arange(length - 1, device=drop.device).expand(*drop.shape, length - 1)
+    index = index + (index >= drop[..., None])
+    return [a.gather(2, _along(index, a)) for a in arrays]

@@ -32,8 +32,8 @@ once they leave that window; only MiniCache's per-token norms stay in full preci
 with ``nbits: 4`` is the paper's MiniCache + KIVI-4 (``conf/method/minicache_kivi.yaml``). With ``tokens``:
 the token method's cache, each layer storing the tokens it keeps quantized (same residual window and groups;
 an evicted token leaves its key channel group, which keeps its scale for the tokens left in it -- see
-:mod:`kvbench.cache.kivi`). ``bits`` with both ``tokens`` and ``layers`` is refused (merged pairs that evict
-are not quantized).
+:mod:`kvbench.cache.quantized_eviction`, which evicts a decode step's token in place). ``bits`` with both
+``tokens`` and ``layers`` is refused (merged pairs that evict are not quantized).
 
 Composition is by interface: a component is any registered method whose ``axis`` matches; the heads
 component does its surgery in ``apply``, the tokens component supplies ``eviction()``, the layers component

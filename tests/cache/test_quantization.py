@@ -105,3 +105,18 @@ def test_bytes_of_quantized_tokens_are_codes_plus_scales_plus_zero_points(nbits,
     measured = sum(t.element_size() * t.nelement() for t in q)
     assert measured == quantized_nbytes(64, 3, 16, nbits, 8, elem=2, batch=2)
     assert measured == 2 * 3 * 64 * 16 * (nbits / 8 + 2 * 2 / 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("nbits", [2, 4])
+@pytest.mark.parametrize("grouping", ["channel", "token"])
+def test_the_table_lookup_dequantizes_exactly_as_unpacking_then_scaling(dtype, nbits, grouping):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(nbits)).to(dtype)
+    q = quantize(x, nbits, grouping, 4)
+    dim = -2 if grouping == "channel" else -1
+    shape = (2, 3, 4, 4, 16) if grouping == "channel" else (2, 3, 16, 4, 4)
+    want = unpack(q.codes, nbits).to(dtype).view(shape).mul_(q.scale.unsqueeze(dim)).add_(q.zero.unsqueeze(dim))
+    assert torch.equal(dequantize(q, nbits, grouping, 4), want.view(x.shape))
+    longer = torch.full((2, 3, 20, 16), float("nan"), dtype=dtype)  # into the first 16 tokens of a longer buffer
+    dequantize(q, nbits, grouping, 4, out=longer[:, :, :16])
+    assert torch.equal(longer[:, :, :16], want.view(x.shape)) and longer[:, :, 16:].isnan().all()
