@@ -1,5 +1,6 @@
 """suite.runner=shared_context: a question never changes the shared compressed context (same answers in any
-order, even for a method that evicts while decoding); per-turn scores and the reuse cost; bad input is one line."""
+order, even for a method that evicts while decoding; the head-wise and query-agnostic methods' ragged caches are
+bit-identical after every question); per-turn scores and the reuse cost; bad input is one line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import copy
 import random
 
 import pytest
+import torch
 
+from kvbench.cache import cache_nbytes
 from kvbench.config import ModelConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.protocol import CompressionProtocol
@@ -15,8 +18,18 @@ from kvbench.eval.shared_context import draw, multi_request
 from kvbench.methods import build_method
 from kvbench.suites import RunContext, build_suite
 from kvbench.suites.shared_context import SharedContextConfig
+from tests.contracts import held_tensors
 
 TINY = ModelConfig(pretrained="tiny:llama-gqa", max_length=2048, chat=False)
+#: The head-wise methods (issue 26) at settings that compress the tiny model's ~500-token haystack: each KV head keeps
+#: its own tokens (adakv, duo_attention, kvzip's global budget) or its own top tokens (expected_attention).
+HEADWISE = {
+    "adakv": dict(budget_tokens=24, window=4),
+    "duo_attention": dict(sparsity=0.75, sink_tokens=2, recent_tokens=6, calibration_sequences=1,
+                          calibration_length=32, positions=64),
+    "kvzip": dict(budget_tokens=24, chunk=128),
+    "expected_attention": dict(budget_tokens=24),
+}
 pytestmark = pytest.mark.usefixtures("no_grad")
 
 
@@ -56,3 +69,37 @@ def test_a_question_count_of_zero_and_query_aware_are_refused_in_one_line():
     with pytest.raises(SuiteConfigError, match="suite.query_aware=true: suite=shared_context") as err:
         build_suite(SharedContextConfig(name="shared_context", query_aware=True))
     assert "\n" not in str(err.value)
+
+
+def _snapshot(cache) -> list:
+    return [t.clone() for t in held_tensors(cache).values()]
+
+
+@pytest.mark.parametrize("name", sorted(HEADWISE))
+def test_a_headwise_method_runs_the_suite_and_no_question_changes_its_compressed_shared_context(
+        tiny_gqa, tmp_path, monkeypatch, name):
+    model, tokenizer = tiny_gqa
+    method = build_method(name, **HEADWISE[name])
+    protocol = CompressionProtocol(method.apply(copy.deepcopy(model), tokenizer), method, model.config)
+    shared, prefill = [], protocol.prefill
+
+    def recording_prefill(ids, *args, **kwargs):
+        cache = prefill(ids, *args, **kwargs)
+        shared.append((cache, _snapshot(cache), len(ids)))
+        return cache
+
+    monkeypatch.setattr(protocol, "prefill", recording_prefill)
+    sample = draw(random.Random(0), tokenizer, units=2, questions=3)
+    multi_request(protocol, sample, max_new_tokens=4)
+    (cache, before, n_context), = shared
+    after = _snapshot(cache)
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
+    stored, full = protocol.measure(cache, n_context)
+    assert cache_nbytes(cache) == stored < full / 2  # compressed once, without any question
+    monkeypatch.undo()
+    cfg = SharedContextConfig(name="shared_context",
+                              options={"samples": 1, "units": 2, "questions": 2, "max_new_tokens": 4})
+    suite = build_suite(cfg)
+    results = {r.task: r.metrics for r in suite.run(suite.validate(TINY), RunContext(protocol, tokenizer, TINY, tmp_path))}
+    assert set(results) == {"multi_request", "multi_turn"}
+    assert all({"score", "score_own", "reuse_cost"} <= set(m) for m in results.values())
