@@ -28,7 +28,7 @@ from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import mean
 from kvbench.eval.prompts import eos_ids, resolve_chat
 from kvbench.eval.shared_context import NEEDLES, draw, multi_request, multi_turn, own_compression
-from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.suites.base import QUESTION_HIDDEN, RunContext, Suite, TaskResult, register
 
 TASKS = ("multi_request", "multi_turn")
 
@@ -58,6 +58,10 @@ class SharedContext(Suite):
     Options = SharedContextOptions
     query_agnostic_by_design = ("compresses the context before any question is seen (SCBench's shared context); "
                                 "its score_own column is the query-aware comparison")
+
+    def question_visible(self) -> dict[str, str]:
+        """``no`` for the primary ``score`` (its ``score_own`` column is the query-aware one)."""
+        return {task: QUESTION_HIDDEN for task in self.tasks}
 
     def validate(self, model_cfg=None) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
