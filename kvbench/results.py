@@ -126,6 +126,8 @@ class SuitePart(RecordPart):
     tasks: list = _doc("the tasks, in the suite's order", factory=list)
     limit: int | None = _doc("examples per task (null: all)")
     query_aware: bool = _doc("the question compressed with the context (true), or fed after it (the default)", False)
+    question_visible: dict | None = _doc("per task, whether the question was visible at compression time: `yes`, "
+                                         "`no`, `whole prompt` (compressed whole) or `no question`")
 
 
 @dataclass(eq=False)

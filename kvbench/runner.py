@@ -228,7 +228,7 @@ def new_record(cfg: DictConfig, resolved: dict, digest: str, plan: RunPlan, outp
         model=ModelPart(name=cfg.model.name),
         method=MethodPart(name=method.name, label=plan.label, label_params=plan.label_params, params=method.params(),
                           changed_params=method.changed_params(), simulated=bool(method.single_pass)),
-        suite=suite_part(cfg.suite), env=EnvPart(**environment()), outputs=OutputsPart(dir=str(output_dir)))
+        suite=suite_part(cfg.suite, plan.suite), env=EnvPart(**environment()), outputs=OutputsPart(dir=str(output_dir)))
 
 
 def rejected_record(cfg: DictConfig, resolved: dict, digest: str, output_dir: Path, error: Exception,
@@ -244,9 +244,11 @@ def rejected_record(cfg: DictConfig, resolved: dict, digest: str, output_dir: Pa
         suite=suite_part(cfg.suite), error=f"{type(error).__name__}: {error}", outputs=OutputsPart(dir=str(output_dir)))
 
 
-def suite_part(suite: DictConfig) -> SuitePart:
+def suite_part(suite: DictConfig, built=None) -> SuitePart:
+    """The record's suite part; ``built`` (the validated suite) says per task whether the question was visible."""
     return SuitePart(name=suite.name, runner=suite.runner, tasks=list(suite.tasks), limit=suite.limit,
-                     query_aware=bool(suite.get("query_aware", False)))
+                     query_aware=bool(suite.get("query_aware", False)),
+                     question_visible=built.question_visible() if built is not None else None)
 
 
 def _new_run_id() -> str:

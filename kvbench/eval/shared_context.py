@@ -14,9 +14,18 @@ This module runs SCBench's two modes on the compression protocol, and the baseli
 * :func:`own_compression` -- each question asked alone, compressed *with* its context (``query_aware``), the
   setting query-aware methods assume: the difference to multi-request is the cost of reuse.
 
-Data (:func:`draw`): a RULER-style haystack (kvbench's noise paragraphs) with one needle per question, "One of the
-special magic numbers for <key> is: <value>.", each question asking one key; the answer is checked by string
-match. Offline, any tokenizer.
+Data (:func:`draw`): a haystack of kvbench's noise paragraphs with one needle per question, offline, seeded and
+tokenizer-agnostic; the answer is checked by containment. Two needle styles:
+
+* ``passkey`` (default) -- "The pass key for <Name> is <5-digit number>. Remember it. <number> is the pass key for
+  <Name>.", asked "What is the pass key for <Name>?" (the passkey retrieval task of Mohtashami & Jaggi 2023, one
+  needle per question). The bundled SmolLM2-135M answers it with ``full`` on ~300-600-token haystacks, which is
+  what makes the cost of reuse measurable there;
+* ``magic_number`` -- RULER's "One of the special magic numbers for <key> is: <7-digit number>." (the first
+  version of this suite; SmolLM2-135M scored 0/16 on it even with its question in the compressed prompt).
+
+With ``chat`` the context opens a user turn of the tokenizer's chat template and each question closes it, followed
+by the assistant's answer prefix; the context's ids are the same for every question, so it can be compressed once.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 from kvbench.eval.haystack import WORDS, haystack, insert
+from kvbench.eval.prompts import chat_wrap
 
 
 @dataclass
@@ -40,19 +50,46 @@ class SharedSample:
     question_ids: list[list[int]]
 
 
-def draw(rng: random.Random, tokenizer, units: int, questions: int) -> SharedSample:
-    """A haystack of ``units`` noise paragraphs holding ``questions`` needles, and one question per needle."""
-    keys = [f"{a}-{b}-{i}" for i, (a, b) in enumerate(rng.sample(WORDS, 2) for _ in range(questions))]
-    values = [str(rng.randint(1_000_000, 9_999_999)) for _ in keys]
-    needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values)]
+NEEDLES = ("passkey", "magic_number")
+NAMES = tuple(sorted({w.capitalize() for w in WORDS}))
+PASSKEY_INTRO = ("There is important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz "
+                 "you about the important information there.\n")
+MAGIC_INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. I will "
+               "quiz you about the numbers afterwards.\n")
+
+
+def draw(rng: random.Random, tokenizer, units: int, questions: int, needle: str = "passkey",
+         chat: bool = False) -> SharedSample:
+    """A haystack of ``units`` noise paragraphs holding ``questions`` needles at evenly spaced (shuffled) depths,
+    and one question per needle, closed by the answer's prefix."""
+    if needle == "passkey":
+        names = [f"{NAMES[i % len(NAMES)]}{'' if i < len(NAMES) else i}" for i in rng.sample(range(
+            max(questions, len(NAMES))), questions)]
+        values = [str(rng.randint(10_000, 99_999)) for _ in names]
+        needles = [f"The pass key for {n} is {v}. Remember it. {v} is the pass key for {n}."
+                   for n, v in zip(names, values)]
+        intro, asked = PASSKEY_INTRO, [(f"\nWhat is the pass key for {n}?", f"The pass key for {n} is") for n in names]
+    else:
+        keys = [f"{a}-{b}-{i}" for i, (a, b) in enumerate(rng.sample(WORDS, 2) for _ in range(questions))]
+        values = [str(rng.randint(1_000_000, 9_999_999)) for _ in keys]
+        needles = [f"One of the special magic numbers for {k} is: {v}." for k, v in zip(keys, values)]
+        intro, asked = MAGIC_INTRO, [(f"\nQuestion: What is the special magic number for {k}?",
+                                      f"\nAnswer: The special magic number for {k} is") for k in keys]
     depths = [(j + 1) / (questions + 1) for j in range(questions)]
     rng.shuffle(depths)
-    context = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. I will "
-               "quiz you about the numbers afterwards.\n" + insert(haystack("noise", units, 0), needles, depths) + "\n")
-    asked = [f"\nQuestion: What is the special magic number for {k}?\nAnswer: The special magic number for {k} is"
-             for k in keys]
+    head, tail = chat_turn(tokenizer) if chat else ("", "")
+    context = head + intro + insert(haystack("noise", units, 0), needles, depths) + "\n"
+    texts = [f"{q}{tail}{a}" for q, a in asked]
     ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return SharedSample(context, asked, values, ids(context), [ids(q) for q in asked])
+    return SharedSample(context, texts, values, ids(context), [ids(q) for q in texts])
+
+
+def chat_turn(tokenizer) -> tuple[str, str]:
+    """``(before, after)`` the user's text in the tokenizer's chat template, the generation prompt included."""
+    marker = "\x00USER\x00"
+    whole = chat_wrap(tokenizer, marker)
+    before, after = whole.split(marker)
+    return before, after
 
 
 def multi_request(protocol, sample: SharedSample, max_new_tokens: int, eos=()) -> tuple[list[list[int]], float]:

@@ -117,6 +117,10 @@ class NoOptions:
     """A suite without options: any ``suite.options.<key>`` is a composition error."""
 
 
+#: The values of :meth:`Suite.question_visible`.
+QUESTION_VISIBLE, QUESTION_HIDDEN, WHOLE_PROMPT, NO_QUESTION = "yes", "no", "whole prompt", "no question"
+
+
 class Suite:
     """Base class. Subclasses set ``runner`` and ``Config``, and implement :meth:`run` (and :meth:`validate`)."""
 
@@ -150,6 +154,15 @@ class Suite:
     @property
     def tasks(self) -> list[str]:
         return list(self.cfg.tasks)
+
+    def question_visible(self) -> dict[str, str]:
+        """Per task, whether the question was visible at compression time (the record's ``suite.question_visible``,
+        a report column): ``yes`` (compressed with the context: ``query_aware``), ``no`` (fed after compression),
+        ``whole prompt`` (a prompt compressed whole, any question in it included) or ``no question``. The base rule
+        follows ``keeps_query``; suites whose prompts differ by task or hold no question override it."""
+        if self.keeps_query:
+            return {task: QUESTION_VISIBLE if self.cfg.query_aware else QUESTION_HIDDEN for task in self.tasks}
+        return {task: WHOLE_PROMPT for task in self.tasks}
 
     def validate(self, model_cfg: ModelConfig | None = None) -> Any:
         """Check what needs no weights; return the plan :meth:`run` reuses. Raise :class:`SuiteConfigError`."""

@@ -28,7 +28,7 @@ from kvbench.eval import roofline
 from kvbench.engines.efficiency import engine_run
 from kvbench import models
 from kvbench.results import EfficiencyPart
-from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.suites.base import NO_QUESTION, RunContext, Suite, TaskResult, register
 
 log = logging.getLogger(__name__)
 TASK = "efficiency"
@@ -76,6 +76,10 @@ class Efficiency(Suite):
     engines = ("hf", "vllm")
     Config = EfficiencyConfig
     Options = EfficiencyOptions
+
+    def question_visible(self) -> dict[str, str]:
+        """Synthetic prompts timed: no question."""
+        return {task: NO_QUESTION for task in self.tasks}
 
     def validate(self, model_cfg=None) -> dict:
         """The grid of points, after checking every option (and the budget against the model's own size)."""

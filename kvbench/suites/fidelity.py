@@ -36,7 +36,7 @@ from kvbench.eval.intervals import mean
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
 from kvbench.models import load_model
-from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.suites.base import NO_QUESTION, RunContext, Suite, TaskResult, register
 
 TASKS = ("greedy", "prose")
 
@@ -67,6 +67,10 @@ class Fidelity(Suite):
     Config = FidelityConfig
     Options = FidelityOptions
     compares_to_full = True
+
+    def question_visible(self) -> dict[str, str]:
+        """Continuations of prose scored against full: no question."""
+        return {task: NO_QUESTION for task in self.tasks}
 
     def validate(self, model_cfg=None) -> None:
         opts = self.options

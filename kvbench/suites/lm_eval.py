@@ -22,7 +22,10 @@ from pathlib import Path
 from kvbench.config import SuiteConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.lm import TASKS_DIR, KvbenchLM, query_fields, quiet_lm_eval
-from kvbench.suites.base import NoOptions, RunContext, Suite, TaskResult, no_question_part, register, sample_rows
+from kvbench.suites.base import (
+    QUESTION_HIDDEN, QUESTION_VISIBLE, WHOLE_PROMPT, NoOptions, RunContext, Suite, TaskResult, no_question_part, register,
+    sample_rows,
+)
 
 
 def local_tasks() -> list[str]:
@@ -72,6 +75,12 @@ class LmEval(Suite):
             raise no_question_part(self.cfg, f"none of suite.tasks ({', '.join(self.tasks)}) has one (lm-eval tasks "
                                              f"with a question part: {', '.join(sorted(query_fields()))})")
         return self.tasks
+
+    def question_visible(self) -> dict[str, str]:
+        """The tasks declaring a question field keep it apart (``suite.query_aware`` decides); the others'
+        prompts are compressed whole."""
+        asked = QUESTION_VISIBLE if self.cfg.query_aware else QUESTION_HIDDEN
+        return {task: asked if task in query_fields() else WHOLE_PROMPT for task in self.tasks}
 
     def num_fewshot(self, task: str) -> int | None:
         """The shots ``task`` runs with: its entry in ``suite.num_fewshot_per_task``, else ``suite.num_fewshot``."""

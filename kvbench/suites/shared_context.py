@@ -1,9 +1,10 @@
 """``suite.runner=shared_context``: one context, many questions, SCBench's two modes (issue 25;
 :mod:`kvbench.eval.shared_context` says what each mode does).
 
-Tasks ``multi_request`` and ``multi_turn``. Each sample is a RULER-style haystack of ``units`` noise paragraphs with
-``questions`` needles and one question per needle, answered greedily (``max_new_tokens``) and scored by string match
-of the needle's value. Per task: ``score`` (primary: the mean over every question of every sample, query-agnostic:
+Tasks ``multi_request`` and ``multi_turn``. Each sample is a haystack of ``units`` noise paragraphs with ``questions``
+needles (``needle``: ``passkey``, the default, or RULER's ``magic_number``) and one question per needle, answered
+greedily (``max_new_tokens``) and scored by containment of the needle's value; ``chat_template`` (null: the model's
+``chat``) puts the context and each question in one user turn. Per task: ``score`` (primary: the mean over every question of every sample, query-agnostic:
 the questions were never visible at compression time), per question position ``score_q1`` ... (multi-request: the
 order asked; multi-turn: the turn), ``score_own`` -- the same questions asked one at a time, each compressed *with*
 its context (query-aware) -- and ``reuse_cost`` = ``score_own − score``, the cost of reuse as one number. Timing
@@ -25,20 +26,22 @@ from kvbench.atomic import atomic_write_text
 from kvbench.config import SuiteConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import mean
-from kvbench.eval.prompts import eos_ids
-from kvbench.eval.shared_context import draw, multi_request, multi_turn, own_compression
-from kvbench.suites.base import RunContext, Suite, TaskResult, register
+from kvbench.eval.prompts import eos_ids, resolve_chat
+from kvbench.eval.shared_context import NEEDLES, draw, multi_request, multi_turn, own_compression
+from kvbench.suites.base import QUESTION_HIDDEN, RunContext, Suite, TaskResult, register
 
 TASKS = ("multi_request", "multi_turn")
 
 
 @dataclass
 class SharedContextOptions:
-    samples: int = 4
-    units: int = 24
+    samples: int = 8
+    units: int = 12
     questions: int = 4
-    max_new_tokens: int = 12
+    max_new_tokens: int = 8
     seed: int = 0
+    needle: str = "passkey"
+    chat_template: bool | None = None
 
 
 @dataclass
@@ -56,10 +59,17 @@ class SharedContext(Suite):
     query_agnostic_by_design = ("compresses the context before any question is seen (SCBench's shared context); "
                                 "its score_own column is the query-aware comparison")
 
+    def question_visible(self) -> dict[str, str]:
+        """``no`` for the primary ``score`` (its ``score_own`` column is the query-aware one)."""
+        return {task: QUESTION_HIDDEN for task in self.tasks}
+
     def validate(self, model_cfg=None) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise SuiteConfigError(f"unknown shared_context task(s) {', '.join(unknown)} (choose from: {', '.join(TASKS)})")
+        if self.options.needle not in NEEDLES:
+            raise SuiteConfigError(f"suite.options.needle={self.options.needle!r} is not a needle style "
+                                   f"(choose from: {', '.join(NEEDLES)})")
         for name in ("samples", "units", "questions", "max_new_tokens"):
             value = getattr(self.options, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -70,7 +80,8 @@ class SharedContext(Suite):
         opts, protocol, tokenizer = self.options, context.protocol, context.tokenizer
         n = opts.samples if self.cfg.limit is None else min(self.cfg.limit, opts.samples)
         rng = random.Random(opts.seed)
-        samples = [draw(rng, tokenizer, opts.units, opts.questions) for _ in range(n)]
+        chat = resolve_chat(tokenizer, context.model_cfg, opts.chat_template)
+        samples = [draw(rng, tokenizer, opts.units, opts.questions, opts.needle, chat) for _ in range(n)]
         eos = eos_ids(tokenizer, protocol.model)
         hit = lambda out, answer: float(answer in tokenizer.decode(out, skip_special_tokens=True))  # noqa: E731
         own, own_s = [], []
