@@ -9,7 +9,9 @@ along the trace, so a single mean hides where it happens. For one prompt, :func:
 * the method's own greedy generation (its length, and its answer when the prompt is checkable);
 * the method teacher-forced on full's output (:func:`kvbench.eval.fidelity.teacher_forced_logprobs`), so both
   predict the same positions: per-position KL(full ‖ method) and top-1 agreement, averaged within position bins
-  (:data:`BINS`: 0–256, 256–1k, 1k+).
+  (:data:`BINS`: 0–256, 256–1k, 1k+);
+* where the method's own output first departs from full's (:func:`first_disagreement`): the binned KL says how far
+  the predictions drift, this says at which generated token the text itself changes.
 
 Checkable prompts (:func:`progression_prompt`): a seeded arithmetic progression written out term by term ("Add 7
 each time: 12, 19, 26, ..."); the model continues it, and :func:`correct_terms` counts the leading terms it got right
@@ -42,6 +44,10 @@ class Trace:
     kl_bins: dict
     agreement_bins: dict
     decode_ms_per_step: float | None
+    #: Leading generated tokens the method's output shares with full's; ``departed`` False when neither output
+    #: differs from the other (then it is the common length: the departure lies beyond the trace, a censored value).
+    first_disagreement: int
+    departed: bool
     output: list
     full_output: list
 
@@ -53,6 +59,16 @@ def binned(values: torch.Tensor) -> dict:
         part = values[first:end]
         out[name] = float(part.float().mean()) if len(part) else None
     return out
+
+
+def first_disagreement(output: list, full_output: list) -> tuple[int, bool]:
+    """``(position, departed)``: the index of the first generated token where ``output`` and ``full_output``
+    differ (one ending before the other counts as a difference), and whether they differ at all."""
+    for position, (mine, theirs) in enumerate(zip(output, full_output)):
+        if mine != theirs:
+            return position, True
+    common = min(len(output), len(full_output))
+    return common, len(output) != len(full_output)
 
 
 def trace(reference, protocol, prompt: list[int], max_new_tokens: int, eos_token_ids=()) -> Trace:
@@ -67,7 +83,7 @@ def trace(reference, protocol, prompt: list[int], max_new_tokens: int, eos_token
     mine = teacher_forced_logprobs(protocol, [prompt], [full_output])
     kl, agree = per_position(full_logprobs, mine)
     return Trace(len(output), len(full_output), float(kl.mean()), float(agree.float().mean()), binned(kl[0]),
-                 binned(agree[0]), ms, output, full_output)
+                 binned(agree[0]), ms, *first_disagreement(output, full_output), output, full_output)
 
 
 def progression_prompt(rng: random.Random, shown: int = 6) -> tuple[str, int, int, int]:

@@ -12,7 +12,10 @@ Per task: the mean per-prompt KL(full ‖ method) on full's own output (primary,
 interval over prompts) and top-1 agreement, each also per position bin (``kl_0_256``, ``kl_256_1k``,
 ``kl_1k_plus``, ``top1_*``; a bin no trace reaches is absent), the output length (``output_length``, full's in
 ``output_length_full``) and its paired change against full on the same prompt (``length_change``, with a 95%
-bootstrap interval ``length_change_low``/``_high``), and decode ms per step. Peak and final KV bytes of the
+bootstrap interval ``length_change_low``/``_high``), where the method's own output first departs from full's
+(``first_disagreement``: the median generated-token index over prompts, with its bootstrap interval
+``first_disagreement_low``/``_high``; a prompt whose outputs never differ counts at its length, a censored value,
+and ``departed`` is the share of prompts whose outputs differ), and decode ms per step. Peak and final KV bytes of the
 generations are the record's ``kv.peak_decode_stored_bytes`` / ``final_decode_stored_bytes``. Writes
 ``<run dir>/<suite name>/traces.jsonl``, one line per prompt and task. Query-agnostic by construction (no question
 kept apart): ``suite.query_aware=true`` is refused.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +132,7 @@ def task_result(task: str, rows: list[dict]) -> TaskResult:
     found = bootstrap(changes, mean)
     if found is not None:
         metrics["length_change_low"], metrics["length_change_high"] = found[0], found[1]
+    metrics.update(first_disagreement_metrics(rows))
     steps = [r["decode_ms_per_step"] for r in rows if r["decode_ms_per_step"] is not None]
     if steps:
         metrics["decode_ms_per_step"] = mean(steps)
@@ -136,3 +141,14 @@ def task_result(task: str, rows: list[dict]) -> TaskResult:
         metrics["accuracy_full"] = mean([r["accuracy_full"] for r in rows])
     return TaskResult.from_samples(task, metrics, "kl", [r["kl"] for r in rows], mean, higher_is_better=False,
                                    ids=range(len(rows)))
+
+
+def first_disagreement_metrics(rows: list[dict]) -> dict:
+    """The median first-disagreement position over prompts, its 95% bootstrap interval, and the share departed."""
+    positions = [r["first_disagreement"] for r in rows]
+    metrics = {"first_disagreement": float(statistics.median(positions)),
+               "departed": mean([float(r["departed"]) for r in rows])}
+    found = bootstrap(positions, statistics.median)
+    if found is not None:
+        metrics["first_disagreement_low"], metrics["first_disagreement_high"] = found[0], found[1]
+    return metrics

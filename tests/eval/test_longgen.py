@@ -1,4 +1,5 @@
-"""kvbench/eval/longgen.py: position bins of a trace, and the checkable progression."""
+"""kvbench/eval/longgen.py: position bins of a trace, where an output departs from full's, and the checkable
+progression."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import torch
 
-from kvbench.eval.longgen import binned, correct_terms, progression_prompt
+from kvbench.eval.longgen import binned, correct_terms, first_disagreement, progression_prompt
 
 
 def test_binned_means_cover_each_bin_the_trace_reaches():
@@ -21,3 +22,10 @@ def test_a_progression_is_checked_term_by_term_up_to_the_first_error():
     right = ", ".join(str(start + (shown + i) * step) for i in range(5))
     assert correct_terms(f" {right}, 1, {start + (shown + 6) * step}", start, step, shown) == 5
     assert correct_terms(" nothing", start, step, shown) == 0
+
+
+def test_first_disagreement_is_the_first_differing_token_or_the_end_of_the_shorter_output():
+    assert first_disagreement([5, 6, 7, 8], [5, 6, 9, 8]) == (2, True)
+    assert first_disagreement([1, 2, 3], [9, 2, 3]) == (0, True)
+    assert first_disagreement([5, 6], [5, 6, 7]) == (2, True)  # stopped early: departs where it stopped
+    assert first_disagreement([5, 6, 7], [5, 6, 7]) == (3, False)  # never departs: censored at the length

@@ -33,6 +33,7 @@ def test_full_against_itself_diverges_nowhere_and_keeps_its_length(tiny_gqa, tmp
         m = results[task].metrics
         assert m["kl"] == 0.0 and m["top1_agreement"] == 1.0 and m["kl_0_256"] == 0.0
         assert m["length_change"] == 0 and m["output_length"] == m["output_length_full"]
+        assert m["departed"] == 0.0 and m["first_disagreement"] == m["output_length"]  # censored at the length
         assert "kl_256_1k" not in m  # 40 tokens never reach the second bin
     assert results["progression"].metrics["accuracy"] == results["progression"].metrics["accuracy_full"]
     lines = (tmp_path / "longgen" / "traces.jsonl").read_text().splitlines()
@@ -43,7 +44,10 @@ def test_full_against_itself_diverges_nowhere_and_keeps_its_length(tiny_gqa, tmp
 def test_a_small_decode_budget_diverges_along_the_trace_and_bounds_the_generations_bytes(tiny_gqa, tmp_path):
     method = build_method("streaming_llm", budget_ratio=1.0, decode_budget_tokens=8, sink_tokens=2)
     results, protocol = _run(*tiny_gqa, method, tmp_path, tasks=["prose"])
-    assert results["prose"].metrics["kl"] > 0
+    m = results["prose"].metrics
+    assert m["kl"] > 0
+    assert m["departed"] > 0 and m["first_disagreement"] < 40
+    assert m["first_disagreement_low"] <= m["first_disagreement"] <= m["first_disagreement_high"]
     _, full = _run(*tiny_gqa, build_method("full"), tmp_path / "full", tasks=["prose"])
     assert protocol.stats.peak_decode_stored_bytes < full.stats.peak_decode_stored_bytes / 4
 
