@@ -144,9 +144,12 @@ class KvPart(RecordPart):
     components: dict | None = _doc("a method with components (`combined`): each component's ratio measured alone on "
                                    "the run's longest context, their `product` (the expected ratio) and the "
                                    "`measured` ratio on that context")
-    notes: dict | None = _doc("what a method adapted, counted over prefills (e.g. PyramidKV's clamped budgets)")
+    notes: dict | None = _doc("what a method adapted, counted over prefills (e.g. PyramidKV's clamped budgets); an engine "
+                              "row: the engine's cache accounting (blocks, tokens per block, bytes per token)")
     aggregation: str | None = _doc("how `ratio` was aggregated: the requests whose bytes the sums count (prefills after "
                                    "context compression; perplexity windows, streamed without a prefill, at their end)")
+    source: str | None = _doc("`engine`: an engine row (`engine=vllm`), its figures engine-reported (vLLM's block "
+                              "accounting, per token, in `notes`), not measured from tensors; null: measured by kvbench")
 
 
 @dataclass(eq=False)
