@@ -210,6 +210,8 @@ class EnvPart(RecordPart):
     git_commit: str | None = _doc("kvbench's commit (null outside a checkout)")
     git_dirty: bool | None = _doc("whether tracked files of that checkout differed from the commit (null outside one)")
     torch_threads: int | None = _doc("torch's CPU threads")
+    cpu_model: str | None = _doc("the CPU's model name (`/proc/cpuinfo`, else `platform.processor()`): CPU timings "
+                                 "are only comparable on the same model")
     load_avg_1m: float | None = _doc("the machine's load when the run started")
     lock_sha256: str | None = _doc("sha256 of the `requirements.lock` the package was installed from")
     lock_drift: list | None = _doc("pinned packages installed at another version (empty in a locked environment)")

@@ -31,8 +31,8 @@ def test_engine_tasks_load_the_same_documents_as_kvbenchs_own(tmp_path):
     theirs = TaskManager(include_path=str(include), include_defaults=False, metadata={"seed": 3})
     ours = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"seed": 3})
     for task in tasks:
-        engine_docs = list(theirs.load_task_or_group([task])[task].test_docs())
-        own_docs = list(ours.load_task_or_group([task])[task].test_docs())
+        engine_docs = list(theirs.load([task])["tasks"][task].test_docs())
+        own_docs = list(ours.load([task])["tasks"][task].test_docs())
         assert engine_docs == own_docs and len(own_docs) > 0
 
 
