@@ -231,6 +231,15 @@ def engine_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def engine_kv_note(frame: pd.DataFrame) -> str:
+    """The roll-up's words for engine rows' ``kv_ratio`` (issue 29): engine-reported, not measured."""
+    if "engine" not in frame or not (frame["engine"].fillna("hf") != "hf").any():
+        return ""
+    labels = ", ".join(sorted(set(frame.loc[frame["engine"].fillna("hf") != "hf", "label"])))
+    return (f"; engine rows ({labels}): engine-reported, the uncompressed bytes per token ÷ the bytes vLLM's cache "
+            "gives one token (its block accounting), not measured from tensors")
+
+
 def failed_engine_rows(frame: pd.DataFrame) -> list[str]:
     """``label: error`` of every engine row that did not complete (vllm_fp8 where the CPU lacks fp8 support): said
     beside the engine table, not left out of it."""
