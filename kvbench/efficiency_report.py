@@ -191,7 +191,7 @@ def markdown(frame: pd.DataFrame) -> str:
                     "bisection). " if "search" in sources else "")
                  + "Under a fixed budget the batch should grow with the KV ratio: `off by` compares the two.", "",
                  shown.to_markdown(index=False), ""]
-    text += engine_markdown(points)
+    text += engine_markdown(points, failed_engine_rows(frame))
     claims = claims_table(points)
     shown = pd.DataFrame({"paper": claims["paper"], "method": claims["method"], "paper setting": claims["setting"],
                           "paper KV ratio": claims["paper_kv_ratio"].map(format_number),
@@ -231,12 +231,30 @@ def engine_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def engine_markdown(points: pd.DataFrame) -> list[str]:
+def engine_kv_note(frame: pd.DataFrame) -> str:
+    """The roll-up's words for engine rows' ``kv_ratio`` (issue 29): engine-reported, not measured."""
+    if "engine" not in frame or not (frame["engine"].fillna("hf") != "hf").any():
+        return ""
+    labels = ", ".join(sorted(set(frame.loc[frame["engine"].fillna("hf") != "hf", "label"])))
+    return (f"; engine rows ({labels}): engine-reported, the uncompressed bytes per token ÷ the bytes vLLM's cache "
+            "gives one token (its block accounting), not measured from tensors")
+
+
+def failed_engine_rows(frame: pd.DataFrame) -> list[str]:
+    """``label: error`` of every engine row that did not complete (vllm_fp8 where the CPU lacks fp8 support): said
+    beside the engine table, not left out of it."""
+    if "engine" not in frame or "status" not in frame:
+        return []
+    failed = frame[(frame["engine"].fillna("hf") != "hf") & (frame["status"] != "complete")]
+    return [f"{row['label']}: {row.get('error') or row['status']}" for _, row in failed.iterrows()]
+
+
+def engine_markdown(points: pd.DataFrame, failed: list[str] = ()) -> list[str]:
     """The section that puts kvbench's methods beside the serving engine at the points both ran, with the plain
-    sentence per point: does any kvbench method beat the engine there?"""
+    sentence per point: does any kvbench method beat the engine there? Engine rows that failed are named."""
     table = engine_table(points)
     if table.empty:
-        return []
+        return [f"- Engine row that did not run: {line}" for line in failed] + ([""] if failed else [])
     shown = pd.DataFrame({"model": table["model"], "context": table["context"], "batch": table["batch"],
                           "method (kvbench, HF)": table["method"], "tok/s": table["tok_s"].map(format_number),
                           "engine rows": table["engines"], "÷ best engine": table["vs_engine"].map(format_number)})
@@ -252,6 +270,7 @@ def engine_markdown(points: pd.DataFrame) -> list[str]:
         verdict = (f"{', '.join(winners['method'])} beat{'s' if len(winners) == 1 else ''} the engine baseline here"
                    if not winners.empty else "no kvbench method beats the engine baseline here")
         text.append(f"- {model} at B={batch}, N={context}: {pairs}; {at.iloc[0]['engines']}. Plainly: {verdict}.")
+    text += [f"- Engine row that did not run, at any point: {line}" for line in failed]
     return text + [""]
 
 

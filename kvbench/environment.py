@@ -134,8 +134,20 @@ def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "lm_eval": lm_eval.__version__, "kvbench": kvbench.__version__, "device": device, "git_commit": commit,
             "git_dirty": dirty,
-            "torch_threads": torch.get_num_threads(), "load_avg_1m": _load_average(), "lock_sha256": lock_sha256(),
-            "lock_drift": lock_drift()}
+            "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model(), "load_avg_1m": _load_average(),
+            "lock_sha256": lock_sha256(), "lock_drift": lock_drift()}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (the first ``model name`` of ``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def script_provenance(data: str, weights: str | None = None, argv: list[str] | None = None) -> str:

@@ -50,6 +50,7 @@ def provenance(frame: pd.DataFrame, root, command: str | None = None) -> str:
         f"kvbench commit {commits(done)}",
         "lock sha256 " + (", ".join(d[:16] for d in _values(done, "lock_sha256")) or "unknown"),
         "torch threads " + (", ".join(_values(done, "torch_threads")) or "unknown"),
+        "CPU " + (", ".join(_values(done, "cpu_model")) or "not recorded"),
         "1-min load " + (f"{loads.min():.1f}-{loads.max():.1f}" if not loads.empty else "unknown"),
         "weights " + ("; ".join(_values(done, "weight_format")) or "unknown"),
         "n per task " + ("-".join(str(n) for n in (ns[0], ns[-1])) if len(ns) > 1 else str(ns[0]) if ns else "unknown"),

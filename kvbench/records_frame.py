@@ -54,6 +54,7 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         "decode_tok_s": timing.decode_tok_s, "prefill_tok_s": timing.prefill_tok_s, "wall_s": timing.wall_s,
         "lock_sha256": env.lock_sha256, "device": env.device, "load_avg_1m": env.load_avg_1m, "error": record.error,
         "git_commit": env.git_commit, "git_dirty": env.git_dirty, "torch_threads": env.torch_threads,
+        "cpu_model": env.cpu_model, "engine": (record.config.get("engine") or {}).get("backend", "hf"),
         "weight_format": weight_format(record.config.get("model") or {}, model.dtype),
         "kv_aggregation": kv.aggregation,
         "efficiency": json.dumps(record.efficiency.to_dict(), default=str) if record.efficiency else None,

@@ -243,7 +243,7 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
                   + ("; for composite methods, `kv_ratio_longest` is the ratio on the run's longest context and "
                      "`kv_ratio_expected` the product of each component's ratio measured alone on that same context "
                      "(compare these two: ratios that depend on length, e.g. KIVI's residual, differ from the "
-                     "run-wide `kv_ratio`)" if "kv_ratio_expected" in table else "") + ".\n\n"
+                     "run-wide `kv_ratio`)" if "kv_ratio_expected" in table else "") + efficiency_report.engine_kv_note(frame) + ".\n\n"
                   + (f"**{warning}**\n\n" if warning else "") + skipped_note(rollup.skipped))
         paths["md"].write_text(header + shown.to_markdown(index=False) + "\n" + tests_markdown(table), encoding="utf-8")
     efficiency = efficiency_report.markdown(frame)

@@ -146,9 +146,12 @@ class KvPart(RecordPart):
     components: dict | None = _doc("a method with components (`combined`): each component's ratio measured alone on "
                                    "the run's longest context, their `product` (the expected ratio) and the "
                                    "`measured` ratio on that context")
-    notes: dict | None = _doc("what a method adapted, counted over prefills (e.g. PyramidKV's clamped budgets)")
+    notes: dict | None = _doc("what a method adapted, counted over prefills (e.g. PyramidKV's clamped budgets); an engine "
+                              "row: the engine's cache accounting (blocks, tokens per block, bytes per token)")
     aggregation: str | None = _doc("how `ratio` was aggregated: the requests whose bytes the sums count (prefills after "
                                    "context compression; perplexity windows, streamed without a prefill, at their end)")
+    source: str | None = _doc("`engine`: an engine row (`engine=vllm`), its figures engine-reported (vLLM's block "
+                              "accounting, per token, in `notes`), not measured from tensors; null: measured by kvbench")
 
 
 @dataclass(eq=False)
@@ -209,6 +212,8 @@ class EnvPart(RecordPart):
     git_commit: str | None = _doc("kvbench's commit (null outside a checkout)")
     git_dirty: bool | None = _doc("whether tracked files of that checkout differed from the commit (null outside one)")
     torch_threads: int | None = _doc("torch's CPU threads")
+    cpu_model: str | None = _doc("the CPU's model name (`/proc/cpuinfo`, else `platform.processor()`): CPU timings "
+                                 "are only comparable on the same model")
     load_avg_1m: float | None = _doc("the machine's load when the run started")
     lock_sha256: str | None = _doc("sha256 of the `requirements.lock` the package was installed from")
     lock_drift: list | None = _doc("pinned packages installed at another version (empty in a locked environment)")

@@ -183,6 +183,8 @@ def add_result(record: RunRecord, result: TaskResult, tracker: Tracker) -> None:
     """A suite's result into the record and W&B: its task's scores, and the efficiency measurements it carries."""
     if result.efficiency is not None:
         record.efficiency = result.efficiency
+    if result.kv is not None:  # an engine row: the cache figures the engine reports
+        record.kv = result.kv
     if result.task is not None:
         record.add_task(result.task, result.metrics, result.primary, result.higher_is_better, result.stderr,
                         result.n, result.interval)

@@ -24,7 +24,7 @@ from kvbench.errors import ConfigError, KvbenchError, OfflineUnavailable
 from kvbench.eval import distributed
 from kvbench.methods import Method, build_method
 from kvbench.models import JOB_DEVICES, check_model_source, load_config
-from kvbench.suites import Suite, build_suite
+from kvbench.suites import SUITES, Suite, build_suite
 from kvbench.support import check_model_supported, check_supported
 
 #: ``engine.backend`` values: kvbench's own protocol, or vLLM through its driver (:mod:`kvbench.engines`).
@@ -117,7 +117,8 @@ def check_engine_choice(cfg: DictConfig, method: Method, suite: Suite, unavailab
     if engine.backend not in ENGINE_BACKENDS:
         raise ConfigError(f"engine.backend={engine.backend!r} is not one of {', '.join(ENGINE_BACKENDS)}")
     if engine.backend not in suite.engines:
-        raise ConfigError(f"engine={engine.name} runs only the efficiency suite here, not suite.runner="
+        runners = sorted(runner for runner, cls in SUITES.items() if engine.backend in cls.engines)
+        raise ConfigError(f"engine={engine.name} runs the suites with runner {', '.join(runners)} here, not suite.runner="
                           f"{cfg.suite.runner} (use engine=hf, the default)")
     if method.name != "full":
         raise ConfigError(f"engine={engine.name} serves the uncompressed model, so method={method.name} cannot run "

@@ -139,3 +139,24 @@ def test_a_method_faster_than_the_engine_is_named_as_beating_it(sweep):
 def test_no_engine_rows_no_engine_section(sweep):
     frame, _ = collect(sweep / "runs")
     assert "Beside a serving engine" not in efficiency_report.markdown(frame)
+
+
+def test_an_engine_row_that_failed_is_named_beside_the_engine_table_not_dropped(sweep):
+    write_record(sweep / "runs" / "e1" / "record.json", _engine_record("4", "vllm", 0.6))
+    failed = _record("5", "vllm_fp8", 1.0, 1.0, 200, name="full")
+    failed.config = {"engine": {"backend": "vllm", "name": "vllm_fp8"}}
+    failed.efficiency, failed.status = {}, "failed"
+    failed.error = "EngineRunError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX."
+    write_record(sweep / "runs" / "e2" / "record.json", failed)
+    frame, _ = collect(sweep / "runs")
+    text = efficiency_report.markdown(frame)
+    assert "Engine row that did not run, at any point: vllm_fp8: EngineRunError: FP8 KV cache on CPU" in text
+
+
+def test_the_rollup_says_an_engine_rows_kv_ratio_is_engine_reported(sweep, tmp_path):
+    before = write_report(sweep / "runs", "own", tmp_path / "reports", formats=("md",))["md"].read_text()
+    record = _engine_record("4", "vllm", 0.6)
+    record.config = {"engine": {"backend": "vllm", "name": "vllm"}}
+    write_record(sweep / "runs" / "e1" / "record.json", record)
+    after = write_report(sweep / "runs", "eng", tmp_path / "reports", formats=("md",))["md"].read_text()
+    assert "engine-reported" not in before and "engine rows (vllm): engine-reported" in after

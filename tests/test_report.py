@@ -173,13 +173,13 @@ def test_every_report_opens_with_its_provenance(tmp_path):
     record.config = {"model": {"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32"}}
     record.model = {"name": "m", "dtype": "float32"}
     record.env = {"git_commit": "abc1234", "git_dirty": True, "lock_sha256": "f" * 64, "torch_threads": 2,
-                  "load_avg_1m": 3.5, "device": "cpu (2 cores)"}
+                  "cpu_model": "AMD EPYC", "load_avg_1m": 3.5, "device": "cpu (2 cores)"}
     write_record(tmp_path / "runs" / "a" / "record.json", record)
     md = write_report(tmp_path / "runs", "p", tmp_path / "reports", formats=("md",),
                       command="kvbench-report runs --name p")["md"].read_text()
     line = next(line for line in md.splitlines() if line.startswith("Provenance: "))
     for part in ("command `kvbench-report runs --name p`", f"records under `{tmp_path / 'runs'}`",
-                 "kvbench commit abc1234 (dirty)", f"lock sha256 {'f' * 16}", "torch threads 2", "1-min load 3.5-3.5",
+                 "kvbench commit abc1234 (dirty)", f"lock sha256 {'f' * 16}", "torch threads 2", "CPU AMD EPYC", "1-min load 3.5-3.5",
                  "weights GGUF Q4_1, dequantised to float32", "n per task 12"):
         assert part in line
 

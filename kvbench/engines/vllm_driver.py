@@ -14,6 +14,9 @@ Two jobs, both on token ids kvbench chose (``TokensPrompt``: vLLM never re-token
   one request of context + new tokens needs.
 * ``identity`` -- greedy continuations of the given prompts with each chosen token's log-probability, to compare
   with kvbench's ``full`` (:mod:`kvbench.engines.identity`).
+* ``lm_eval`` -- lm-eval tasks through lm-eval's own ``vllm`` model (it builds the ``LLM``), one
+  ``simple_evaluate`` per task as kvbench's lm_eval suite calls it, and vLLM's KV block accounting
+  (:mod:`kvbench.engines.lm_eval_vllm` writes the tasks and reads the response).
 """
 
 from __future__ import annotations
@@ -133,6 +136,42 @@ def identity(llm, request: dict) -> dict:
     return {"rows": rows}
 
 
+def _engine_args(request: dict) -> dict:
+    """``_llm``'s engine arguments, as lm-eval's ``vllm`` model passes them on to ``LLM``."""
+    args = dict(pretrained=request["model_dir"], dtype=request.get("dtype", "float32"),
+                kv_cache_dtype=request.get("kv_cache_dtype", "auto"), max_model_len=request["max_model_len"],
+                seed=request.get("seed", 0), enforce_eager=True, enable_prefix_caching=False, batch_size="auto")
+    if request.get("kv_cache_memory_bytes"):
+        args["kv_cache_memory_bytes"] = int(request["kv_cache_memory_bytes"])
+    return args
+
+
+def lm_eval_tasks(request: dict) -> dict:
+    """Each task through lm-eval's ``vllm`` model: what ``simple_evaluate`` returns (results, samples, configs,
+    higher_is_better), with the same seeds, limit, shots and generation overrides as kvbench's own run."""
+    import lm_eval
+    from lm_eval import simple_evaluate
+    from lm_eval.models.vllm_causallms import VLLM
+    from lm_eval.tasks import TaskManager
+
+    started = time.perf_counter()
+    lm = VLLM(**_engine_args(request))
+    startup = time.perf_counter() - started
+    seed = request.get("seed", 0)
+    manager = TaskManager(include_path=request["include_path"], include_defaults=request["include_defaults"],
+                          metadata={"seed": seed})
+    tasks = []
+    for task in request["tasks"]:
+        results = simple_evaluate(model=lm, tasks=[task], num_fewshot=request["num_fewshot"].get(task),
+                                  limit=request.get("limit"), task_manager=manager, bootstrap_iters=0,
+                                  log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=seed, gen_kwargs=request.get("gen_kwargs"))
+        tasks.append({key: results.get(key) for key in ("results", "samples", "configs", "higher_is_better")})
+    blocks, block_size = _kv_blocks(lm.model)
+    return {"tasks": tasks, "kv_blocks": blocks, "block_size": block_size, "lm_eval": lm_eval.__version__,
+            "startup_s": startup}
+
+
 def main(argv: list[str]) -> int:
     request_path, response_path = argv[1], argv[2]
     with open(request_path) as handle:
@@ -141,16 +180,20 @@ def main(argv: list[str]) -> int:
     import vllm
 
     started = time.perf_counter()
-    llm = _llm(request)
-    startup = time.perf_counter() - started
-    result = {"efficiency": efficiency, "identity": identity}[request["job"]](llm, request)
+    if request["job"] == "lm_eval":  # lm-eval's vllm model builds the engine itself
+        result = lm_eval_tasks(request)
+        startup = result.pop("startup_s")
+    else:
+        llm = _llm(request)
+        startup = time.perf_counter() - started
+        result = {"efficiency": efficiency, "identity": identity}[request["job"]](llm, request)
     result["engine"] = {"name": "vllm", "version": vllm.__version__, "torch": torch.__version__,
                         "python": platform.python_version(), "kv_cache_dtype": request.get("kv_cache_dtype", "auto"),
                         "dtype": request.get("dtype"), "kv_cache_memory_bytes": request.get("kv_cache_memory_bytes"),
                         "threads": int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()),
                         "startup_s": startup}
     with open(response_path, "w") as handle:
-        json.dump(result, handle)
+        json.dump(result, handle, default=str)  # lm-eval's configs hold functions: their names are enough
     return 0
 
 

@@ -32,7 +32,7 @@ from kvbench.config import ModelConfig, SuiteConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import bootstrap
 from kvbench.registry import Registry
-from kvbench.results import EfficiencyPart
+from kvbench.results import EfficiencyPart, KvPart
 from kvbench.sample_scores import sample_entries
 
 #: Every suite, by its ``runner``; :meth:`~kvbench.registry.Registry.discover` imports every module of this
@@ -78,6 +78,9 @@ class TaskResult:
     #: Every sample's score keyed by its stable id (:func:`kvbench.sample_scores.sample_entries`): the record's
     #: sidecar, which the report's paired tests read.
     scores: list[dict] = field(default_factory=list)
+    #: An engine row's KV cache figures, as the engine reports them (the record's ``kv`` part, ``source: engine``);
+    #: kvbench's own rows leave it None (the runner measures theirs).
+    kv: KvPart | None = None
 
     @classmethod
     def measurements(cls, efficiency: EfficiencyPart) -> "TaskResult":

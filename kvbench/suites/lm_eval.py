@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvbench.config import SuiteConfig
+from kvbench.engines import lm_eval_vllm
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.lm import TASKS_DIR, KvbenchLM, query_fields, quiet_lm_eval
+from kvbench.results import KvPart
 from kvbench.suites.base import (
     QUESTION_HIDDEN, QUESTION_VISIBLE, WHOLE_PROMPT, NoOptions, RunContext, Suite, TaskResult, no_question_part, register,
     sample_rows,
@@ -62,6 +64,7 @@ class LmEval(Suite):
     Config = LmEvalConfig
     supports_data_parallel = True  # lm-eval shards requests by rank and gathers the samples to rank 0
     keeps_query = True  # for the tasks that declare a question field (checked in validate)
+    engines = ("hf", "vllm")  # vllm: lm-eval's own vllm model in the engine environment
 
     def validate(self, model_cfg=None) -> list[str]:
         unknown = [t for t in self.tasks if t not in local_tasks()]
@@ -87,8 +90,10 @@ class LmEval(Suite):
         return dict(getattr(self.cfg, "num_fewshot_per_task", None) or {}).get(task, self.cfg.num_fewshot)
 
     def run(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
+        if context.engine is not None and context.engine.backend != "hf":
+            yield from self._run_engine(plan, context)
+            return
         from lm_eval import simple_evaluate
-        from lm_eval.utils import handle_non_serializable
 
         quiet_lm_eval()
         protocol = context.protocol
@@ -96,38 +101,61 @@ class LmEval(Suite):
                        max_length=context.model_cfg.max_length, stream_chunk=self.cfg.stream_chunk, protocol=protocol,
                        query_aware=self.cfg.query_aware)
         manager = task_manager(plan, context.seed)
-        gen_kwargs = {"max_gen_toks": self.cfg.max_gen_toks} if self.cfg.max_gen_toks else None
         seed = context.seed
         for task in plan:
             results = simple_evaluate(
                 model=lm, tasks=[task], num_fewshot=self.num_fewshot(task), limit=self.cfg.limit, task_manager=manager,
                 bootstrap_iters=0, log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                fewshot_random_seed=seed, gen_kwargs=gen_kwargs,
+                fewshot_random_seed=seed, gen_kwargs=self.gen_kwargs(),
             )
             if results is None:  # a data-parallel rank other than 0: rank 0 holds the gathered results
                 continue
-            samples = results.get("samples", {})
-            for name, scores in results["results"].items():
-                metrics = {k.split(",")[0]: v for k, v in scores.items()
-                           if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
-                if not metrics:
-                    continue  # a group header
-                stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in scores.items()
-                          if "_stderr," in k and isinstance(v, (int, float))}
-                primary = next(iter(metrics))
-                higher = bool(results.get("higher_is_better", {}).get(name, {}).get(primary, True))
-                task_samples = samples.get(name, [])
-                _write_samples(Path(context.output_dir) / f"samples_{name}.jsonl", task_samples, handle_non_serializable)
-                scored = [s for s in task_samples if primary in s]
-                items = [s[primary] for s in scored]
-                aggregate = _aggregation(results.get("configs", {}).get(name, {}), primary)
-                result = TaskResult.from_samples(name, metrics, primary, items, aggregate, higher,
-                                                 ids=[s.get("doc_id", i) for i, s in enumerate(scored)])
-                result.stderr = {**stderr, **result.stderr}
-                result.samples = sample_rows([s.get("doc_id") for s in task_samples],
-                                             [s.get("filtered_resps") for s in task_samples],
-                                             [s.get("target") for s in task_samples], items)
+            yield from task_results(results, context)
+
+    def gen_kwargs(self) -> dict | None:
+        return {"max_gen_toks": self.cfg.max_gen_toks} if self.cfg.max_gen_toks else None
+
+    def _run_engine(self, plan: list[str], context: RunContext) -> Iterator[TaskResult]:
+        """The tasks through lm-eval's ``vllm`` model in the engine environment (:mod:`kvbench.engines.lm_eval_vllm`):
+        the same result fields, and the cache figures vLLM reports (``kv.source: engine``)."""
+        response = lm_eval_vllm.evaluate(context.engine, context.model_cfg, self.cfg, plan, self.gen_kwargs(),
+                                         {task: self.num_fewshot(task) for task in plan}, context.seed,
+                                         Path(context.output_dir))
+        kv = KvPart(**lm_eval_vllm.engine_kv(response, context.protocol.reference_config,
+                                             context.protocol.model.dtype.itemsize))
+        for results in response["tasks"]:
+            for result in task_results(results, context):
+                result.kv = kv
                 yield result
+
+
+def task_results(results: dict, context: RunContext) -> Iterator[TaskResult]:
+    """lm-eval's ``simple_evaluate`` output for one task as kvbench's task results (a group yields its members),
+    its per-sample outputs written as ``samples_<task>.jsonl`` in the run dir."""
+    from lm_eval.utils import handle_non_serializable
+
+    samples = results.get("samples", {})
+    for name, scores in results["results"].items():
+        metrics = {k.split(",")[0]: v for k, v in scores.items()
+                   if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+        if not metrics:
+            continue  # a group header
+        stderr = {k.split(",")[0].removesuffix("_stderr"): v for k, v in scores.items()
+                  if "_stderr," in k and isinstance(v, (int, float))}
+        primary = next(iter(metrics))
+        higher = bool(results.get("higher_is_better", {}).get(name, {}).get(primary, True))
+        task_samples = samples.get(name, [])
+        _write_samples(Path(context.output_dir) / f"samples_{name}.jsonl", task_samples, handle_non_serializable)
+        scored = [s for s in task_samples if primary in s]
+        items = [s[primary] for s in scored]
+        aggregate = _aggregation(results.get("configs", {}).get(name, {}), primary)
+        result = TaskResult.from_samples(name, metrics, primary, items, aggregate, higher,
+                                         ids=[s.get("doc_id", i) for i, s in enumerate(scored)])
+        result.stderr = {**stderr, **result.stderr}
+        result.samples = sample_rows([s.get("doc_id") for s in task_samples],
+                                     [s.get("filtered_resps") for s in task_samples],
+                                     [s.get("target") for s in task_samples], items)
+        yield result
 
 
 def _aggregation(task_config: dict, metric: str):

@@ -19,9 +19,15 @@ def test_engine_refuses_a_compression_method_in_one_line():
         validate(compose_config(["engine=vllm", "method=h2o", "suite=efficiency"]))
 
 
-def test_engine_refuses_a_suite_it_does_not_run():
-    with pytest.raises(ConfigError, match="runs only the efficiency suite"):
-        validate(compose_config(["engine=vllm", "suite=quick"]))
+def test_engine_refuses_a_suite_it_does_not_run_naming_the_ones_it_does():
+    with pytest.raises(ConfigError, match="runs the suites with runner efficiency, lm_eval here, not suite.runner=fidelity"):
+        validate(compose_config(["engine=vllm", "suite=fidelity"]))
+
+
+def test_lm_eval_suites_run_through_the_engine_labelled_by_its_name(no_engine_env):
+    notes = []
+    plan = validate(compose_config(["engine=vllm_fp8", "suite=quick"]), unavailable=notes)
+    assert plan.label == "vllm_fp8" and any("make engine-env" in note for note in notes)
 
 
 def test_missing_engine_environment_fails_before_the_model_loads(no_engine_env):
@@ -58,5 +64,5 @@ def test_efficiency_engine_sweeps_arms_not_the_product_of_methods_and_engines():
     for job in experiment_jobs("efficiency_engine"):
         cfg = compose_config(["experiment=efficiency_engine", *job])
         arms.append((cfg.method.name, cfg.engine.name))
-    assert arms == [("full", "hf"), ("h2o", "hf"), ("streaming_llm", "hf"), ("kivi", "hf"), ("full", "vllm"),
-                    ("full", "vllm_fp8")]
+    assert arms == [("full", "vllm"), ("full", "vllm_fp8"), ("full", "hf"), ("streaming_llm", "hf"), ("h2o", "hf"),
+                    ("kivi", "hf")]

@@ -40,3 +40,19 @@ def test_efficiency_through_vllm_fills_the_same_record_fields(engine_env, run_cl
     assert all(p["throughput_tok_s"] > 0 and p["ttft_s"] > 0 and p["kv_source"] == "engine" for p in points)
     assert record["efficiency"]["max_batch"]["source"] == "engine_blocks"
     assert record["efficiency"]["workload"]["engine"]["name"] == "vllm"
+
+
+def test_quick_suite_through_lm_evals_vllm_model_agrees_with_kvbench_full(engine_env, run_cli, tmp_path):
+    records = {}
+    for engine in ("hf", "vllm"):
+        run_dir = tmp_path / engine
+        done = run_cli([f"engine={engine}", "suite=quick", "suite.limit=4", f"hydra.run.dir={run_dir}",
+                        f"records_dir={tmp_path / 'records'}", "logger=none"], tmp_path)
+        assert done.returncode == 0, done.stderr
+        records[engine] = json.loads((run_dir / "record.json").read_text())
+    ours, engine = records["hf"], records["vllm"]
+    assert engine["status"] == "complete" and engine["method"]["label"] == "vllm"
+    assert engine["kv"]["source"] == "engine" and engine["kv"]["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert engine["metrics"]["kvbench_passkey_short"]["acc"] == ours["metrics"]["kvbench_passkey_short"]["acc"]
+    assert engine["metrics"]["kvbench_prose_ppl"]["word_perplexity"] == pytest.approx(
+        ours["metrics"]["kvbench_prose_ppl"]["word_perplexity"], rel=1e-3)
