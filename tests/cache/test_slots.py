@@ -56,3 +56,33 @@ def test_keep_gathers_the_chosen_slots_per_row_into_an_exact_allocation():
     store.keep(torch.tensor([[[0, 2, 5], [1, 3, 4]]]))
     assert store.capacity == 3 and store.filled == 3
     assert store.views()[0][0, :, :, 0].tolist() == [[0, 2, 5], [1, 3, 4]]
+
+
+def test_drop_after_removes_one_slot_per_row_keeping_the_order_and_the_allocation():
+    store = SlotStore(1)
+    store.reserve(8)
+    store.write(tokens(1, 2, 6))
+    buffer = store.arrays[0]
+    store.drop_after(2, torch.tensor([[0, 3]]))  # row 0 drops slot 2, row 1 slot 5; slots 0-1 untouched
+    assert store.filled == 5 and store.arrays[0] is buffer
+    assert store.views()[0][0, :, :, 0].tolist() == [[0, 1, 3, 4, 5], [0, 1, 2, 3, 4]]
+
+
+def test_swap_exchanges_a_fixed_slot_with_one_slot_per_row():
+    store = SlotStore(1)
+    store.write(tokens(1, 2, 4))
+    store.swap(torch.tensor([[0, 3]]), 3)  # row 1 swaps slot 3 with itself
+    assert store.views()[0][0, :, :, 0].tolist() == [[3, 1, 2, 0], [0, 1, 2, 3]]
+
+
+def test_fit_shrinks_an_unreserved_store_to_its_filled_slots_and_leaves_a_reserved_one():
+    free, reserved = SlotStore(1), SlotStore(1)
+    reserved.reserve(6)
+    for store in (free, reserved):
+        store.write(tokens(1, 1, 5))
+        store.crop(3)
+        store.fit()
+    assert (free.capacity, reserved.capacity) == (2, 6) and free.views()[0][0, 0, :, 0].tolist() == [0, 1]
+    free.crop(2)
+    free.fit()
+    assert free.arrays == [None] and free.nbytes() == 0

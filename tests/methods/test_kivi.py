@@ -158,3 +158,19 @@ def test_hydra_configs_compose_to_the_papers_defaults():
     assert method_from_config("method=kivi", "method.residual_length=256").changed_params() == {"residual_length": 256}
     with pytest.raises(Exception, match="residual_length"):
         method_from_config("method=kivi", "method.residual_length=lots")
+
+
+def test_a_reserved_cache_decodes_the_same_logits_as_an_unreserved_one_without_reallocating(tiny_gqa):
+    model, _ = tiny_gqa
+    method = build_method("kivi", residual_length=16, **TINY)
+    protocol = CompressionProtocol(model, method, model.config)
+    prompts = [random_ids(40, seed=s)[0].tolist() for s in range(2)]
+    reserved, exact = protocol.prefill_batch(prompts, then=24), protocol.prefill_batch(prompts)
+    streams = [s for layer in reserved.layers for s in (layer.key_stream, layer.value_stream)]
+    buffers = [a.data_ptr() for s in streams for store in s.stores() for a in store.arrays if a is not None]
+    for step in range(24):  # the keys' residual reaches R = 16 and flushes, the values quantize one per step
+        token = random_ids(2, seed=100 + step).view(2, 1)
+        got, want = protocol.forward_batch(reserved, token), protocol.forward_batch(exact, token)
+        assert torch.equal(got, want), f"decode step {step}"
+    assert [a.data_ptr() for s in streams for store in s.stores() for a in store.arrays if a is not None] == buffers
+    assert reserved.layers[0].key_stream.quantized_tokens == 64 and reserved.nbytes() > exact.nbytes()
