@@ -31,13 +31,22 @@ def task_of(column: str) -> str:
     return column.rsplit("/", 1)[0]
 
 
-def _scale(value, rows: dict) -> float:
-    """The column's unit relative to the per-sample scores: 100 for suites that report percentages, else 1."""
+def _scale(value, rows: dict) -> float | None:
+    """The column's unit relative to the per-sample scores: 100 for suites that report percentages, else 1; None
+    when this row cannot tell (a score of 0 is 0 in either unit)."""
     scores = [r["score"] for r in rows.values() if "score" in r]
     if not scores or value is None or pd.isna(value):
-        return 1.0
+        return None
     mean = sum(scores) / len(scores)
+    if abs(value - 100 * mean) == abs(value - mean):
+        return None
     return 100.0 if abs(value - 100 * mean) < abs(value - mean) else 1.0
+
+
+def column_scale(pairs) -> float:
+    """One unit for a whole column, from its ``(value, per-sample rows)`` pairs: the first row that can tell (a row
+    of zeros alone would read a percentage column as a fraction and report its Δ in hundredths), else 1."""
+    return next((s for value, rows in pairs if rows for s in [_scale(value, rows)] if s is not None), 1.0)
 
 
 def _is_proportion(tables: list[dict]) -> bool:
@@ -65,19 +74,20 @@ def add_paired_tests(table: pd.DataFrame, frame: pd.DataFrame, keys: pd.Series, 
         table[f"{column}:vs_full"] = None
         scored = [(scores_of(path) or {}).get(task) for path in frame["path"]]
         binary = _is_proportion([rows for rows in scored if rows])
+        scale = column_scale(zip(frame.get(column, pd.Series(index=frame.index, dtype=float)), scored))
         for index, row in frame.iterrows():
             if row["status"] != "complete" or pd.isna(row.get(column)):
                 continue
             own = (scores_of(row.get("path")) or {}).get(task)
             if own and binary:
-                hits, scale = sum(r["score"] for r in own.values()), _scale(row[column], own)
+                hits = sum(r["score"] for r in own.values())
                 low, high = wilson_interval(int(hits), len(own))
                 table.loc[index, [f"{column}:low", f"{column}:high"]] = [low * scale, high * scale]
             if row["method"] == "full" or keys[index] not in full_by_key.index:
                 continue
             full = full_by_key.loc[keys[index]]
             theirs = (scores_of(full.get("path")) or {}).get(task)
-            result = compare(theirs, own, _scale(row[column], own), binary=binary) if own and theirs else None
+            result = compare(theirs, own, scale, binary=binary) if own and theirs else None
             if result is None:
                 table.loc[index, [f"{column}:vs_full", f"{column}:test"]] = ["untestable", NOT_TESTABLE]
                 continue

@@ -99,6 +99,18 @@ def test_zero_of_six_against_four_of_six_is_not_marked_and_says_what_it_could_de
     assert "▼" not in _roll_up_rows(md) and "|Δ| ≥ 1" in md
 
 
+def test_a_percentage_column_reports_a_row_of_zeros_in_points_like_the_others(tmp_path):
+    # RULER's string_match_all is x100; a method that scores 0 on every sample cannot tell the unit by itself
+    for i, (method, hits) in enumerate((("full", range(4)), ("h2o", ()))):
+        path = tmp_path / method / "record.json"
+        write_record(path, _record(str(i + 1), method, 100 * len(hits) / 6, 10.0, n=6))
+        write_sidecar(path, _scores(hits, FULL_LL[:6], n=6))
+    h2o = comparison_table(tmp_path).set_index("method").loc["h2o"]
+    low, high = wilson_interval(0, 6)
+    assert (h2o["mc/acc:low"], h2o["mc/acc:high"]) == (0.0, pytest.approx(100 * high))
+    assert h2o["mc/acc:diff"] == pytest.approx(-400 / 6) and h2o["mc/acc:diff_low"] == pytest.approx(-400 / 6)
+
+
 def test_a_record_without_per_sample_scores_is_not_testable_never_compared_by_intervals(sweep):
     sidecar_path(sweep / "0" / "record.json").unlink()  # full's sidecar deleted
     table = comparison_table(sweep).set_index("method")
