@@ -112,13 +112,18 @@ quickstart: setup
 # make examples: every committed example is re-run from its experiment; its records and per-sample sidecars are
 # copied under reports/records/<report>/ (committed), and its report is written by kvbench-report from those
 # committed records, so a reader can rebuild it; then the example site. On purpose only: it overwrites reports/.
-EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity headwise headwise_ruler
+EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity headwise headwise_ruler shared_context
 REPORT_fidelity := fidelity_smollm2
+REPORT_shared_context := shared_context_smollm2
 PAPER_paper_h2o_lm_eval_mini := --paper experiments/h2o/paper_lm_eval.csv
 # after the report: a section the roll-up does not write (each method against uniform snapkv at the same budget)
 POST_headwise := $(PY) experiments/headwise/paired.py reports/records/headwise >> reports/headwise.md
 # (each method's query-aware minus query-agnostic run on the same samples; each against snapkv per protocol)
 POST_headwise_ruler := $(PY) experiments/headwise_ruler/paired.py reports/records/headwise_ruler >> reports/headwise_ruler.md
+# the reuse gap per method, paired per question, from each run's answers.jsonl (copied beside its record)
+POST_shared_context := (cd outputs/sweeps/examples/shared_context && find . -path '*/shared_context/answers.jsonl' \
+	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2/{} \;) && \
+	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2 >> reports/shared_context_smollm2.md
 examples: setup
 	for x in $(EXAMPLES); do $(MAKE) --no-print-directory example-$$x || exit 1; done
 	for x in $(SCRIPT_REPORTS); do $(MAKE) --no-print-directory script-report-$$x || exit 1; done

@@ -106,15 +106,16 @@ def tests_table(table: pd.DataFrame) -> pd.DataFrame:
     the verdict, and the minimum detectable effect where the test found nothing."""
     rows = []
     for _, row in table.iterrows():
+        ids = {"method": row["method"], "params": row["params"], "question_visible": row.get("question_visible", "")}
         for column in table.attrs.get("metrics", []):
             verdict = row.get(f"{column}:vs_full")
             if verdict is None or pd.isna(verdict):
                 continue
             if verdict == "untestable":
-                rows.append({"method": row["method"], "params": row["params"], "metric": column, "test": NOT_TESTABLE})
+                rows.append({**ids, "metric": column, "test": NOT_TESTABLE})
                 continue
             rows.append({
-                "method": row["method"], "params": row["params"], "metric": column, "test": row[f"{column}:test"],
+                **ids, "metric": column, "test": row[f"{column}:test"],
                 "n": int(row[f"{column}:n_paired"]),
                 "Δ vs full [95%]": f"{row[f'{column}:diff']:+.3g} [{row[f'{column}:diff_low']:+.3g}, "
                                    f"{row[f'{column}:diff_high']:+.3g}]",

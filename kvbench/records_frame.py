@@ -48,7 +48,7 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         "method_params": json.dumps(method.changed_params, sort_keys=True, default=str),
         "label_params": json.dumps(method.label_params, sort_keys=True, default=str),
         "suite": suite.name, "tasks": json.dumps(suite.tasks), "limit": suite.limit,
-        "query_aware": bool(suite.query_aware),
+        "query_aware": bool(suite.query_aware), "question_visible": question_visible(suite),
         "kv_full_bytes": kv.full_bytes, "kv_stored_bytes": kv.stored_bytes, "kv_ratio": kv.ratio,
         "kv_expected_ratio": components.get("product"), "kv_longest_ratio": components.get("measured"),
         "decode_tok_s": timing.decode_tok_s, "prefill_tok_s": timing.prefill_tok_s, "wall_s": timing.wall_s,
@@ -70,6 +70,23 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         row[f"{column}:n"] = record.n_samples.get(task)
         higher[column] = bool(primary.get("higher_is_better", True))
     return row, higher
+
+
+#: The report's legend for the ``question_visible`` column.
+QUESTION_VISIBLE_NOTE = ("`question_visible`: whether the question was visible at compression time (`yes`: compressed "
+                         "with the context, query-aware; `no`: fed after the compressed context, query-agnostic; "
+                         "`whole prompt`: the prompt compressed whole, any question in it included; `no question`: "
+                         "none asked; `not recorded`: a record older than the field)")
+
+
+def question_visible(suite) -> str:
+    """The record's ``suite.question_visible`` as one cell: the value every task shares, else ``task: value`` pairs.
+    A record older than the field says ``yes`` when it was query-aware, else ``not recorded``."""
+    per_task = suite.question_visible or {}
+    if not per_task:
+        return "yes" if suite.query_aware else "not recorded"
+    values = set(per_task.values())
+    return values.pop() if len(values) == 1 else "; ".join(f"{task}: {value}" for task, value in per_task.items())
 
 
 def _divergence(metrics: dict) -> str | None:

@@ -31,7 +31,7 @@ from kvbench.paired import HOLM_NOTE, add_paired_tests, tests_markdown
 from kvbench.paper import display, paper_table, read_paper, task_legend, unmatched_warning, verdict_lines
 from kvbench.plots import plot_efficiency, plot_pareto
 from kvbench.provenance import provenance
-from kvbench.records_frame import load_records
+from kvbench.records_frame import QUESTION_VISIBLE_NOTE, load_records
 from kvbench.results import short_params
 
 ID_COLUMNS = ["model", "method", "params"]
@@ -85,8 +85,7 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     failed = frame["status"] != "complete"
     table = pd.DataFrame({"model": frame["model"], "method": frame["label"],
                           "params": frame["label_params"].map(_short)})
-    if frame["query_aware"].any():  # both protocols in one table: say which row used which
-        table.insert(3, "protocol", frame["query_aware"].map({True: "query-aware", False: "query-agnostic"}))
+    table.insert(3, "question_visible", frame["question_visible"])  # every row: was the question compressed with it
     keys = _pairing_keys(frame)
     full = frame[(frame["method"] == "full") & ~failed].assign(_key=keys).sort_values("created_at")
     full_by_key = full.groupby("_key").last()
@@ -107,7 +106,7 @@ def comparison_table(root: str | Path | pd.DataFrame) -> pd.DataFrame:
     if failed.any():
         table["error"] = frame["error"].where(failed, None)
     table["_failed"], table["_baseline_last"] = failed.values, (frame["method"] != "full").values
-    order = ["_failed", "model", *(["protocol"] if "protocol" in table else []), "_baseline_last", "method", "params"]
+    order = ["_failed", "model", "question_visible", "_baseline_last", "method", "params"]
     table = table.sort_values(order, kind="stable")
     # run_ids: the record behind each row, in the table's order (the site links each row to its run page); an Index,
     # which pandas copies in one step wherever it copies attrs (a list would be deep-copied item by item, per row)
@@ -133,7 +132,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as text cells: ``value [low, high]`` with ``▼``/``▲`` against full, blanks where nothing applies."""
     metrics = table.attrs.get("metrics", [])
     higher = table.attrs.get("higher_is_better", {})
-    shown = table[[*ID_COLUMNS, *(["protocol"] if "protocol" in table else [])]].copy()
+    shown = table[[*ID_COLUMNS, "question_visible"]].copy()
     for column in metrics:
         ns = table[f"{column}:n"].dropna().unique()
         title = f"{column} ({'↑' if higher.get(column, True) else '↓'}{', n=' + str(int(ns[0])) if len(ns) == 1 else ''})"
@@ -237,6 +236,7 @@ def write_report(root: str | Path | Rollup, name: str, reports_dir: str | Path =
         header = (f"# {name}\n\n{context}.\n\n{origin}\n\n"
                   "Each metric cell is the primary metric with its 95% interval (bootstrap over the task's samples); "
                   "↑/↓ in the header: higher/lower is better; intervals of proportions are Wilson intervals. "
+                  f"{QUESTION_VISIBLE_NOTE}. "
                   + HOLM_NOTE.format(m=table.attrs.get("comparisons", 0)) + " `mean_rank`: the rows ranked per task "
                   "(1 = best, perplexities lowest-first, ties averaged), averaged over every task. `kv_ratio`: "
                   "uncompressed bytes / bytes the cache held, measured on the run's own sequences"

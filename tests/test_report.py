@@ -81,7 +81,7 @@ def test_cells_carry_value_interval_and_n_and_a_paired_test_against_full(sweep):
     assert table.loc["combined", "mc/acc:vs_full"] == "same"
     assert pd.isna(table.loc["full", "mc/acc:vs_full"])
     shown = display_table(comparison_table(sweep)).set_index("method")
-    assert list(shown.columns[2:4]) == ["mc/acc (↑, n=12)", "ppl/word_perplexity (↓, n=12)"]  # the suite's order
+    assert list(shown.columns[3:5]) == ["mc/acc (↑, n=12)", "ppl/word_perplexity (↓, n=12)"]  # the suite's order
     assert shown.loc["h2o", "mc/acc (↑, n=12)"] == f"0 [{low:.3g}, {high:.3g}] ▼"
     assert shown.loc["h2o_local", "mc/acc (↑, n=12)"].endswith("]")  # not significant: no mark
 
@@ -212,3 +212,21 @@ def test_a_continuous_metric_at_zero_in_full_is_not_a_proportion(tmp_path):
     assert (table.loc["full", "prose/kl:low"], table.loc["full", "prose/kl:high"]) == (0.0, 0.0)
     assert table.loc["kivi", "prose/kl:test"] == "sign-flip permutation"
     assert table.loc["kivi", "prose/kl:vs_full"] == "worse"  # 12 of 12 prompts diverge: p = 2/4096
+
+
+def test_every_row_says_whether_the_question_was_visible_at_compression_time(tmp_path):
+    ruler = {"name": "ruler", "tasks": ["mc", "ppl"], "limit": 12}
+    for name, record in (
+            ("a", _record("1", "full", 1.0, 10, suite=ruler | {"question_visible": {"mc": "no", "ppl": "no"}})),
+            ("b", _record("2", "snapkv", 1.0, 10, suite=ruler | {"query_aware": True,
+                                                                  "question_visible": {"mc": "yes", "ppl": "yes"}})),
+            ("c", _record("3", "h2o", 1.0, 10, suite=QUICK | {"question_visible": {"mc": "no", "ppl": "whole prompt"}})),
+            ("d", _record("4", "tova", 1.0, 10))):  # a record older than the field
+        write_record(tmp_path / name / "record.json", record)
+    table = comparison_table(tmp_path).set_index("method")
+    assert table["question_visible"].to_dict() == {"full": "no", "snapkv": "yes", "h2o": "mc: no; ppl: whole prompt",
+                                                   "tova": "not recorded"}
+    md = write_report(tmp_path, "r", tmp_path / "out", formats=("md",))["md"].read_text()
+    assert "`question_visible`: whether the question was visible at compression time" in md
+    snapkv_row = next(line for line in _roll_up_rows(md).splitlines() if "| snapkv " in line)
+    assert "| yes " in snapkv_row

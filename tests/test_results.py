@@ -46,7 +46,8 @@ def test_a_part_is_written_whole_with_nulls_or_as_an_empty_object_until_anything
     assert data["model"] == {"name": "m", "n_params": None, "n_layers": None, "n_heads": None, "n_kv_heads": None,
                              "head_dim": None, "kv_heads_after_method": None, "dtype": None}
     assert data["kv"] == data["efficiency"] == data["env"] == {}
-    assert data["suite"] == {"name": "quick", "runner": None, "tasks": [], "limit": None, "query_aware": False}
+    assert data["suite"] == {"name": "quick", "runner": None, "tasks": [], "limit": None, "query_aware": False,
+                             "question_visible": None}
     assert data["schema_version"] == 3
     back = results.read_record(tmp_path / "r.json")
     assert back == record and isinstance(back.model, results.ModelPart) and back.kv.ratio is None

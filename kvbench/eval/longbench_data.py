@@ -133,6 +133,28 @@ def check_datasets(tasks: Sequence[str], e: bool) -> None:
                              f"(choose from: {', '.join(valid)})")
 
 
+def data_root(data_dir: str | None) -> Path:
+    """The directory of the ``<dataset>.jsonl`` files: ``data_dir``, else the hub's (refused offline, in one line)."""
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+    elif offline():
+        raise LongBenchOfflineError(
+            "LongBench needs suite.options.data_dir when offline: a directory of the published "
+            f"<dataset>.jsonl files (unzip data.zip of the hub dataset {HUB_REPO}), "
+            "e.g. suite.options.data_dir=/data/longbench")
+    else:
+        try:
+            root = hub_data_dir()
+        except Exception as error:  # no network, no access, broken archive: say what to do instead
+            raise LongBenchError(
+                f"could not fetch LongBench from the hub ({type(error).__name__}); give "
+                f"suite.options.data_dir=<directory of the <dataset>.jsonl files of {HUB_REPO}>") from error
+    if not root.is_dir():
+        raise LongBenchError(f"suite.options.data_dir={data_dir!r} is not a directory "
+                             f"(expected the <dataset>.jsonl files of {HUB_REPO})")
+    return root
+
+
 def hub_data_dir() -> Path:
     """Download and unzip the published data (only when no data_dir is given and the hub is reachable)."""
     import zipfile

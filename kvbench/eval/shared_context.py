@@ -36,18 +36,30 @@ import time
 from dataclasses import dataclass
 
 from kvbench.eval.haystack import WORDS, haystack, insert
+from kvbench.eval.longbench_metrics import sample_score
 from kvbench.eval.prompts import chat_wrap
 
 
 @dataclass
 class SharedSample:
-    """A context and its questions, with the token ids the protocol needs."""
+    """A context and its questions, with the token ids the protocol needs. ``answers`` holds one answer per
+    question (the golden turn of multi-turn); a LongBench sample also every gold answer and its dataset, whose
+    metric scores it (:mod:`kvbench.eval.longbench_shared`)."""
 
     context: str
     questions: list[str]
     answers: list[str]
     context_ids: list[int]
     question_ids: list[list[int]]
+    golds: list[list[str]] | None = None
+    dataset: str | None = None
+    all_classes: list[str] | None = None
+
+    def score(self, question: int, output: str) -> float:
+        """The answer to ``question``'s score in [0, 1]: containment of the needle's value, or LongBench's metric."""
+        if self.dataset is None:
+            return float(self.answers[question] in output)
+        return sample_score(self.dataset, output, self.golds[question], self.all_classes)
 
 
 NEEDLES = ("passkey", "magic_number")

@@ -22,8 +22,7 @@ from kvbench.config import SuiteConfig
 from kvbench.eval.fidelity import divergence_metrics
 from kvbench.eval.intervals import mean
 from kvbench.eval.longbench import jsonl, predict_dataset, sample_score, score_rows
-from kvbench.eval.longbench_data import (HUB_REPO, LongBenchError, LongBenchOfflineError, check_datasets, data_file,
-                                         hub_data_dir, load_records, offline)
+from kvbench.eval.longbench_data import LongBenchError, check_datasets, data_file, data_root, load_records
 from kvbench.eval.prompts import resolve_chat
 from kvbench.atomic import atomic_write_text
 from kvbench.suites.base import RunContext, Suite, TaskResult, register, sample_rows
@@ -79,24 +78,7 @@ class LongBench(Suite):
         return plan
 
     def _data_root(self) -> Path:
-        if self.options.data_dir is not None:
-            root = Path(self.options.data_dir).expanduser()
-        elif offline():
-            raise LongBenchOfflineError(
-                "LongBench needs suite.options.data_dir when offline: a directory of the published "
-                f"<dataset>.jsonl files (unzip data.zip of the hub dataset {HUB_REPO}), "
-                "e.g. suite.options.data_dir=/data/longbench")
-        else:
-            try:
-                root = hub_data_dir()
-            except Exception as error:  # no network, no access, broken archive: say what to do instead
-                raise LongBenchError(
-                    f"could not fetch LongBench from the hub ({type(error).__name__}); give "
-                    f"suite.options.data_dir=<directory of the <dataset>.jsonl files of {HUB_REPO}>") from error
-        if not root.is_dir():
-            raise LongBenchError(f"suite.options.data_dir={self.options.data_dir!r} is not a directory "
-                                 f"(expected the <dataset>.jsonl files of {HUB_REPO})")
-        return root
+        return data_root(self.options.data_dir)
 
     def run(self, plan: dict[str, list[dict]], context: RunContext) -> Iterator[TaskResult]:
         opts, tokenizer = self.options, context.tokenizer

@@ -103,3 +103,50 @@ def test_a_headwise_method_runs_the_suite_and_no_question_changes_its_compressed
     results = {r.task: r.metrics for r in suite.run(suite.validate(TINY), RunContext(protocol, tokenizer, TINY, tmp_path))}
     assert set(results) == {"multi_request", "multi_turn"}
     assert all({"score", "score_own", "reuse_cost"} <= set(m) for m in results.values())
+# -- source=longbench: records that share a document, grouped (a local fixture, no hub) ---------------------------
+def _longbench_dir(tmp_path, records):
+    from tests.conftest import write_jsonl
+
+    root = tmp_path / "longbench"
+    root.mkdir()
+    write_jsonl(root / "qasper.jsonl", records)
+    return root
+
+
+def test_longbench_records_sharing_a_document_become_one_sample_with_their_questions(tiny_gqa, tmp_path):
+    from tests.conftest import longbench_record
+
+    model, tokenizer = tiny_gqa
+    shared = "Passage: book 0 was written by Ann and book 1 by Bob. " * 4
+    records = [longbench_record(0, context=shared, answers=["Ann"]), longbench_record(1),
+               longbench_record(2, context=shared, input="Who wrote book 1?", answers=["Bob"])]
+    cfg = SharedContextConfig(name="shared_context", options={
+        "source": "longbench", "data_dir": str(_longbench_dir(tmp_path, records)), "dataset": "qasper",
+        "questions": 4, "max_new_tokens": 3})
+    suite = build_suite(cfg)
+    plan = suite.validate(TINY)
+    assert [[r["_id"] for r in group] for group in plan] == [["id0", "id2"]]  # id1's document is asked once only
+    from kvbench.eval.longbench_shared import shared_samples
+
+    (sample,) = shared_samples(plan, "qasper", tokenizer, 4, chat=False, max_context_tokens=1792)
+    assert shared.strip() in sample.context and "Who wrote" not in sample.context  # the document, no question
+    assert sample.questions[1].startswith("Who wrote book 1?") and sample.questions[1].endswith("Answer:")
+    assert sample.score(1, "Bob") == 1.0 and sample.score(1, "Ann") == 0.0  # qasper's F1 against the gold
+    protocol = CompressionProtocol(model, build_method("full"), model.config)
+    results = {r.task: r for r in suite.run(plan, RunContext(protocol, tokenizer, TINY, tmp_path / "out"))}
+    assert results["multi_request"].n == 1 and set(results["multi_request"].metrics) >= {"score_q2", "reuse_cost"}
+    assert results["multi_request"].metrics["reuse_cost"] == pytest.approx(0.0)  # full: reuse costs nothing
+
+
+def test_longbench_without_shared_documents_or_without_a_question_part_is_refused_in_one_line(tmp_path):
+    from tests.conftest import longbench_record
+
+    root = _longbench_dir(tmp_path, [longbench_record(0), longbench_record(1)])
+    options = {"source": "longbench", "data_dir": str(root), "dataset": "qasper"}
+    with pytest.raises(SuiteConfigError, match="no two records of LongBench dataset 'qasper' share a context"):
+        build_suite(SharedContextConfig(name="shared_context", options=options)).validate(TINY)
+    (root / "gov_report.jsonl").write_text((root / "qasper.jsonl").read_text())
+    with pytest.raises(SuiteConfigError, match="'gov_report' has no question after its document"):
+        build_suite(SharedContextConfig(name="shared_context", options=options | {"dataset": "gov_report"})).validate(TINY)
+    with pytest.raises(SuiteConfigError, match="source='hub' is not a source"):
+        build_suite(SharedContextConfig(name="shared_context", options={"source": "hub"})).validate(TINY)
