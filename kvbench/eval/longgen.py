@@ -90,7 +90,8 @@ _FULL_TRACES: dict = {}
 FULL_TRACES_KEPT = 8
 
 
-def full_trace(load_reference, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None):
+def full_trace(load_reference, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None,
+               reuse: bool = True):
     """``(output, [1, L, vocab] log-probabilities)`` of ``full``'s greedy generation from ``prompt``, by the
     protocol ``load_reference()`` returns (called only when the generation is not kept already).
 
@@ -98,9 +99,10 @@ def full_trace(load_reference, prompt: list[int], max_new_tokens: int, eos_token
     on two cores each costs as much as the method's own: with a ``key`` naming the reference model (its config and
     a fingerprint of its weights), a generation is made once per process and reused, and the reference model is
     not even loaded again (greedy decoding of the same weights is deterministic, so the reuse changes no number).
-    Without a key nothing is kept."""
+    Without a key nothing is kept; with ``reuse=False`` the generation is made (and kept) even when kept already.
+    """
     memo = None if key is None else (key, tuple(prompt), max_new_tokens, tuple(eos_token_ids))
-    if memo in _FULL_TRACES:
+    if reuse and memo in _FULL_TRACES:
         return _FULL_TRACES[memo]
     [output], logits = load_reference().generate_batch([prompt], max_new_tokens, eos_token_ids, return_logits=True)
     found = (output, torch.log_softmax(logits[:, :len(output)].float(), dim=-1))
@@ -126,10 +128,11 @@ def trace(load_reference, protocol, prompt: list[int], max_new_tokens: int, eos_
 
     ``full`` itself is traced in one pass, not three: its own generation *is* the reference (made by ``protocol``,
     so the run's decode time and bytes are measured), and its divergence from itself is zero by definition (the
-    three-pass identity is tested: tests/suites/test_longgen.py)."""
+    three-pass identity is tested: tests/suites/test_longgen.py). It is always generated (its run measures it),
+    and kept for the methods after it."""
     if protocol.method.name == "full":
         (output, _), ms = decode_ms(protocol, lambda: full_trace(lambda: protocol, prompt, max_new_tokens,
-                                                                eos_token_ids))
+                                                                eos_token_ids, key, reuse=False))
         zeros = torch.zeros(len(output))
         return Trace(len(output), len(output), 0.0, 1.0, binned(zeros, edges), binned(zeros + 1, edges), ms,
                      *first_disagreement(output, output), output, output)
