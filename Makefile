@@ -112,7 +112,7 @@ quickstart: setup
 # make examples: every committed example is re-run from its experiment; its records and per-sample sidecars are
 # copied under reports/records/<report>/ (committed), and its report is written by kvbench-report from those
 # committed records, so a reader can rebuild it; then the example site. On purpose only: it overwrites reports/.
-EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity headwise headwise_ruler shared_context
+EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity headwise headwise_ruler shared_context longgen_mini
 REPORT_fidelity := fidelity_smollm2
 REPORT_shared_context := shared_context_smollm2
 PAPER_paper_h2o_lm_eval_mini := --paper experiments/h2o/paper_lm_eval.csv
@@ -124,6 +124,9 @@ POST_headwise_ruler := $(PY) experiments/headwise_ruler/paired.py reports/record
 POST_shared_context := (cd outputs/sweeps/examples/shared_context && find . -path '*/shared_context/answers.jsonl' \
 	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2/{} \;) && \
 	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2 >> reports/shared_context_smollm2.md
+# long generations (issue 25): divergence per trace bin, first departure, output length change, bytes, paired per prompt
+REPORT_longgen_mini := longgen_smollm2_mini
+POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini >> reports/longgen_smollm2_mini.md
 examples: setup
 	for x in $(EXAMPLES); do $(MAKE) --no-print-directory example-$$x || exit 1; done
 	for x in $(SCRIPT_REPORTS); do $(MAKE) --no-print-directory script-report-$$x || exit 1; done
@@ -142,7 +145,7 @@ script-report-minicache_passkey: setup
 example-%: setup
 	rm -rf outputs/sweeps/examples/$* reports/records/$(or $(REPORT_$*),$*)
 	$(OFFLINE) $(VENV)/bin/kvbench experiment=$* force=true hydra.sweep.dir=outputs/sweeps/examples/$*
-	cd outputs/sweeps/examples/$* && find . \( -name record.json -o -name record.samples.jsonl.gz \) \
+	cd outputs/sweeps/examples/$* && find . \( -name record.json -o -name record.samples.jsonl.gz -o -name traces.jsonl \) \
 		-exec install -D -m 644 {} $(CURDIR)/reports/records/$(or $(REPORT_$*),$*)/{} \;
 	$(VENV)/bin/kvbench-report reports/records/$(or $(REPORT_$*),$*) --name $(or $(REPORT_$*),$*) --reports-dir reports \
 		$(PAPER_$*)

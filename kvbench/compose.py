@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from kvbench.config import CONF_DIR, EngineConfig, LoggerConfig, ModelConfig, RunConfig
 from kvbench.errors import ConfigError
 from kvbench.methods import METHODS
-from kvbench.methods.base import methods_with, renamed_parameter
+from kvbench.cache.decode_budget import PARAMETERS as DECODE_PARAMETERS
+from kvbench.methods.base import methods_with, no_decode_budget, renamed_parameter
 from kvbench.suites import SUITES
 
 
@@ -140,6 +141,8 @@ def explain(error: Exception, overrides: list[str]) -> str:
         if parent == "method" and leaf == "protocol":
             return (f"{key}: {where} has no masking simulation (protocol=simulate exists for: "
                     f"{', '.join(methods_with('protocol'))}; {name or 'this method'} runs real compression only)")
+        if parent == "method" and leaf in DECODE_PARAMETERS and name in METHODS.discover():
+            return f"{key}: {no_decode_budget(name, leaf)}"
         return f"{key}: {where} has no setting {leaf!r} (valid: {', '.join(k for k in keys if k != 'name') or 'none'})"
     merging = re.search(r"Error merging override (\S+)", text)
     if merging and error.__cause__ is not None:

@@ -65,6 +65,10 @@ def run_in(tmp_path, monkeypatch):
     (["seeds=3"], "seeds: the config has no setting 'seeds' (valid: dry_run, engine, force, html, job_device, logger, method, model, paper"),
     (["hydra/launcher=nope"], "hydra/launcher=nope is not a kvbench hydra/launcher config (choose one of: basic, joblib"),
     (["-m", "hydra/launcher=workers", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0 must be a positive number"),
+    # a decode budget on a method without a token axis, or without a decode-time rule, says why (issue 25)
+    (["method=kivi", "method.decode_budget_tokens=5"],
+     "method.decode_budget_tokens: method=kivi has no token axis, so decode_budget_tokens does not apply"),
+    (["method=pyramidkv", "method.compress_every=4"], "method.compress_every: method=pyramidkv cannot compress while decoding"),
 ])
 def test_composition_errors_are_one_line_with_the_valid_choices(run_cli, tmp_path, args, expected):
     result = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
@@ -150,6 +154,23 @@ def test_the_cli_prints_a_validation_error_as_one_line_and_debug_shows_the_trace
     assert "Traceback" in debug.stderr and "SuiteConfigError" in debug.stderr
 
 
+def test_a_question_count_of_0_is_one_line_before_the_model_loads(run_cli, no_model_loading, tmp_path):
+    result = run_cli(["model=tiny_llama", "logger=none", "suite=shared_context", "suite.options.questions=0",
+                      f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, KVBENCH_CACHE_DIR=tmp_path / "cache")
+    assert result.returncode == 2
+    assert "suite.options.questions=0 must be an integer >= 1" in _one_line(result.stderr)
+
+
+def test_a_decode_budget_the_generation_never_reaches_is_run_and_warned_in_the_record(run_in):
+    """Warned, not refused: a budget covering every token is the identity run (equal to full), which is how the
+    decode budgets are tested; the record says the budget was never reached."""
+    record = run_in("suite=longgen", "suite.tasks=[progression]", "suite.options.max_new_tokens=6",
+                    "method=decode128/streaming_llm", "method.decode_budget_tokens=4096")
+    assert record.status == "complete"
+    [note] = [n for n in record.kv["notes"] if "never reached" in n]
+    assert "decode_budget_tokens=4096 >= prompt + max_new_tokens" in note
+
+
 # -- lm_eval --model kvbench --------------------------------------------------------------------------------
 @pytest.fixture
 def kvbench_tasks_only(monkeypatch):
@@ -166,6 +187,9 @@ def kvbench_tasks_only(monkeypatch):
     ("model=tiny_llama,method=h2o,method.heavy_ratio=5", "method.heavy_ratio=5.0 must lie in [0, 1]"),
     ("model=tiny_llama,method=h2o,method.heavy_ratoi=0.1", "method.heavy_ratoi: method=h2o has no setting 'heavy_ratoi'"),
     ("model=tiny_llama,method=nope", "method=nope is not a kvbench method config"),
+    ("model=tiny_llama,method=h2o,method.compress_every=0", "method.compress_every=0 must be an integer >= 1"),
+    ("model=tiny_llama,method=kivi,method.decode_budget_tokens=5", "method=kivi has no token axis, so decode_budget_tokens"),
+    ("model=tiny_llama,method=pyramidkv,method.decode_budget_ratio=0.5", "method=pyramidkv cannot compress while decoding"),
 ])
 def test_lm_eval_cli_bad_model_args_are_one_line(run_cli, kvbench_tasks_only, tmp_path, model_args, expected):
     result = run_cli(["--model", "kvbench", "--model_args", model_args, "--tasks", "kvbench_recall_mc", "--limit", "1",

@@ -9,7 +9,7 @@ along the trace, so a single mean hides where it happens. For one prompt, :func:
 * the method's own greedy generation (its length, and its answer when the prompt is checkable);
 * the method teacher-forced on full's output (:func:`kvbench.eval.fidelity.teacher_forced_logprobs`), so both
   predict the same positions: per-position KL(full ‖ method) and top-1 agreement, averaged within position bins
-  (:data:`BINS`: 0–256, 256–1k, 1k+);
+  (:func:`bins`: 0–256, 256–1k, 1k+ unless ``suite.options.bins`` moves the edges);
 * where the method's own output first departs from full's (:func:`first_disagreement`): the binned KL says how far
   the predictions drift, this says at which generated token the text itself changes.
 
@@ -28,8 +28,8 @@ import torch
 
 from kvbench.eval.fidelity import per_position, teacher_forced_logprobs
 
-#: Position bins of the trace: ``(name, first, end)``, end excluded (None: to the end).
-BINS = (("0_256", 0, 256), ("256_1k", 256, 1024), ("1k_plus", 1024, None))
+#: Where the default position bins of a trace start (issue 25's 0–256, 256–1k, 1k+); ``suite.options.bins``.
+BIN_EDGES = (256, 1024)
 _NUMBER = re.compile(r"-?\d+")
 
 
@@ -52,10 +52,23 @@ class Trace:
     full_output: list
 
 
-def binned(values: torch.Tensor) -> dict:
-    """Mean of a ``[L]`` series within each of :data:`BINS` (None for a bin the trace does not reach)."""
+def label(position: int) -> str:
+    """A bin edge as metric names spell it: 256, 1k, 2k (multiples of 1024 in k)."""
+    return f"{position // 1024}k" if position and position % 1024 == 0 else str(position)
+
+
+def bins(edges=BIN_EDGES) -> tuple:
+    """``((name, first, end), ...)``: the bins the increasing ``edges`` cut a trace into, end excluded (None: to
+    the end), named ``0_256``, ``256_1k``, ``1k_plus``."""
+    starts = (0, *edges)
+    return tuple((f"{label(first)}_{label(end)}" if end is not None else f"{label(first)}_plus", first, end)
+                 for first, end in zip(starts, (*edges, None)))
+
+
+def binned(values: torch.Tensor, edges=BIN_EDGES) -> dict:
+    """Mean of a ``[L]`` series within each of :func:`bins` (None for a bin the trace does not reach)."""
     out = {}
-    for name, first, end in BINS:
+    for name, first, end in bins(edges):
         part = values[first:end]
         out[name] = float(part.float().mean()) if len(part) else None
     return out
@@ -71,19 +84,65 @@ def first_disagreement(output: list, full_output: list) -> tuple[int, bool]:
     return common, len(output) != len(full_output)
 
 
-def trace(reference, protocol, prompt: list[int], max_new_tokens: int, eos_token_ids=()) -> Trace:
-    """Generate with ``full`` (``reference``) and the method (``protocol``) from ``prompt``, and compare the method's
-    predictions with full's along full's output."""
-    [full_output], full_logits = reference.generate_batch([prompt], max_new_tokens, eos_token_ids, return_logits=True)
-    full_logprobs = torch.log_softmax(full_logits[:, :len(full_output)].float(), dim=-1)
+#: full's generations already made in this process: ``{key: (output, log-probabilities)}`` (see :func:`full_trace`).
+_FULL_TRACES: dict = {}
+#: At most this many kept (a 1280-token trace's log-probabilities over a 49k vocabulary are ~250 MB).
+FULL_TRACES_KEPT = 8
+
+
+def full_trace(load_reference, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None,
+               reuse: bool = True):
+    """``(output, [1, L, vocab] log-probabilities)`` of ``full``'s greedy generation from ``prompt``, by the
+    protocol ``load_reference()`` returns (called only when the generation is not kept already).
+
+    A sweep runs every method of ``experiment=longgen`` in one process against the same ``full`` generations, and
+    on two cores each costs as much as the method's own: with a ``key`` naming the reference model (its config and
+    a fingerprint of its weights), a generation is made once per process and reused, and the reference model is
+    not even loaded again (greedy decoding of the same weights is deterministic, so the reuse changes no number).
+    Without a key nothing is kept; with ``reuse=False`` the generation is made (and kept) even when kept already.
+    """
+    memo = None if key is None else (key, tuple(prompt), max_new_tokens, tuple(eos_token_ids))
+    if reuse and memo in _FULL_TRACES:
+        return _FULL_TRACES[memo]
+    [output], logits = load_reference().generate_batch([prompt], max_new_tokens, eos_token_ids, return_logits=True)
+    found = (output, torch.log_softmax(logits[:, :len(output)].float(), dim=-1))
+    if memo is not None:
+        while len(_FULL_TRACES) >= FULL_TRACES_KEPT:
+            _FULL_TRACES.pop(next(iter(_FULL_TRACES)))
+        _FULL_TRACES[memo] = found
+    return found
+
+
+def decode_ms(protocol, run):
+    """``(run(), decode ms per generated token)`` of what ``run`` generates under ``protocol`` (None: no step)."""
     before_s, before_n = protocol.stats.decode_s, protocol.stats.decode_tokens
-    output = protocol.generate(prompt, max_new_tokens, eos_token_ids=eos_token_ids)
+    result = run()
     steps = protocol.stats.decode_tokens - before_n
-    ms = 1000 * (protocol.stats.decode_s - before_s) / steps if steps else None
+    return result, (1000 * (protocol.stats.decode_s - before_s) / steps if steps else None)
+
+
+def trace(load_reference, protocol, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None,
+          edges=BIN_EDGES) -> Trace:
+    """Generate with ``full`` (``load_reference``, kept per ``key``: :func:`full_trace`) and the method
+    (``protocol``) from ``prompt``, and compare the method's predictions with full's along full's output.
+
+    ``full`` itself is traced in one pass, not three: its own generation *is* the reference (made by ``protocol``,
+    so the run's decode time and bytes are measured), and its divergence from itself is zero by definition (the
+    three-pass identity is tested: tests/suites/test_longgen.py). It is always generated (its run measures it),
+    and kept for the methods after it."""
+    if protocol.method.name == "full":
+        (output, _), ms = decode_ms(protocol, lambda: full_trace(lambda: protocol, prompt, max_new_tokens,
+                                                                eos_token_ids, key, reuse=False))
+        zeros = torch.zeros(len(output))
+        return Trace(len(output), len(output), 0.0, 1.0, binned(zeros, edges), binned(zeros + 1, edges), ms,
+                     *first_disagreement(output, output), output, output)
+    full_output, full_logprobs = full_trace(load_reference, prompt, max_new_tokens, eos_token_ids, key)
+    output, ms = decode_ms(protocol, lambda: protocol.generate(prompt, max_new_tokens, eos_token_ids=eos_token_ids))
     mine = teacher_forced_logprobs(protocol, [prompt], [full_output])
     kl, agree = per_position(full_logprobs, mine)
-    return Trace(len(output), len(full_output), float(kl.mean()), float(agree.float().mean()), binned(kl[0]),
-                 binned(agree[0]), ms, *first_disagreement(output, full_output), output, full_output)
+    return Trace(len(output), len(full_output), float(kl.mean()), float(agree.float().mean()),
+                 binned(kl[0], edges), binned(agree[0], edges), ms, *first_disagreement(output, full_output), output,
+                 full_output)
 
 
 def progression_prompt(rng: random.Random, shown: int = 6) -> tuple[str, int, int, int]:

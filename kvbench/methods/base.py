@@ -208,6 +208,14 @@ def renamed_parameter(name: str, parameter: str) -> str | None:
     if new is None:
         return None
     return f"method={name}: {parameter} was renamed {new} (set method.{new} instead)"
+def no_decode_budget(name: str, parameter: str) -> str:
+    """Why registered method ``name`` takes no decode-budget ``parameter`` (``decode_budget_*``, ``compress_every``),
+    in one line: the kvbench CLI, ``lm_eval --model kvbench`` and :func:`build_method` say the same."""
+    cls = METHODS[name]
+    if cls.axis == "tokens":
+        return f"method={name} cannot compress while decoding ({parameter}): {cls.no_decode_budget or 'no decode-time rule'}"
+    return (f"method={name} has no token axis, so {parameter} does not apply (decode-time compression exists "
+            f"for: {', '.join(methods_with('decode_budget_tokens'))})")
 
 
 def build_method(name: str, **params: Any) -> Method:
@@ -225,12 +233,7 @@ def build_method(name: str, **params: Any) -> Method:
                                 f"{', '.join(methods_with('protocol'))}; {name} runs real compression only)")
     decoding = [p for p in unknown if p in DECODE_PARAMETERS]
     if decoding:
-        if cls.axis == "tokens":
-            raise MethodConfigError(f"method={name} cannot compress while decoding ({decoding[0]}): "
-                                    f"{cls.no_decode_budget or 'no decode-time rule'}")
-        raise MethodConfigError(
-            f"method={name} has no token axis, so {decoding[0]} does not apply (decode-time compression exists "
-            f"for: {', '.join(methods_with('decode_budget_tokens'))})")
+        raise MethodConfigError(no_decode_budget(name, decoding[0]))
     if unknown:
         raise MethodConfigError(
             f"method={name} has no parameter {', '.join(unknown)} (valid: {', '.join(sorted(fields)) or 'none'})"

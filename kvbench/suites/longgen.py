@@ -23,6 +23,7 @@ kept apart): ``suite.query_aware=true`` is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import statistics
@@ -34,7 +35,7 @@ from kvbench.atomic import atomic_write_text
 from kvbench.config import SuiteConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import bootstrap, mean
-from kvbench.eval.longgen import BINS, correct_terms, progression_prompt, trace
+from kvbench.eval.longgen import BIN_EDGES, bins, correct_terms, progression_prompt, trace
 from kvbench.eval.prompts import eos_ids
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
@@ -51,6 +52,8 @@ class LonggenOptions:
     max_new_tokens: int = 1280
     check_terms: int = 64
     seed: int = 0
+    #: Where the trace's position bins start (KL and top-1 per bin): 0–256, 256–1k, 1k+ by default.
+    bins: list[int] = field(default_factory=lambda: list(BIN_EDGES))
 
 
 @dataclass
@@ -77,6 +80,11 @@ class Longgen(Suite):
             low = 2 if name == "prompt_tokens" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SuiteConfigError(f"suite.options.{name}={value!r} must be an integer >= {low}")
+        edges = list(opts.bins)
+        if not edges or any(isinstance(e, bool) or not isinstance(e, int) for e in edges) or edges[0] < 1 \
+                or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise SuiteConfigError(f"suite.options.bins={edges!r} must be increasing token positions >= 1 "
+                                   "(where the trace's bins start after 0, e.g. [256, 1024])")
         if model_cfg is not None and opts.prompt_tokens + opts.max_new_tokens > model_cfg.max_length:
             raise SuiteConfigError(f"suite.options.prompt_tokens + max_new_tokens = "
                                    f"{opts.prompt_tokens + opts.max_new_tokens} exceeds model.max_length="
@@ -84,24 +92,44 @@ class Longgen(Suite):
 
     def run(self, plan, context: RunContext) -> Iterator[TaskResult]:
         opts, protocol, tokenizer = self.options, context.protocol, context.tokenizer
-        reference = CompressionProtocol(reference_model(context), build_method("full"))
-        check_vocabulary(reference.model, protocol.model, protocol.method)
+        check_vocabulary(protocol.model, protocol.model, protocol.method)  # a changed vocabulary, before any work
+
+        @functools.cache
+        def load_reference():  # only when full's generations are not kept already (kvbench.eval.longgen.full_trace)
+            reference = CompressionProtocol(reference_model(context), build_method("full"))
+            check_vocabulary(reference.model, protocol.model, protocol.method)
+            return reference
+
         n = opts.prompts if self.cfg.limit is None else min(self.cfg.limit, opts.prompts)
         eos = eos_ids(tokenizer, protocol.model)
+        key = reference_key(context)
+        edges = tuple(opts.bins)
         lines = []
         for task in self.tasks:
             rows = []
             for i, (prompt, check) in enumerate(task_prompts(task, tokenizer, n, opts)):
-                found = trace(reference, protocol, prompt, opts.max_new_tokens, eos)
+                found = trace(load_reference, protocol, prompt, opts.max_new_tokens, eos, key, edges)
                 row = {"task": task, "prompt": i,
                        **{k: v for k, v in vars(found).items() if k not in ("output", "full_output")}}
                 if check is not None:
-                    for key, output in (("accuracy", found.output), ("accuracy_full", found.full_output)):
-                        row[key] = min(opts.check_terms, correct_terms(tokenizer.decode(output), *check)) / opts.check_terms
+                    for name, output in (("accuracy", found.output), ("accuracy_full", found.full_output)):
+                        row[name] = min(opts.check_terms, correct_terms(tokenizer.decode(output), *check)) / opts.check_terms
                 rows.append(row)
                 lines.append(json.dumps(row) + "\n")
-            yield task_result(task, rows)
+            yield task_result(task, rows, edges)
         atomic_write_text(Path(context.output_dir) / self.cfg.name / "traces.jsonl", "".join(lines))
+
+
+def reference_key(context: RunContext) -> tuple:
+    """What names full's weights and device, so a sweep's jobs share full's generations (:func:`full_trace`): the
+    model config, and a fingerprint of the weights the run loaded (two models built from one config name, as the
+    tests' random ones, must never share; the embeddings are those of full, since a longgen method never changes
+    the vocabulary)."""
+    cfg, model = context.model_cfg, context.protocol.model
+    embedding = model.get_input_embeddings().weight.detach()
+    fingerprint = (sum(p.numel() for p in model.parameters()), float(embedding.double().sum()),
+                   float(embedding[0].double().norm()))
+    return (cfg.pretrained, cfg.gguf_file, cfg.revision, cfg.dtype, str(context.protocol.device), fingerprint)
 
 
 def task_prompts(task: str, tokenizer, n: int, opts: LonggenOptions):
@@ -117,12 +145,12 @@ def task_prompts(task: str, tokenizer, n: int, opts: LonggenOptions):
     return out
 
 
-def task_result(task: str, rows: list[dict]) -> TaskResult:
+def task_result(task: str, rows: list[dict], edges=BIN_EDGES) -> TaskResult:
     """Means over prompts; KL primary with its interval; the paired length change with its own interval."""
     metrics = {"kl": mean([r["kl"] for r in rows]), "top1_agreement": mean([r["top1_agreement"] for r in rows]),
                "output_length": mean([r["length"] for r in rows]),
                "output_length_full": mean([r["full_length"] for r in rows])}
-    for name, _, _ in BINS:
+    for name, _, _ in bins(edges):
         for metric, key in (("kl", "kl_bins"), ("top1", "agreement_bins")):
             values = [r[key][name] for r in rows if r[key][name] is not None]
             if values:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
-from kvbench.eval.longgen import binned, correct_terms, first_disagreement, progression_prompt
+from kvbench.eval.longgen import bins, binned, correct_terms, first_disagreement, progression_prompt
 
 
 def test_binned_means_cover_each_bin_the_trace_reaches():
     values = torch.cat([torch.zeros(256), torch.ones(768), torch.full((10,), 3.0)])
     assert binned(values) == {"0_256": 0.0, "256_1k": 1.0, "1k_plus": 3.0}
     assert binned(torch.ones(5)) == {"0_256": 1.0, "256_1k": None, "1k_plus": None}
+
+
+def test_moved_bin_edges_name_and_cut_the_bins_where_they_say():
+    assert [b[0] for b in bins((32, 64, 2048))] == ["0_32", "32_64", "64_2k", "2k_plus"]
+    assert binned(torch.arange(100.0), (32, 64)) == {"0_32": 15.5, "32_64": 47.5, "64_plus": 81.5}
 
 
 def test_a_progression_is_checked_term_by_term_up_to_the_first_error():
@@ -29,3 +35,23 @@ def test_first_disagreement_is_the_first_differing_token_or_the_end_of_the_short
     assert first_disagreement([1, 2, 3], [9, 2, 3]) == (0, True)
     assert first_disagreement([5, 6], [5, 6, 7]) == (2, True)  # stopped early: departs where it stopped
     assert first_disagreement([5, 6, 7], [5, 6, 7]) == (3, False)  # never departs: censored at the length
+
+
+def test_fulls_generation_is_made_once_per_key_and_reused_unchanged(tiny_gqa, monkeypatch):
+    from kvbench.eval import longgen
+    from kvbench.eval.protocol import CompressionProtocol
+    from kvbench.methods import build_method
+
+    monkeypatch.setattr(longgen, "_FULL_TRACES", {})
+    reference = CompressionProtocol(tiny_gqa[0], build_method("full"))
+    calls = []
+    real = reference.generate_batch
+    monkeypatch.setattr(reference, "generate_batch", lambda *a, **k: calls.append(a) or real(*a, **k))
+    prompt = list(range(5, 17))
+    first = longgen.full_trace(lambda: reference, prompt, 10, key="tiny")
+    again = longgen.full_trace(lambda: pytest.fail("loaded the reference again"), prompt, 10, key="tiny")
+    unkept = longgen.full_trace(lambda: reference, prompt, 10)
+    assert len(calls) == 2  # the keyed repeat was not generated again; the unkeyed one was
+    assert again[0] == first[0] == unkept[0] and torch.equal(again[1], unkept[1])
+    longgen.full_trace(lambda: reference, prompt, 11, key="tiny")  # another length is another generation
+    assert len(calls) == 3

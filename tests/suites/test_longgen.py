@@ -52,7 +52,19 @@ def test_a_small_decode_budget_diverges_along_the_trace_and_bounds_the_generatio
     assert protocol.stats.peak_decode_stored_bytes < full.stats.peak_decode_stored_bytes / 4
 
 
+def test_a_decode_budget_covering_every_token_diverges_nowhere_through_all_three_passes(tiny_gqa, tmp_path):
+    """full itself is traced in one pass (its generation is the reference); a method equal to full is traced in
+    three -- full's generation, its own, and teacher forcing on full's -- and must find no divergence either."""
+    method = build_method("streaming_llm", budget_ratio=1.0, decode_budget_tokens=4096)
+    results, _ = _run(*tiny_gqa, method, tmp_path, bins=[8, 16])
+    for task in ("prose", "progression"):
+        m = results[task].metrics
+        assert m["kl"] < 1e-9 and m["top1_agreement"] == 1.0 and m["departed"] == 0.0
+        assert m["kl_0_8"] < 1e-9 and m["top1_16_plus"] == 1.0 and m["length_change"] == 0
+
+
 @pytest.mark.parametrize("options, message", [({"max_new_tokens": 0}, "max_new_tokens=0"),
+                                              ({"bins": [256, 128]}, r"bins=\[256, 128\] must be increasing"),
                                               ({"prompt_tokens": 400, "max_new_tokens": 200}, "exceeds model.max_length")])
 def test_bad_options_are_refused_in_one_line_before_the_model_loads(options, message):
     suite = build_suite(LonggenConfig(name="longgen", options=options))
