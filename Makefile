@@ -117,6 +117,8 @@ REPORT_fidelity := fidelity_smollm2
 PAPER_paper_h2o_lm_eval_mini := --paper experiments/h2o/paper_lm_eval.csv
 # after the report: a section the roll-up does not write (each method against uniform snapkv at the same budget)
 POST_headwise := $(PY) experiments/headwise/paired.py reports/records/headwise >> reports/headwise.md
+# the engine experiments (issue 29) need make engine-env, so they are not in EXAMPLES: run make example-<name> for them
+POST_quality_engine := $(PY) experiments/engine/agreement.py reports/records/quality_engine >> reports/quality_engine.md
 examples: setup
 	for x in $(EXAMPLES); do $(MAKE) --no-print-directory example-$$x || exit 1; done
 	for x in $(SCRIPT_REPORTS); do $(MAKE) --no-print-directory script-report-$$x || exit 1; done
