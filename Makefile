@@ -127,6 +127,8 @@ POST_shared_context := (cd outputs/sweeps/examples/shared_context && find . -pat
 # long generations (issue 25): divergence per trace bin, first departure, output length change, bytes, paired per prompt
 REPORT_longgen_mini := longgen_smollm2_mini
 POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini >> reports/longgen_smollm2_mini.md
+# the engine experiments (issue 29) need make engine-env, so they are not in EXAMPLES: run make example-<name> for them
+POST_quality_engine := $(PY) experiments/engine/agreement.py reports/records/quality_engine >> reports/quality_engine.md
 examples: setup
 	for x in $(EXAMPLES); do $(MAKE) --no-print-directory example-$$x || exit 1; done
 	for x in $(SCRIPT_REPORTS); do $(MAKE) --no-print-directory script-report-$$x || exit 1; done

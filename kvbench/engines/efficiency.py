@@ -4,7 +4,8 @@ engine environment, and its figures put into the same record fields, labelled as
 
 What differs from kvbench's own measurement, and is said in the record: vLLM prefills all ``N`` context tokens and
 samples the first new token there, so its decode steps are ``new_tokens - 1`` (kvbench feeds the last context token
-in the first of ``new_tokens`` steps); ms per step and tok/s are per decode step either way. The cache bytes are
+in the first of ``new_tokens`` steps); ms per step and tok/s are per decode step either way. vLLM's figures come
+from its own per-request timestamps within one ``generate`` call (:func:`~kvbench.engines.vllm_driver.batch_timings`). The cache bytes are
 vLLM's block accounting (``kv_source: engine``), not tensors kvbench measured; the max batch is the engine's own:
 the blocks its cache space holds ÷ the blocks one request needs (``source: engine_blocks``), with the cache space set
 to the suite's memory budget minus the weights when a budget is given, so both sides fit the same total.
@@ -54,7 +55,9 @@ def engine_run(plan, context, opts) -> Iterator[tuple[str, dict, EfficiencyPart]
     full_per_token = vllm.kv_bytes_per_token(protocol.reference_config, "auto", dtype_bytes)
     points = vllm.engine_points(response, per_token, full_per_token)
     info = {**response["engine"], "kv_blocks": response.get("kv_blocks"), "block_size": response.get("block_size"),
-            "kv_cache_space_gb": space, "decode_steps": "new_tokens - 1 (the prefill samples the first token)"}
+            "kv_cache_space_gb": space, "decode_steps": "new_tokens - 1 (the prefill samples the first token)",
+            "timing": "vLLM's per-request timestamps in one generate call: TTFT = first row queued -> last row's "
+                      "first token; decode = -> last row's last token"}
     part = EfficiencyPart(workload={"corpus": opts.corpus, "seed": opts.seed, "new_tokens": opts.new_tokens,
                                     "repeats": opts.repeats, "warmup": opts.warmup, "eos": "ignored", "engine": info},
                           model_bytes=model_bytes, memory_source="engine", memory_reset=None)

@@ -6,10 +6,12 @@ response are plain JSON, built and read by :mod:`kvbench.engines.vllm_launcher`.
 Two jobs, both on token ids kvbench chose (``TokensPrompt``: vLLM never re-tokenizes):
 
 * ``efficiency`` -- per (context, batch) point, the batch of prompts through vLLM's offline ``LLM.generate``
-  with exactly ``new_tokens`` greedy tokens, EOS ignored. TTFT is a ``max_tokens=1`` call (the prefill of the
-  batch); decode ms per step is ``(generate time - TTFT) / (new_tokens - 1)``; throughput is
-  ``B * (new_tokens - 1) / decode time``, kvbench's definition (tokens of the decode steps / their time). Medians
-  over ``repeats`` with min and max. The max concurrency is vLLM's own KV block accounting: the blocks its cache
+  with exactly ``new_tokens`` greedy tokens, EOS ignored, timed by vLLM's own per-request timestamps (engine core,
+  ``disable_log_stats=False``) in that one call: TTFT is from the first row queued to the last row's first token
+  (the prefill of the batch); decode time from there to the last row's last token, over ``new_tokens - 1`` steps;
+  throughput is ``B * (new_tokens - 1) / decode time``, kvbench's definition (tokens of the decode steps / their
+  time). One call, not a 1-token call subtracted from a whole one: on a loaded machine that difference can come out
+  negative (at B=8, N=2048 the prefill is nearly all of the call). Medians over ``repeats`` with min and max. The max concurrency is vLLM's own KV block accounting: the blocks its cache
   holds (``kv_cache_memory_bytes``, what ``VLLM_CPU_KVCACHE_SPACE`` sets in whole GiB on CPU) divided by the blocks
   one request of context + new tokens needs.
 * ``identity`` -- greedy continuations of the given prompts with each chosen token's log-probability, to compare
@@ -42,8 +44,9 @@ def _llm(request: dict):
                   kv_cache_dtype=request.get("kv_cache_dtype", "auto"), max_model_len=request["max_model_len"],
                   seed=request.get("seed", 0), enforce_eager=request.get("enforce_eager", True),
                   max_num_seqs=request.get("max_num_seqs", 256), skip_tokenizer_init=False,
-                  # every run must prefill: with prefix caching the timed call would reuse the TTFT call's blocks
-                  enable_prefix_caching=False)
+                  # every run must prefill: with prefix caching a repeat would reuse the previous run's blocks
+                  enable_prefix_caching=False,
+                  disable_log_stats=False)  # the per-request timestamps measure_point reads
     if request.get("kv_cache_memory_bytes"):  # the cache's size, exactly (what VLLM_CPU_KVCACHE_SPACE sets in GiB)
         kwargs["kv_cache_memory_bytes"] = int(request["kv_cache_memory_bytes"])
     if request.get("max_num_batched_tokens"):
@@ -75,29 +78,36 @@ def _median_range(values: list[float], name: str) -> dict:
     return {name: statistics.median(values), f"{name}_min": min(values), f"{name}_max": max(values)}
 
 
+def batch_timings(outputs) -> tuple[float, float]:
+    """(TTFT, decode seconds) of one batch from vLLM's per-request timestamps (engine-core clock): from the first
+    row queued to the last row's first token, and from there to the last row's last token."""
+    stats = [output.metrics for output in outputs]
+    if any(s is None or not getattr(s, "first_token_ts", 0.0) for s in stats):
+        raise RuntimeError("vLLM returned no per-request timestamps (RequestOutput.metrics): this vLLM does not "
+                           "report them with disable_log_stats=False")
+    start = min(s.queued_ts or s.scheduled_ts for s in stats)
+    first = max(s.first_token_ts for s in stats)
+    return first - start, max(s.last_token_ts for s in stats) - first
+
+
 def measure_point(llm, rows: list[list[int]], new_tokens: int, repeats: int, warmup: int) -> dict:
     """One (context, batch) point: TTFT, decode ms/step and throughput, medians over ``repeats``."""
     from vllm import SamplingParams
 
     prompts = _prompts(rows)
-    first = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     whole = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True)
     ttfts, steps, rates = [], [], []
     for run in range(warmup + repeats):
-        ttft, _ = _timed_generate(llm, prompts, first)
-        total, outputs = _timed_generate(llm, prompts, whole)
+        _, outputs = _timed_generate(llm, prompts, whole)
         produced = [len(o.outputs[0].token_ids) for o in outputs]
         if produced != [new_tokens] * len(rows):
             raise RuntimeError(f"vLLM produced {produced} tokens, not {new_tokens} per row")
         if run < warmup:
             continue
-        decode = total - ttft
-        if decode <= 0:
-            raise RuntimeError(f"the {new_tokens}-token call ({total:.3f} s) took no longer than the 1-token call "
-                               f"({ttft:.3f} s): the timings are not usable (repeat under less load)")
+        ttft, decode = batch_timings(outputs)
         ttfts.append(ttft)
         steps.append(1000 * decode / max(new_tokens - 1, 1))
-        rates.append(len(rows) * max(new_tokens - 1, 1) / decode)
+        rates.append(len(rows) * max(new_tokens - 1, 1) / decode if decode > 0 else float("nan"))
     return {"batch_size": len(rows), "context_length": len(rows[0]), "new_tokens": new_tokens,
             **_median_range(ttfts, "ttft_s"), **_median_range(steps, "decode_ms_per_step"),
             **_median_range(rates, "throughput_tok_s")}
@@ -146,9 +156,33 @@ def _engine_args(request: dict) -> dict:
     return args
 
 
+def _vllm_cpu_as_vllm() -> None:
+    """lm-eval reads vLLM's version from the distribution named ``vllm`` (``importlib.metadata.version("vllm")``, at
+    import); the CPU build installs as ``vllm-cpu``, the same package: that name is answered as vLLM itself reads it
+    (``<vllm-cpu version>+cpu``, which is also how vLLM detects its CPU platform). Called before lm-eval's vllm
+    model is imported (it binds ``version`` then)."""
+    import importlib.metadata as metadata
+
+    original = metadata.version
+    if getattr(original, "vllm_cpu_aware", False):
+        return
+
+    def version(name: str) -> str:
+        try:
+            return original(name)
+        except metadata.PackageNotFoundError:
+            if name != "vllm":
+                raise
+            return original("vllm-cpu") + "+cpu"  # vLLM's own reading (platforms.vllm_version_matches_substr)
+
+    version.vllm_cpu_aware = True
+    metadata.version = version
+
+
 def lm_eval_tasks(request: dict) -> dict:
     """Each task through lm-eval's ``vllm`` model: what ``simple_evaluate`` returns (results, samples, configs,
     higher_is_better), with the same seeds, limit, shots and generation overrides as kvbench's own run."""
+    _vllm_cpu_as_vllm()
     import lm_eval
     from lm_eval import simple_evaluate
     from lm_eval.models.vllm_causallms import VLLM
