@@ -98,9 +98,11 @@ def dequantize(q: Quantized, nbits: int, grouping: str, group_size: int,
 
     Each byte's codes are looked up in :func:`code_table` (one row copy per byte; on CPU straight into ``out``,
     one batch × head row at a time, as ``out`` may be the first N tokens of a longer buffer), then scaled and
-    shifted in place. Unpacking by shifts instead wrote ``8/b`` strided, converting copies per byte: 89% of the
-    CPU time of a ``kivi`` layer's decode-step update in a profile (batch 8, 2048 tokens). The values are the
-    same bit for bit (a code is exact in any float dtype, and the scale and shift are unchanged; tested).
+    shifted in place. Unpacking by shifts instead writes ``8/b`` strided, converting copies per byte (most of a
+    ``kivi`` layer's decode-step update in a CPU profile); the lookup writes each byte's codes as one row. The
+    values are the same bit for bit (a code is exact in any float dtype, and the scale and shift are unchanged;
+    tested). Either way dequantization reads and writes every quantized token at every step: it grows with the
+    cache, like attention.
     """
     B, h, N, packed = q.codes.shape
     per = 8 // nbits
