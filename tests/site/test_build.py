@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -139,12 +138,9 @@ def test_paper_page_sets_ours_beside_the_paper(records_dir, tmp_path):
 
 
 @pytest.mark.slow  # 9-30 s on two shared cores (load average 10), records written in 15 s more
-def test_2000_records_build_in_under_a_minute(tmp_path):
+def test_2000_records_give_2000_overview_rows_and_2000_run_pages(tmp_path):
+    """The site scales to a large sweep; how fast is benchmarks/site_build.py's (the target: under a minute)."""
     write_many(tmp_path / "many", 2000)
-    start = time.perf_counter()
     index = write_site(tmp_path / "many", tmp_path / "site")
-    seconds = time.perf_counter() - start
-    print(f"2000 records: site built in {seconds:.1f} s")
     assert len(embedded(index, "overview-data")["rows"]) == 2000
     assert len(list((tmp_path / "site" / "runs").glob("*.html"))) == 2000
-    assert seconds < 60
