@@ -200,3 +200,15 @@ def test_a_continuous_metric_at_zero_in_full_is_not_a_proportion(tmp_path):
     assert (table.loc["full", "prose/kl:low"], table.loc["full", "prose/kl:high"]) == (0.0, 0.0)
     assert table.loc["kivi", "prose/kl:test"] == "sign-flip permutation"
     assert table.loc["kivi", "prose/kl:vs_full"] == "worse"  # 12 of 12 prompts diverge: p = 2/4096
+
+
+def test_an_engine_row_serving_full_is_compared_with_kvbenchs_full_not_taken_for_it(tmp_path):
+    # engine=vllm runs method=full through vLLM: its row is the engine's (label vllm), paired against kvbench's full
+    engine = _record("2", "full", 4 / 6, 10.0, n=6, label="vllm")
+    engine.config = {"engine": {"backend": "vllm", "name": "vllm"}}
+    for name, record, hits in (("full", _record("1", "full", 4 / 6, 10.0, n=6), range(4)), ("vllm", engine, range(4))):
+        write_record(tmp_path / name / "record.json", record)
+        write_sidecar(tmp_path / name / "record.json", _scores(hits, FULL_LL[:6], n=6))
+    table = comparison_table(tmp_path).set_index("method")
+    assert set(table.index) == {"full", "vllm"}
+    assert table.loc["vllm", "mc/acc:vs_full"] == "same" and table.loc["vllm", "mc/acc:p_value"] == pytest.approx(1.0)
