@@ -176,7 +176,10 @@ def summary(record, output_dir: Path) -> str:
         rows.append(f"  {task[:28]:28} {primary['name'][:18]:18} {_value(record.primary_value(task)):>10}  "
                     f"{interval:>22} {record.n_samples.get(task, ''):>5}")
     kv, timing, env = record.kv, record.timing, record.env
-    if kv.ratio:
+    if kv.ratio and kv.source == "engine":  # per token, from the engine's block accounting (no bytes measured)
+        rows.append(f"  KV cache: {kv.ratio:.2f}x smaller than uncompressed per token, engine-reported "
+                    f"({(kv.notes or {}).get('engine')}, kv_cache_dtype={(kv.notes or {}).get('kv_cache_dtype')})")
+    elif kv.ratio:
         rows.append(f"  KV cache: {kv.ratio:.2f}x smaller than uncompressed ({kv.stored_bytes / 2**20:.1f} of "
                     f"{kv.full_bytes / 2**20:.1f} MiB over the run's requests)"
                     + (f"; decode {timing.decode_tok_s:.1f} tok/s on {env.device}, "

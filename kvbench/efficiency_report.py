@@ -58,7 +58,8 @@ def points_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, record in efficiency_frame(frame).iterrows():
         eff = json.loads(record["efficiency"])
-        engine = ((eff.get("workload") or {}).get("engine") or {}).get("name", "hf")
+        engine_info = (eff.get("workload") or {}).get("engine") or {}
+        engine = engine_info.get("name", "hf")
         for point in eff.get("points", []):
             if point.get("out_of_memory"):
                 rows.append({"model": record["model"], "method": _label(record), "label": record["label"],
@@ -77,6 +78,7 @@ def points_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "floor_ms_per_step": point.get("floor_ms_per_step"), "floor_bound": point.get("floor_bound"),
                 "floor_multiple": point.get("floor_multiple"),
                 "device": record.get("device"), "load_avg_1m": record.get("load_avg_1m"),
+                "threads": engine_info.get("threads", record.get("torch_threads")),
             })
     table = pd.DataFrame(rows)
     if table.empty:
@@ -258,11 +260,15 @@ def engine_markdown(points: pd.DataFrame, failed: list[str] = ()) -> list[str]:
     shown = pd.DataFrame({"model": table["model"], "context": table["context"], "batch": table["batch"],
                           "method (kvbench, HF)": table["method"], "tok/s": table["tok_s"].map(format_number),
                           "engine rows": table["engines"], "÷ best engine": table["vs_engine"].map(format_number)})
+    threads = ", ".join(str(t) for t in sorted({int(t) for t in points.get("threads", pd.Series(dtype=float)).dropna()}))
     text = ["### Beside a serving engine", "",
             "kvbench's methods (Hugging Face model, kvbench's cache) against what a user would run instead: the same "
             "token ids, batch, context and new tokens through vLLM's offline engine (`engine=vllm`, its own "
-            "environment). vLLM's decode steps are `new_tokens - 1` (its prefill samples the first token); its cache "
-            "bytes and max batch are its own block accounting (engine-reported).", "",
+            "environment). vLLM's decode steps are `new_tokens - 1` (its prefill samples the first token), timed by "
+            "its own per-request timestamps in one `generate` call; its cache bytes and max batch are its own block "
+            f"accounting (engine-reported). CPU threads per row: {threads or 'not recorded'}. The rows ran one after "
+            "another, each under the load in the table above (`load`): on a shared machine a difference smaller "
+            "than the change that load makes, or one measured from a single run (n=1), is not a finding.", "",
             shown.to_markdown(index=False), ""]
     for (model, context, batch), at in table.groupby(["model", "context", "batch"], sort=True):
         winners = at[at["vs_engine"] > 1]

@@ -42,9 +42,12 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
     """``(row, {metric column: higher is better})`` of one record."""
     model, method, suite, kv, timing, env = record.model, record.method, record.suite, record.kv, record.timing, record.env
     components = kv.components or {}
+    engine = (record.config.get("engine") or {}).get("backend", "hf")
     row = {
         "run_id": record.run_id, "path": str(path), "created_at": record.created_at, "status": record.status,
-        "model": model.name, "method": method.name, "label": method_label(method),
+        # an engine row serves full but is not kvbench's full: it is compared with it, by its label (vllm, vllm_fp8)
+        "model": model.name, "method": method.name if engine == "hf" else method_label(method),
+        "label": method_label(method),
         "method_params": json.dumps(method.changed_params, sort_keys=True, default=str),
         "label_params": json.dumps(method.label_params, sort_keys=True, default=str),
         "suite": suite.name, "tasks": json.dumps(suite.tasks), "limit": suite.limit,
@@ -54,7 +57,7 @@ def record_row(path: Path, record: RunRecord) -> tuple[dict, dict[str, bool]]:
         "decode_tok_s": timing.decode_tok_s, "prefill_tok_s": timing.prefill_tok_s, "wall_s": timing.wall_s,
         "lock_sha256": env.lock_sha256, "device": env.device, "load_avg_1m": env.load_avg_1m, "error": record.error,
         "git_commit": env.git_commit, "git_dirty": env.git_dirty, "torch_threads": env.torch_threads,
-        "cpu_model": env.cpu_model, "engine": (record.config.get("engine") or {}).get("backend", "hf"),
+        "cpu_model": env.cpu_model, "engine": engine,
         "weight_format": weight_format(record.config.get("model") or {}, model.dtype),
         "kv_aggregation": kv.aggregation,
         "efficiency": json.dumps(record.efficiency.to_dict(), default=str) if record.efficiency else None,

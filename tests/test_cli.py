@@ -145,3 +145,14 @@ def test_help_imports_neither_torch_nor_transformers_nor_lm_eval(tmp_path):
     result = _run([sys.executable, "-c", code], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "heavy: []"
+
+
+def test_a_single_runs_summary_says_an_engine_rows_kv_ratio_is_engine_reported():
+    from kvbench.cli import summary
+    from kvbench.results import RunRecord
+
+    record = RunRecord(run_id="1", created_at="2026-01-01T00:00:00", status="complete", model={"name": "m"},
+                       method={"name": "full", "label": "vllm_fp8"}, suite={"name": "quick"},
+                       kv={"ratio": 4.0, "source": "engine", "notes": {"engine": "vllm 0.32.0", "kv_cache_dtype": "fp8"}})
+    text = summary(record, Path("run"))
+    assert "4.00x smaller than uncompressed per token, engine-reported (vllm 0.32.0, kv_cache_dtype=fp8)" in text

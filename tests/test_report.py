@@ -230,3 +230,13 @@ def test_every_row_says_whether_the_question_was_visible_at_compression_time(tmp
     assert "`question_visible`: whether the question was visible at compression time" in md
     snapkv_row = next(line for line in _roll_up_rows(md).splitlines() if "| snapkv " in line)
     assert "| yes " in snapkv_row
+def test_an_engine_row_serving_full_is_compared_with_kvbenchs_full_not_taken_for_it(tmp_path):
+    # engine=vllm runs method=full through vLLM: its row is the engine's (label vllm), paired against kvbench's full
+    engine = _record("2", "full", 4 / 6, 10.0, n=6, label="vllm")
+    engine.config = {"engine": {"backend": "vllm", "name": "vllm"}}
+    for name, record, hits in (("full", _record("1", "full", 4 / 6, 10.0, n=6), range(4)), ("vllm", engine, range(4))):
+        write_record(tmp_path / name / "record.json", record)
+        write_sidecar(tmp_path / name / "record.json", _scores(hits, FULL_LL[:6], n=6))
+    table = comparison_table(tmp_path).set_index("method")
+    assert set(table.index) == {"full", "vllm"}
+    assert table.loc["vllm", "mc/acc:vs_full"] == "same" and table.loc["vllm", "mc/acc:p_value"] == pytest.approx(1.0)

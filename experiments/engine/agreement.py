@@ -43,8 +43,8 @@ def task_agreement(ours: dict, theirs: dict) -> tuple[str, bool]:
     if "loglikelihood" in ours[shared[0]]:
         gaps = [abs(ours[i]["loglikelihood"] - theirs[i]["loglikelihood"]) for i in shared]
         relative = max(g / max(abs(ours[i]["loglikelihood"]), 1e-12) for g, i in zip(gaps, shared))
-        return (f"{len(shared)} documents; max |Δ log-likelihood| {max(gaps):.3g} nats (relative {relative:.2g})",
-                relative <= RELATIVE_TOLERANCE)
+        return (f"{len(shared)} documents; largest Δ log-likelihood {max(gaps):.3g} nats in absolute value "
+                f"(relative {relative:.2g})", relative <= RELATIVE_TOLERANCE)
     same = sum(ours[i]["score"] == theirs[i]["score"] for i in shared)
     return f"{same}/{len(shared)} samples scored the same", same == len(shared)
 
