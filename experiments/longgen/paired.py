@@ -178,7 +178,8 @@ def main(argv=None) -> int:
         return 1
     bins = bin_names(runs)
     n = len(runs[methods[0]][1])
-    print("\n## Along the trace (paired, per prompt)\n")
+    pooled = f" -- pooled over {len(args.records)} sweeps on different prompts" if len(args.records) > 1 else ""
+    print(f"\n## Along the trace (paired, per prompt){pooled}\n")
     print(f"Per prompt (n = {n}: both tasks pooled, the same prompts for every method), from each run's "
           "`longgen/traces.jsonl`; KL(full ‖ method) and top-1 agreement teacher-forced on full's own greedy output, "
           "averaged within each position bin, then over prompts (percentile-bootstrap 95% interval over prompts). "
