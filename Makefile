@@ -112,7 +112,7 @@ quickstart: setup
 # make examples: every committed example is re-run from its experiment; its records and per-sample sidecars are
 # copied under reports/records/<report>/ (committed), and its report is written by kvbench-report from those
 # committed records, so a reader can rebuild it; then the example site. On purpose only: it overwrites reports/.
-EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity headwise headwise_ruler shared_context longgen_mini
+EXAMPLES := quickstart paper_h2o_lm_eval_mini fidelity headwise headwise_ruler shared_context longgen_mini longgen_mini_seed1
 REPORT_fidelity := fidelity_smollm2
 REPORT_shared_context := shared_context_smollm2
 PAPER_paper_h2o_lm_eval_mini := --paper experiments/h2o/paper_lm_eval.csv
@@ -133,6 +133,10 @@ POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen
 POST_quality_engine := $(PY) experiments/engine/agreement.py reports/records/quality_engine >> reports/quality_engine.md
 KEEP_FAILED_quality_engine := -
 KEEP_FAILED_efficiency_engine := -
+# its replicate on other prompts (suite.options.seed=1): the pooled section (n = 8) goes to the same report
+REPORT_longgen_mini_seed1 := longgen_smollm2_mini_seed1
+POST_longgen_mini_seed1 := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini \
+	reports/records/longgen_smollm2_mini_seed1 >> reports/longgen_smollm2_mini.md
 examples: setup
 	for x in $(EXAMPLES); do $(MAKE) --no-print-directory example-$$x || exit 1; done
 	for x in $(SCRIPT_REPORTS); do $(MAKE) --no-print-directory script-report-$$x || exit 1; done

@@ -1,5 +1,6 @@
 """experiment=longgen (and its miniature longgen_mini): where along the trace each method departs from ``full``, paired
-prompt by prompt, from the sweep's records and their per-prompt traces.
+prompt by prompt, from the sweep's records and their per-prompt traces (and those of replicate sweeps on other
+prompts, pooled).
 
 ``kvbench-report`` rolls each task up against ``full`` (the whole-trace KL, a mean per task); issue 25 asks for
 more: that the methods separate on divergence *along* the trace, where in the trace each one departs, and the change
@@ -19,7 +20,7 @@ prompts of both tasks (a prompt is ``task:index``, the same prompts for every me
 * peak and final KV bytes of the generations against full's (measured from the tensors after every step), decode
   ms/step, and the progression's accuracy.
 
-    python experiments/longgen/paired.py reports/records/longgen_smollm2_mini >> reports/longgen_smollm2_mini.md
+    python experiments/longgen/paired.py reports/records/longgen_smollm2_mini [replicate records ...] >> report.md
 """
 
 from __future__ import annotations
@@ -39,19 +40,25 @@ ALPHA = 0.05
 BOOTSTRAP = 2000
 
 
-def collect(root: Path) -> dict[str, tuple[object, dict[str, dict]]]:
-    """``{label: (record, {prompt id: trace row})}`` of the complete records under ``root`` with their traces."""
+def collect(roots: list[Path]) -> dict[str, tuple[list, dict[str, dict]]]:
+    """``{label: ([records], {prompt id: trace row})}`` of the complete records under each of ``roots`` with their
+    traces. Several roots are replicates of one sweep on other prompts (another ``suite.options.seed``): their prompts
+    are pooled, each id prefixed by its root's name."""
     out = {}
-    for path, record in iter_records(root):
-        traces = Path(path).parent / record.suite.get("name", "longgen") / "traces.jsonl"
-        if record.status != "complete" or not traces.exists():
-            continue
-        params = record.method.get("params", {})
-        label = record.method["name"]
-        if params.get("decode_budget_tokens") is not None:
-            label += f" (decode {params['decode_budget_tokens']}, every {params.get('compress_every', 1)})"
-        rows = [json.loads(line) for line in traces.read_text().splitlines() if line.strip()]
-        out[label] = (record, {f"{r['task']}:{r['prompt']}": r for r in rows})
+    for root in roots:
+        prefix = f"{root.name}:" if len(roots) > 1 else ""
+        for path, record in iter_records(root):
+            traces = Path(path).parent / record.suite.get("name", "longgen") / "traces.jsonl"
+            if record.status != "complete" or not traces.exists():
+                continue
+            params = record.method.get("params", {})
+            label = record.method["name"]
+            if params.get("decode_budget_tokens") is not None:
+                label += f" (decode {params['decode_budget_tokens']}, every {params.get('compress_every', 1)})"
+            rows = [json.loads(line) for line in traces.read_text().splitlines() if line.strip()]
+            records, kept = out.setdefault(label, ([], {}))
+            records.append(record)
+            kept.update({f"{prefix}{r['task']}:{r['prompt']}": r for r in rows})
     return out
 
 
@@ -103,13 +110,15 @@ def against_baseline(runs, bins: list[str], methods: list[str]) -> tuple[str, st
             pick = (lambda r: r["kl"]) if b == "whole trace" else (lambda r, b=b: r["kl_bins"].get(b))
             ids = [i for i in sorted(set(rows) & set(base)) if pick(rows[i]) is not None and pick(base[i]) is not None]
             if len(ids) >= 2:
-                found.append((label, b, continuous_comparison([pick(base[i]) for i in ids], [pick(rows[i]) for i in ids])))
+                found.append((label, b, continuous_comparison([pick(base[i]) for i in ids],
+                                                              [pick(rows[i]) for i in ids])))
     adjusted = [None] * len(found)
     for b in {b for _, b, _ in found}:
         where = [i for i, (_, bb, _) in enumerate(found) if bb == b]
         for i, p in zip(where, holm([found[i][2].p_value for i in where])):
             adjusted[i] = p
-    lines = [f"| method | bin | Δ KL vs {closest} [95%] | p | p (Holm) | n | verdict |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| method | bin | Δ KL vs {closest} [95%] | p | p (Holm) | n | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for (label, b, c), p_holm in zip(found, adjusted):
         verdict = ("further from full" if c.difference > 0 else "closer to full") if p_holm < ALPHA else "not separated"
         lines.append(f"| {label} | {b} | {c.difference:+.3g} [{c.low:+.3g}, {c.high:+.3g}] | {c.p_value:.3g} | "
@@ -121,9 +130,9 @@ def departure_and_length_table(runs, methods: list[str], full: str | None) -> st
     lines = ["| method | first departure: median token [95%] | departed | output length (full's) | "
              "Δ length vs full [95%] | p | peak decode bytes / full's | final bytes / full's | decode ms/step | "
              "progression accuracy (full's) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    full_kv = runs[full][0].kv if full else {}
+    full_records = runs[full][0] if full else []
     for label in methods:
-        record, rows = runs[label]
+        records, rows = runs[label]
         ordered = [rows[i] for i in sorted(rows)]
         first = "{:.0f} [{:.0f}, {:.0f}]".format(*interval([r["first_disagreement"] for r in ordered],
                                                          statistics.median))
@@ -131,17 +140,25 @@ def departure_and_length_table(runs, methods: list[str], full: str | None) -> st
         lengths, full_lengths = [r["length"] for r in ordered], [r["full_length"] for r in ordered]
         change = continuous_comparison(full_lengths, lengths)
         delta = f"{change.difference:+.3g} [{change.low:+.3g}, {change.high:+.3g}]"
-        kv = record.kv
-        peak = _share(kv.get("peak_decode_stored_bytes"), full_kv.get("peak_decode_stored_bytes"))
-        final = _share(kv.get("final_decode_stored_bytes"), full_kv.get("final_decode_stored_bytes"))
+        peak = _share(_bytes(records, "peak_decode_stored_bytes", max),
+                      _bytes(full_records, "peak_decode_stored_bytes", max))
+        final = _share(_bytes(records, "final_decode_stored_bytes", sum),
+                       _bytes(full_records, "final_decode_stored_bytes", sum))
         ms = [r["decode_ms_per_step"] for r in ordered if r.get("decode_ms_per_step") is not None]
         accuracy = [r for r in ordered if "accuracy" in r]
-        acc = (f"{np.mean([r['accuracy'] for r in accuracy]):.3f} ({np.mean([r['accuracy_full'] for r in accuracy]):.3f})"
-               if accuracy else "—")
+        acc = "—"
+        if accuracy:
+            acc = f"{np.mean([r['accuracy'] for r in accuracy]):.3f} ({np.mean([r['accuracy_full'] for r in accuracy]):.3f})"
         speed = f"{np.mean(ms):.0f}" if ms else "—"
         lines.append(f"| {label} | {first} | {departed} | {np.mean(lengths):.1f} ({np.mean(full_lengths):.1f}) | "
                      f"{delta} | {change.p_value:.3g} | {peak} | {final} | {speed} | {acc} |")
     return "\n".join(lines)
+
+
+def _bytes(records, key: str, combine):
+    """A byte figure over replicate records: the largest peak, the summed final caches (None when any lacks it)."""
+    values = [r.kv.get(key) for r in records]
+    return combine(values) if values and all(v is not None for v in values) else None
 
 
 def _share(value, full_value) -> str:
@@ -150,25 +167,28 @@ def _share(value, full_value) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("records", type=Path, help="the sweep's records (e.g. reports/records/longgen_smollm2_mini)")
+    parser.add_argument("records", type=Path, nargs="+",
+                        help="the sweep's records (e.g. reports/records/longgen_smollm2_mini), and any replicates")
     args = parser.parse_args(argv)
     runs = collect(args.records)
     full = next((label for label in runs if label == "full"), None)
     methods = sorted(label for label in runs if label != "full")
     if not methods:
-        print(f"no complete longgen records with traces under {args.records}", file=sys.stderr)
+        print(f"no complete longgen records with traces under {' '.join(map(str, args.records))}", file=sys.stderr)
         return 1
     bins = bin_names(runs)
-    n = len(next(iter(runs.values()))[1])
-    print("\n## Along the trace (paired, per prompt)\n")
+    n = len(runs[methods[0]][1])
+    pooled = f" -- pooled over {len(args.records)} sweeps on different prompts" if len(args.records) > 1 else ""
+    print(f"\n## Along the trace (paired, per prompt){pooled}\n")
     print(f"Per prompt (n = {n}: both tasks pooled, the same prompts for every method), from each run's "
           "`longgen/traces.jsonl`; KL(full ‖ method) and top-1 agreement teacher-forced on full's own greedy output, "
           "averaged within each position bin, then over prompts (percentile-bootstrap 95% interval over prompts). "
-          f"Generated by `python experiments/longgen/paired.py {args.records}`.\n")
+          f"Generated by `python experiments/longgen/paired.py {' '.join(map(str, args.records))}`.\n")
     print(kl_table(runs, bins, methods))
     closest, table = against_baseline(runs, bins, methods)
     print(f"\n### Against {closest}, bin by bin\n")
-    print(f"Δ KL = method − {closest} on the same prompts (negative: closer to full than it); sign-flip permutation test (exact), paired-bootstrap interval, Holm-corrected within "
+    print(f"Δ KL = method − {closest} on the same prompts (negative: closer to full than it); sign-flip "
+          "permutation test (exact), paired-bootstrap interval, Holm-corrected within "
           f"each bin; 'not separated' where the corrected p ≥ {ALPHA}. With n = {n} the smallest possible "
           f"two-sided p is {2 / 2 ** n:.3g}.\n")
     print(table)
