@@ -70,6 +70,7 @@ def test_a_run_writes_a_complete_record_with_measured_bytes(cfg_for, tmp_path):
     assert record.n_samples == {"kvbench_recall_mc": 1, "kvbench_prose_ppl": 1}
     assert record.suite == {"name": "quick", "runner": "lm_eval", "tasks": ["kvbench_recall_mc", "kvbench_prose_ppl"],
                             "limit": 1, "query_aware": False,
+                            # neither task keeps a question apart: each prompt is compressed whole
                             "question_visible": {"kvbench_recall_mc": "whole prompt", "kvbench_prose_ppl": "whole prompt"}}
     expected_model = {"name": "tiny_llama", "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16}
     assert {k: record.model[k] for k in expected_model} == expected_model

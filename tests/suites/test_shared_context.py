@@ -138,9 +138,10 @@ def test_longbench_records_sharing_a_document_become_one_sample_with_their_quest
     assert results["multi_request"].metrics["reuse_cost"] == pytest.approx(0.0)  # full: reuse costs nothing
 
 
-def test_longbench_without_shared_documents_or_without_a_question_part_is_refused_in_one_line(tmp_path):
+def test_longbench_without_shared_documents_or_without_a_question_part_is_refused_in_one_line(tmp_path, monkeypatch):
     from tests.conftest import longbench_record
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = _longbench_dir(tmp_path, [longbench_record(0), longbench_record(1)])
     options = {"source": "longbench", "data_dir": str(root), "dataset": "qasper"}
     with pytest.raises(SuiteConfigError, match="no two records of LongBench dataset 'qasper' share a context"):
@@ -148,5 +149,7 @@ def test_longbench_without_shared_documents_or_without_a_question_part_is_refuse
     (root / "gov_report.jsonl").write_text((root / "qasper.jsonl").read_text())
     with pytest.raises(SuiteConfigError, match="'gov_report' has no question after its document"):
         build_suite(SharedContextConfig(name="shared_context", options=options | {"dataset": "gov_report"})).validate(TINY)
+    with pytest.raises(SuiteConfigError, match="LongBench needs suite.options.data_dir when offline"):
+        build_suite(SharedContextConfig(name="shared_context", options={"source": "longbench"})).validate(TINY)
     with pytest.raises(SuiteConfigError, match="source='hub' is not a source"):
         build_suite(SharedContextConfig(name="shared_context", options={"source": "hub"})).validate(TINY)
