@@ -133,6 +133,9 @@ POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen
 POST_quality_engine := $(PY) experiments/engine/agreement.py reports/records/quality_engine >> reports/quality_engine.md
 KEEP_FAILED_quality_engine := -
 KEEP_FAILED_efficiency_engine := -
+# the full-size experiment (1280 new tokens, budgets 128/256; not in EXAMPLES: ~1-2 h on two idle cores)
+REPORT_longgen := longgen_smollm2
+POST_longgen := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2 >> reports/longgen_smollm2.md
 # its replicate on other prompts (suite.options.seed=1): the pooled section (n = 8) goes to the same report
 REPORT_longgen_mini_seed1 := longgen_smollm2_mini_seed1
 POST_longgen_mini_seed1 := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini \
