@@ -16,6 +16,10 @@ along the trace, so a single mean hides where it happens. For one prompt, :func:
 Checkable prompts (:func:`progression_prompt`): a seeded arithmetic progression written out term by term ("Add 7
 each time: 12, 19, 26, ..."); the model continues it, and :func:`correct_terms` counts the leading terms it got right
 -- a chain of dependent steps whose answer is checked exactly, which a 135M model can follow for a while.
+
+Open instructions (:data:`INSTRUCTIONS`, in the model's chat template): the answers *end on their own* (the
+instruct model's end-of-turn token), so their length, and its change under compression, is a measurement and not
+the ``max_new_tokens`` cap the two continuation tasks always reach.
 """
 
 from __future__ import annotations
@@ -150,6 +154,39 @@ def progression_prompt(rng: random.Random, shown: int = 6) -> tuple[str, int, in
     start, step = rng.randrange(2, 60), rng.randrange(2, 10)
     terms = ", ".join(str(start + i * step) for i in range(shown))
     return f"Add {step} each time, and keep going: {terms},", start, step, shown
+
+
+#: Open instructions for the ``instruct`` task: written for kvbench (not from a dataset), each asking for an answer
+#: of a few hundred tokens that the model ends itself.
+INSTRUCTIONS = (
+    "Explain how a refrigerator keeps food cold.",
+    "Describe, step by step, how to plant a tree.",
+    "What causes the seasons on Earth? Explain in detail.",
+    "Explain how bread rises when it is baked.",
+    "Describe how a bill becomes a law in a parliament.",
+    "Explain why the sky is blue, for a curious child.",
+    "Give detailed advice to someone preparing for their first marathon.",
+    "Explain how vaccines train the immune system.",
+    "Describe the water cycle from the ocean to the rain and back.",
+    "Explain how a bicycle stays upright while it moves.",
+    "Describe how to cook a simple vegetable soup, step by step.",
+    "Explain what a budget is and how a family could make one.",
+    "Describe how bees make honey.",
+    "Explain how a compass finds north.",
+    "Give a detailed plan for learning a new language in one year.",
+    "Explain how electricity reaches a house from a power station.",
+)
+
+
+def instruct_prompt(tokenizer, instruction: str) -> list[int]:
+    """``instruction`` as the prompt's token ids: one user turn in the tokenizer's chat template when it has one
+    (then the answer ends with the end-of-turn token), else ``Question: ... Answer:``."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = f"Question: {instruction}\nAnswer:"
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def correct_terms(text: str, start: int, step: int, shown: int) -> int:

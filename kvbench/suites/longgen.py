@@ -1,12 +1,15 @@
 """``suite.runner=longgen``: long generations on the bundled model (issue 25), measured along the trace
 (:mod:`kvbench.eval.longgen`).
 
-Two tasks, each prompt generated greedily up to ``max_new_tokens`` by ``full`` and by the method:
+Three tasks, each prompt generated greedily up to ``max_new_tokens`` by ``full`` and by the method:
 
 * ``prose`` -- continue a held-out prose prompt (the ``eval`` split of the offline corpus, as ``suite=fidelity``);
 * ``progression`` -- continue a seeded arithmetic progression (a checkable chain): ``accuracy`` is the share of the
   first ``check_terms`` terms after the shown ones that the method's output gets right before its first error
-  (``full``'s in ``accuracy_full``).
+  (``full``'s in ``accuracy_full``);
+* ``instruct`` -- answer an open instruction in the chat template (:data:`kvbench.eval.longgen.INSTRUCTIONS`): the
+  answers end on their own, so ``output_length`` and ``length_change`` measure something (the other two tasks
+  always run to ``max_new_tokens`` on the bundled model).
 
 Per task: the mean per-prompt KL(full ‖ method) on full's own output (primary, lower is better, with a bootstrap
 interval over prompts) and top-1 agreement, each also per position bin (``kl_0_256``, ``kl_256_1k``,
@@ -35,14 +38,15 @@ from kvbench.atomic import atomic_write_text
 from kvbench.config import SuiteConfig
 from kvbench.errors import SuiteConfigError
 from kvbench.eval.intervals import bootstrap, mean
-from kvbench.eval.longgen import BIN_EDGES, bins, correct_terms, progression_prompt, trace
+from kvbench.eval.longgen import (BIN_EDGES, INSTRUCTIONS, bins, correct_terms, instruct_prompt, progression_prompt,
+                                  trace)
 from kvbench.eval.prompts import eos_ids
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
 from kvbench.suites.base import RunContext, Suite, TaskResult, register
 from kvbench.suites.fidelity import check_vocabulary, prose_prompts, reference_model
 
-TASKS = ("prose", "progression")
+TASKS = ("prose", "progression", "instruct")
 
 
 @dataclass
@@ -80,6 +84,10 @@ class Longgen(Suite):
             low = 2 if name == "prompt_tokens" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SuiteConfigError(f"suite.options.{name}={value!r} must be an integer >= {low}")
+        n = opts.prompts if self.cfg.limit is None else min(self.cfg.limit, opts.prompts)
+        if "instruct" in self.tasks and n > len(INSTRUCTIONS):
+            raise SuiteConfigError(f"suite=longgen task instruct has {len(INSTRUCTIONS)} instructions; {n} prompts "
+                                   "asked (lower suite.limit or suite.options.prompts)")
         edges = list(opts.bins)
         if not edges or any(isinstance(e, bool) or not isinstance(e, int) for e in edges) or edges[0] < 1 \
                 or any(b <= a for a, b in zip(edges, edges[1:])):
@@ -133,7 +141,11 @@ def reference_key(context: RunContext) -> tuple:
 
 
 def task_prompts(task: str, tokenizer, n: int, opts: LonggenOptions):
-    """``[(prompt ids, check or None)]``: held-out prose pieces, or progressions with ``(start, step, shown)``."""
+    """``[(prompt ids, check or None)]``: held-out prose pieces, progressions with ``(start, step, shown)``, or open
+    instructions (a seeded draw without repeats from :data:`INSTRUCTIONS`)."""
+    if task == "instruct":
+        chosen = random.Random(opts.seed).sample(range(len(INSTRUCTIONS)), n)
+        return [(instruct_prompt(tokenizer, INSTRUCTIONS[i]), None) for i in chosen]
     if task == "prose":
         prompts, _ = prose_prompts(tokenizer, n, opts.prompt_tokens, 1, opts.seed)
         return [(p, None) for p in prompts]

@@ -70,3 +70,41 @@ def test_bad_options_are_refused_in_one_line_before_the_model_loads(options, mes
     suite = build_suite(LonggenConfig(name="longgen", options=options))
     with pytest.raises(SuiteConfigError, match=message):
         suite.validate(TINY)
+
+
+def test_instruct_prompts_are_a_seeded_draw_of_distinct_instructions_in_the_chat_template(tiny_gqa):
+    from kvbench.eval.longgen import INSTRUCTIONS
+    from kvbench.suites.longgen import LonggenOptions, task_prompts
+
+    class Chat:  # a tokenizer with a chat template: the instruction must sit inside one user turn
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt and [m["role"] for m in messages] == ["user"]
+            return f"<user>{messages[0]['content']}<assistant>"
+
+        def __call__(self, text, add_special_tokens):
+            assert not add_special_tokens
+            return {"input_ids": [ord(c) for c in text]}
+
+    drawn = [bytes(ids).decode() for ids, check in task_prompts("instruct", Chat(), 5, LonggenOptions(seed=3))]
+    assert len(set(drawn)) == 5 and all(d.startswith("<user>") and d.endswith("<assistant>") for d in drawn)
+    assert {d[len("<user>"):-len("<assistant>")] for d in drawn} <= set(INSTRUCTIONS)
+    again = [bytes(ids).decode() for ids, _ in task_prompts("instruct", Chat(), 5, LonggenOptions(seed=3))]
+    other = [bytes(ids).decode() for ids, _ in task_prompts("instruct", Chat(), 5, LonggenOptions(seed=4))]
+    assert drawn == again and drawn != other
+    plain, _ = task_prompts("instruct", tiny_gqa[1], 1, LonggenOptions(seed=3))[0]  # no template: Question/Answer
+    assert tiny_gqa[1].decode(plain).startswith("Question: ") and tiny_gqa[1].decode(plain).endswith("Answer:")
+
+
+def test_an_instruct_run_measures_each_prompts_length_against_fulls(tiny_gqa, tmp_path):
+    results, protocol = _run(*tiny_gqa, build_method("full"), tmp_path, tasks=["instruct"])
+    m = results["instruct"].metrics
+    assert m["kl"] == 0.0 and m["length_change"] == 0 and 1 <= m["output_length"] <= 40
+    assert protocol.stats.generations == 2
+
+
+def test_more_instruct_prompts_than_instructions_is_one_line_before_the_model_loads():
+    suite = build_suite(LonggenConfig(name="longgen", tasks=["instruct"], limit=None, options={"prompts": 17}))
+    with pytest.raises(SuiteConfigError, match="task instruct has 16 instructions; 17 prompts asked"):
+        suite.validate(TINY)
