@@ -136,6 +136,9 @@ KEEP_FAILED_efficiency_engine := -
 # the full-size experiment (1280 new tokens, budgets 128/256; not in EXAMPLES: ~1-2 h on two idle cores)
 REPORT_longgen := longgen_smollm2
 POST_longgen := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2 >> reports/longgen_smollm2.md
+# answers that end on their own, so the length change is measured (not in EXAMPLES: ~40 min on two idle cores)
+REPORT_longgen_instruct := longgen_smollm2_instruct
+POST_longgen_instruct := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_instruct >> reports/longgen_smollm2_instruct.md
 # its replicate on other prompts (suite.options.seed=1): the pooled section (n = 8) goes to the same report
 REPORT_longgen_mini_seed1 := longgen_smollm2_mini_seed1
 POST_longgen_mini_seed1 := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini \
