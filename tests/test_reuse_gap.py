@@ -38,11 +38,21 @@ def test_a_gap_on_every_question_is_significant_and_a_small_one_is_not(tmp_path)
     h2o, _ = found[("h2o", "multi_request")]
     assert h2o.difference == 2 / 24 and h2o.p_value > 0.05
     assert "| snapkv |  | multi_request | 24 (6) | 0.000 | 0.833 | +0.833" in text
-    assert reuse_gap.snapkv_sentence(found).startswith("**snapkv query-agnostic (multi-request) scores below")
+    [sentence] = reuse_gap.snapkv_sentences(found)
+    assert sentence.startswith("**snapkv query-agnostic (multi-request) scores below")
 
 
 def test_no_significant_gap_says_what_the_sample_could_detect(tmp_path):
     _run(tmp_path, "a", "snapkv", [1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])
     _, found = reuse_gap.table(tmp_path)
-    assert "no significant reuse gap at this n" in reuse_gap.snapkv_sentence(found)
-    assert "detectable |gap| ≥" in reuse_gap.snapkv_sentence(found)
+    [sentence] = reuse_gap.snapkv_sentences(found)
+    assert "no significant reuse gap at this n" in sentence and "detectable |gap| ≥" in sentence
+
+
+def test_each_snapkv_budget_gets_its_own_sentence(tmp_path):
+    _run(tmp_path, "a", "ratio90/snapkv", [0.0] * 24, [1.0] * 24)
+    _run(tmp_path, "b", "ratio80/snapkv", [1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])
+    _, found = reuse_gap.table(tmp_path)
+    first, second = reuse_gap.snapkv_sentences(found)
+    assert first.startswith("ratio80/snapkv: no significant reuse gap")
+    assert second.startswith("**ratio90/snapkv query-agnostic (multi-request) scores below")

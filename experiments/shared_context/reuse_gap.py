@@ -76,19 +76,23 @@ def table(root: Path) -> tuple[str, dict[str, tuple]]:
     return "\n".join(lines), found
 
 
-def snapkv_sentence(found: dict) -> str:
-    """Whether SnapKV query-agnostic (multi-request) scores below SnapKV query-aware, said from the test alone."""
-    hit = next(((k, v) for k, v in found.items() if k[0].endswith("snapkv") and k[1] == "multi_request"), None)
-    if hit is None:
-        return "No snapkv multi-request run under these records."
-    (label, _), (q, c) = hit
-    contexts = f" (sign-flip over contexts p = {c.p_value:.3g})" if c else ""
-    if q.p_value < ALPHA and q.difference > 0:
-        return (f"**{label} query-agnostic (multi-request) scores below {label} query-aware on the same questions**: "
-                f"reuse gap {q.difference:+.3f} [{q.low:+.3f}, {q.high:+.3f}], exact McNemar p = {q.p_value:.3g} over "
-                f"{q.n} questions{contexts}.")
-    return (f"{label}: no significant reuse gap at this n (gap {q.difference:+.3f} [{q.low:+.3f}, {q.high:+.3f}], "
-            f"p = {q.p_value:.3g} over {q.n} questions; detectable |gap| ≥ {q.mde:.3g}).")
+def snapkv_sentences(found: dict) -> list[str]:
+    """Per snapkv run (one per budget): whether SnapKV query-agnostic (multi-request) scores below SnapKV query-aware,
+    said from the test alone."""
+    hits = sorted((k, v) for k, v in found.items() if k[0].endswith("snapkv") and k[1] == "multi_request")
+    if not hits:
+        return ["No snapkv multi-request run under these records."]
+    out = []
+    for (label, _), (q, c) in hits:
+        contexts = f" (sign-flip over contexts p = {c.p_value:.3g})" if c else ""
+        if q.p_value < ALPHA and q.difference > 0:
+            out.append(f"**{label} query-agnostic (multi-request) scores below {label} query-aware on the same "
+                       f"questions**: reuse gap {q.difference:+.3f} [{q.low:+.3f}, {q.high:+.3f}], exact McNemar "
+                       f"p = {q.p_value:.3g} over {q.n} questions{contexts}.")
+        else:
+            out.append(f"{label}: no significant reuse gap at this n (gap {q.difference:+.3f} [{q.low:+.3f}, "
+                       f"{q.high:+.3f}], p = {q.p_value:.3g} over {q.n} questions; detectable |gap| ≥ {q.mde:.3g}).")
+    return out
 
 
 def main(argv=None) -> int:
@@ -109,7 +113,7 @@ def main(argv=None) -> int:
           f"and their answers by `python experiments/shared_context/reuse_gap.py {args.records}` "
           "(`make example-shared_context` runs it).\n")
     print(text + "\n")
-    print(snapkv_sentence(found))
+    print("\n\n".join(snapkv_sentences(found)))
     return 0
 
 
