@@ -113,15 +113,32 @@ def _sweep(data: dict, chosen: dict) -> str:
     return "; ".join(f"{k}: {v.replace(',', ', ')}" for k, v in values.items()) + f" ({jobs})"
 
 
+def _experiment(path: Path) -> tuple[dict, dict]:
+    """``(config, {group: chosen option})`` of an experiment, with what it inherits from another experiment its
+    ``defaults`` name (``longgen_mini_seed1`` extends ``longgen_mini``): the parent's overrides and sweep unless its
+    own replace them."""
+    data = _load(path)
+    chosen, sweep = {}, None
+    for entry in _defaults(data):
+        parent = path.parent / f"{entry}.yaml"
+        if entry != "_self_" and ":" not in entry and parent.is_file() and parent != path:
+            parent_data, parent_chosen = _experiment(parent)
+            chosen.update(parent_chosen)
+            sweep = (parent_data.get("hydra") or {}).get("sweeper")
+    chosen.update(entry.removeprefix("override /").split(": ", 1) for entry in _defaults(data)
+                  if entry.startswith("override /"))
+    if sweep and not ((data.get("hydra") or {}).get("sweeper") or {}).get("params"):
+        data = {**data, "hydra": {**(data.get("hydra") or {}), "sweeper": sweep}}
+    return data, chosen
+
+
 def experiments_markdown(conf_dir: Path | None = None) -> str:
     """The README's list of experiments: model, suite, what it sweeps, and the first sentence of each config's
     header comment."""
     conf_dir = conf_dir or config.CONF_DIR
     rows = ["| experiment | model | suite | sweep | what |", "|---|---|---|---|---|"]
     for path in sorted((conf_dir / "experiment").glob("*.yaml")):
-        data = _load(path)
-        chosen = dict(entry.removeprefix("override /").split(": ", 1) for entry in _defaults(data)
-                      if entry.startswith("override /"))
+        data, chosen = _experiment(path)
         rows.append(f"| `{path.stem}` | {chosen.get('model', 'smollm2_135m')} | {chosen.get('suite', 'quick')} | "
                     f"{_sweep(data, chosen)} | {_first_sentence(header_comment(path))} |")
     return "\n".join(rows)

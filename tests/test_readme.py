@@ -29,6 +29,12 @@ def test_a_config_added_to_conf_appears_in_the_generated_tables(tmp_path):
     row = next(line for line in readme.experiments_markdown(conf).splitlines() if "`toy_study`" in line)
     assert row == ("| `toy_study` | smollm2_135m | ruler | method: full, h2o; method.heavy_ratio: 0.1, 0.2 (4 jobs) | "
                    "A toy study (e.g. for this test). |")
+    (conf / "experiment" / "toy_replicate.yaml").write_text(  # extends toy_study: its suite and sweep, own model
+        "# @package _global_\n# The toy study again.\ndefaults:\n  - toy_study\n  - override /model: tiny\n  - _self_\n"
+        "suite:\n  options:\n    seed: 1\n")
+    row = next(line for line in readme.experiments_markdown(conf).splitlines() if "`toy_replicate`" in line)
+    assert row == ("| `toy_replicate` | tiny | ruler | method: full, h2o; method.heavy_ratio: 0.1, 0.2 (4 jobs) | "
+                   "The toy study again. |")
 
 
 def test_regenerating_rewrites_a_stale_section_and_keeps_the_rest(tmp_path):
