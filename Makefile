@@ -124,6 +124,11 @@ POST_headwise_ruler := $(PY) experiments/headwise_ruler/paired.py reports/record
 POST_shared_context := (cd outputs/sweeps/examples/shared_context && find . -path '*/shared_context/answers.jsonl' \
 	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2/{} \;) && \
 	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2 >> reports/shared_context_smollm2.md
+# the second budget (80%), same questions: its own report and reuse gaps
+REPORT_shared_context_80 := shared_context_smollm2_80
+POST_shared_context_80 := (cd outputs/sweeps/examples/shared_context_80 && find . -path '*/shared_context/answers.jsonl' \
+	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2_80/{} \;) && \
+	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2_80 >> reports/shared_context_smollm2_80.md
 # long generations (issue 25): divergence per trace bin, first departure, output length change, bytes, paired per prompt
 REPORT_longgen_mini := longgen_smollm2_mini
 POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini >> reports/longgen_smollm2_mini.md
