@@ -129,6 +129,11 @@ REPORT_shared_context_80 := shared_context_smollm2_80
 POST_shared_context_80 := (cd outputs/sweeps/examples/shared_context_80 && find . -path '*/shared_context/answers.jsonl' \
 	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2_80/{} \;) && \
 	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2_80 >> reports/shared_context_smollm2_80.md
+# SCBench's multi-turn mode on the same questions
+REPORT_shared_context_multi_turn := shared_context_smollm2_multi_turn
+POST_shared_context_multi_turn := (cd outputs/sweeps/examples/shared_context_multi_turn && find . -path '*/shared_context/answers.jsonl' \
+	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2_multi_turn/{} \;) && \
+	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2_multi_turn >> reports/shared_context_smollm2_multi_turn.md
 # long generations (issue 25): divergence per trace bin, first departure, output length change, bytes, paired per prompt
 REPORT_longgen_mini := longgen_smollm2_mini
 POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini >> reports/longgen_smollm2_mini.md

@@ -54,5 +54,5 @@ def test_each_snapkv_budget_gets_its_own_sentence(tmp_path):
     _run(tmp_path, "b", "ratio80/snapkv", [1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])
     _, found = reuse_gap.table(tmp_path)
     first, second = reuse_gap.snapkv_sentences(found)
-    assert first.startswith("ratio80/snapkv: no significant reuse gap")
+    assert first.startswith("ratio80/snapkv (multi-request): no significant reuse gap")
     assert second.startswith("**ratio90/snapkv query-agnostic (multi-request) scores below")

@@ -77,21 +77,23 @@ def table(root: Path) -> tuple[str, dict[str, tuple]]:
 
 
 def snapkv_sentences(found: dict) -> list[str]:
-    """Per snapkv run (one per budget): whether SnapKV query-agnostic (multi-request) scores below SnapKV query-aware,
-    said from the test alone."""
-    hits = sorted((k, v) for k, v in found.items() if k[0].endswith("snapkv") and k[1] == "multi_request")
+    """Per snapkv run and mode (one per budget): whether SnapKV query-agnostic (multi-request or multi-turn) scores
+    below SnapKV query-aware, said from the test alone."""
+    hits = sorted((k, v) for k, v in found.items() if k[0].endswith("snapkv"))
     if not hits:
-        return ["No snapkv multi-request run under these records."]
+        return ["No snapkv run under these records."]
     out = []
-    for (label, _), (q, c) in hits:
+    for (label, task), (q, c) in hits:
+        mode = task.replace("_", "-")
         contexts = f" (sign-flip over contexts p = {c.p_value:.3g})" if c else ""
         if q.p_value < ALPHA and q.difference > 0:
-            out.append(f"**{label} query-agnostic (multi-request) scores below {label} query-aware on the same "
+            out.append(f"**{label} query-agnostic ({mode}) scores below {label} query-aware on the same "
                        f"questions**: reuse gap {q.difference:+.3f} [{q.low:+.3f}, {q.high:+.3f}], exact McNemar "
                        f"p = {q.p_value:.3g} over {q.n} questions{contexts}.")
         else:
-            out.append(f"{label}: no significant reuse gap at this n (gap {q.difference:+.3f} [{q.low:+.3f}, "
-                       f"{q.high:+.3f}], p = {q.p_value:.3g} over {q.n} questions; detectable |gap| ≥ {q.mde:.3g}).")
+            out.append(f"{label} ({mode}): no significant reuse gap at this n (gap {q.difference:+.3f} "
+                       f"[{q.low:+.3f}, {q.high:+.3f}], p = {q.p_value:.3g} over {q.n} questions; detectable "
+                       f"|gap| ≥ {q.mde:.3g}).")
     return out
 
 
