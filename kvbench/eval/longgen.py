@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from kvbench.eval.fidelity import per_position, teacher_forced_logprobs
+from kvbench.eval.prompts import chat_wrap, encode, has_chat_template
 
 #: Where the default position bins of a trace start (issue 25's 0–256, 256–1k, 1k+); ``suite.options.bins``.
 BIN_EDGES = (256, 1024)
@@ -181,12 +182,8 @@ INSTRUCTIONS = (
 def instruct_prompt(tokenizer, instruction: str) -> list[int]:
     """``instruction`` as the prompt's token ids: one user turn in the tokenizer's chat template when it has one
     (then the answer ends with the end-of-turn token), else ``Question: ... Answer:``."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                             add_generation_prompt=True)
-    else:
-        text = f"Question: {instruction}\nAnswer:"
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = chat_wrap(tokenizer, instruction) if has_chat_template(tokenizer) else f"Question: {instruction}\nAnswer:"
+    return encode(tokenizer, text, add_special_tokens=False)
 
 
 def correct_terms(text: str, start: int, step: int, shown: int) -> int:

@@ -86,7 +86,7 @@ class Longgen(Suite):
             low = 2 if name == "prompt_tokens" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SuiteConfigError(f"suite.options.{name}={value!r} must be an integer >= {low}")
-        n = opts.prompts if self.cfg.limit is None else min(self.cfg.limit, opts.prompts)
+        n = self.prompt_count()
         if "instruct" in self.tasks and n > len(INSTRUCTIONS):
             raise SuiteConfigError(f"suite=longgen task instruct has {len(INSTRUCTIONS)} instructions; {n} prompts "
                                    "asked (lower suite.limit or suite.options.prompts)")
@@ -100,6 +100,11 @@ class Longgen(Suite):
                                    f"{opts.prompt_tokens + opts.max_new_tokens} exceeds model.max_length="
                                    f"{model_cfg.max_length}")
 
+    def prompt_count(self) -> int:
+        """Prompts per task: ``options.prompts``, cut to ``suite.limit`` when set."""
+        opts = self.options
+        return opts.prompts if self.cfg.limit is None else min(self.cfg.limit, opts.prompts)
+
     def run(self, plan, context: RunContext) -> Iterator[TaskResult]:
         opts, protocol, tokenizer = self.options, context.protocol, context.tokenizer
         check_vocabulary(protocol.model, protocol.model, protocol.method)  # a changed vocabulary, before any work
@@ -110,7 +115,7 @@ class Longgen(Suite):
             check_vocabulary(reference.model, protocol.model, protocol.method)
             return reference
 
-        n = opts.prompts if self.cfg.limit is None else min(self.cfg.limit, opts.prompts)
+        n = self.prompt_count()
         eos = eos_ids(tokenizer, protocol.model)
         key = reference_key(context)
         edges = tuple(opts.bins)
