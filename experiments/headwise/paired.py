@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kvbench.results import iter_records
 from kvbench.sample_scores import read_sidecar
-from kvbench.statistics import compare
+from kvbench.statistics import ALPHA, compare
 
 
 def collect(root: Path) -> dict[tuple[str, float | None], tuple[object, Path]]:
@@ -43,11 +43,24 @@ def kl_rows(path: Path) -> dict[str, dict]:
     return (read_sidecar(path) or {}).get("prose", {})
 
 
-def table(runs) -> str:
+def against_snapkv(runs) -> dict:
+    """``{(label, budget ratio): comparison}``: each method against the ``snapkv`` run of its budget, paired per
+    sample (:func:`kvbench.statistics.compare`; absent where there is no snapkv run or no shared sample)."""
+    found = {}
+    for (name, ratio), (_, path) in runs.items():
+        base = runs.get(("snapkv", ratio))
+        if ratio is None or base is None or name == "snapkv":
+            continue
+        result = compare(kl_rows(base[1]), kl_rows(path))
+        if result is not None:
+            found[(name, ratio)] = result
+    return found
+
+
+def table(runs, found) -> str:
     lines = ["| budget (config) | method | stored / full bytes (measured) | prose/kl | Δ KL vs snapkv [95%] | p | n |",
              "|---|---|---|---|---|---|---|"]
     for ratio in sorted({r for (_, r) in runs if r is not None}, reverse=True):
-        base = runs.get(("snapkv", ratio))
         for (name, r), (record, path) in sorted(runs.items(), key=lambda kv: kv[0][0]):
             if r != ratio:
                 continue
@@ -55,28 +68,24 @@ def table(runs) -> str:
             stored = f"{kv.get('stored_bytes', 0) / kv['full_bytes']:.4f}" if kv.get("full_bytes") else "—"
             kl = record.primary_value("prose")
             cell, p, n = "—", "—", "—"
-            if base is not None and name != "snapkv":
-                found = compare(kl_rows(base[1]), kl_rows(path))
-                if found is not None:
-                    cell = f"{found.difference:+.4g} [{found.low:+.4g}, {found.high:+.4g}]"
-                    p, n = f"{found.p_value:.3g}", str(found.n)
+            if (name, ratio) in found:
+                result = found[(name, ratio)]
+                cell = f"{result.difference:+.4g} [{result.low:+.4g}, {result.high:+.4g}]"
+                p, n = f"{result.p_value:.3g}", str(result.n)
             lines.append(f"| {ratio:.0%} | {name} | {stored} | {kl:.4g} | {cell} | {p} | {n} |")
     return "\n".join(lines)
 
 
-def adakv_verdicts(runs) -> list[str]:
+def adakv_verdicts(found) -> list[str]:
     """One sentence per budget: is ``adakv`` at least as close to ``full`` as uniform ``snapkv`` (issue 26)?"""
     lines = []
-    for ratio in sorted({r for (_, r) in runs if r is not None}, reverse=True):
-        ada, base = runs.get(("adakv", ratio)), runs.get(("snapkv", ratio))
-        if ada is None or base is None:
+    for (name, ratio), result in sorted(found.items(), key=lambda kv: -kv[0][1]):
+        if name != "adakv":
             continue
-        found = compare(kl_rows(base[1]), kl_rows(ada[1]))
-        if found is None:
-            continue
-        span = f"Δ KL {found.difference:+.3g} [{found.low:+.3g}, {found.high:+.3g}], p {found.p_value:.2g}, n {found.n}"
-        if found.p_value < 0.05:
-            word = "closer to `full` than" if found.difference < 0 else "further from `full` than"
+        span = (f"Δ KL {result.difference:+.3g} [{result.low:+.3g}, {result.high:+.3g}], p {result.p_value:.2g}, "
+                f"n {result.n}")
+        if result.p_value < ALPHA:
+            word = "closer to `full` than" if result.difference < 0 else "further from `full` than"
             lines.append(f"- {ratio:.0%}: `adakv` is {word} uniform `snapkv` ({span}).")
         else:
             lines.append(f"- {ratio:.0%}: `adakv` and uniform `snapkv` are not separated at this n ({span}): a "
@@ -99,8 +108,9 @@ def main(argv=None) -> int:
           "cache held over what the full cache holds, measured from its tensors (keys, values, positions, per-head "
           "lengths; the masked layout also its mask). Generated from the same records by "
           f"`python experiments/headwise/paired.py {args.records}` (`make example-headwise` runs it).\n")
-    print(table(runs))
-    verdicts = adakv_verdicts(runs)
+    found = against_snapkv(runs)
+    print(table(runs, found))
+    verdicts = adakv_verdicts(found)
     if verdicts:
         print("\nIs `adakv` at least as close to `full` as uniform `snapkv` at the same average budget?\n")
         print("\n".join(verdicts))
