@@ -120,20 +120,18 @@ PAPER_paper_h2o_lm_eval_mini := --paper experiments/h2o/paper_lm_eval.csv
 POST_headwise := $(PY) experiments/headwise/paired.py reports/records/headwise >> reports/headwise.md
 # (each method's query-aware minus query-agnostic run on the same samples; each against snapkv per protocol)
 POST_headwise_ruler := $(PY) experiments/headwise_ruler/paired.py reports/records/headwise_ruler >> reports/headwise_ruler.md
-# the reuse gap per method, paired per question, from each run's answers.jsonl (copied beside its record)
-POST_shared_context := (cd outputs/sweeps/examples/shared_context && find . -path '*/shared_context/answers.jsonl' \
-	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2/{} \;) && \
-	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2 >> reports/shared_context_smollm2.md
+# the reuse gap per method, paired per question, from each run's answers.jsonl (copied beside its record):
+# $(call shared_context_post,<experiment>,<report>)
+shared_context_post = (cd outputs/sweeps/examples/$(1) && find . -path '*/shared_context/answers.jsonl' \
+	-exec install -D -m 644 {} $(CURDIR)/reports/records/$(2)/{} \;) && \
+	$(PY) experiments/shared_context/reuse_gap.py reports/records/$(2) >> reports/$(2).md
+POST_shared_context = $(call shared_context_post,shared_context,$(REPORT_shared_context))
 # the second budget (80%), same questions: its own report and reuse gaps
 REPORT_shared_context_80 := shared_context_smollm2_80
-POST_shared_context_80 := (cd outputs/sweeps/examples/shared_context_80 && find . -path '*/shared_context/answers.jsonl' \
-	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2_80/{} \;) && \
-	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2_80 >> reports/shared_context_smollm2_80.md
+POST_shared_context_80 = $(call shared_context_post,shared_context_80,$(REPORT_shared_context_80))
 # SCBench's multi-turn mode on the same questions
 REPORT_shared_context_multi_turn := shared_context_smollm2_multi_turn
-POST_shared_context_multi_turn := (cd outputs/sweeps/examples/shared_context_multi_turn && find . -path '*/shared_context/answers.jsonl' \
-	-exec install -D -m 644 {} $(CURDIR)/reports/records/shared_context_smollm2_multi_turn/{} \;) && \
-	$(PY) experiments/shared_context/reuse_gap.py reports/records/shared_context_smollm2_multi_turn >> reports/shared_context_smollm2_multi_turn.md
+POST_shared_context_multi_turn = $(call shared_context_post,shared_context_multi_turn,$(REPORT_shared_context_multi_turn))
 # long generations (issue 25): divergence per trace bin, first departure, output length change, bytes, paired per prompt
 REPORT_longgen_mini := longgen_smollm2_mini
 POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2_mini >> reports/longgen_smollm2_mini.md
@@ -143,7 +141,7 @@ POST_longgen_mini := $(PY) experiments/longgen/paired.py reports/records/longgen
 POST_quality_engine := $(PY) experiments/engine/agreement.py reports/records/quality_engine >> reports/quality_engine.md
 KEEP_FAILED_quality_engine := -
 KEEP_FAILED_efficiency_engine := -
-# the full-size experiment (1280 new tokens, budgets 128/256; not in EXAMPLES: ~1-2 h on two idle cores)
+# the full-size experiment (1280 new tokens, budgets 128/256; not in EXAMPLES: about 5 h on two CPU cores)
 REPORT_longgen := longgen_smollm2
 POST_longgen := $(PY) experiments/longgen/paired.py reports/records/longgen_smollm2 >> reports/longgen_smollm2.md
 # answers that end on their own, so the length change is measured (not in EXAMPLES: ~40 min on two idle cores)
