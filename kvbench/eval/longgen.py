@@ -55,6 +55,8 @@ class Trace:
     departed: bool
     output: list
     full_output: list
+    #: Rows of the batch whose step ``decode_ms_per_step`` times: 1, or ``2 × prompts`` of :func:`trace_batch`.
+    decode_rows: int = 1
 
 
 def label(position: int) -> str:
@@ -95,27 +97,52 @@ _FULL_TRACES: dict = {}
 FULL_TRACES_KEPT = 8
 
 
-def full_trace(load_reference, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None,
-               reuse: bool = True):
-    """``(output, [1, L, vocab] log-probabilities)`` of ``full``'s greedy generation from ``prompt``, by the
-    protocol ``load_reference()`` returns (called only when the generation is not kept already).
+def _memo(key, prompt, max_new_tokens: int, eos_token_ids) -> tuple | None:
+    return None if key is None else (key, tuple(prompt), max_new_tokens, tuple(eos_token_ids))
+
+
+def _keep(memo, found) -> None:
+    if memo is not None:
+        while len(_FULL_TRACES) >= FULL_TRACES_KEPT:
+            _FULL_TRACES.pop(next(iter(_FULL_TRACES)))
+        _FULL_TRACES[memo] = found
+
+
+def _found(outputs, logits, row: int) -> tuple:
+    """Row ``row``'s ``(output, [1, L, vocab] log-probabilities)`` of a batched generation with its logits."""
+    output = outputs[row]
+    return output, torch.log_softmax(logits[row:row + 1, :len(output)].float(), dim=-1)
+
+
+def full_traces(load_reference, prompts: list[list[int]], max_new_tokens: int, eos_token_ids=(), key=None,
+                reuse: bool = True) -> list:
+    """``[(output, [1, L, vocab] log-probabilities)]`` of ``full``'s greedy generation from each of the
+    equal-length ``prompts``, by the protocol ``load_reference()`` returns (called, once for all the prompts not
+    kept already, only when there are such).
 
     A sweep runs every method of ``experiment=longgen`` in one process against the same ``full`` generations, and
     on two cores each costs as much as the method's own: with a ``key`` naming the reference model (its config and
     a fingerprint of its weights), a generation is made once per process and reused, and the reference model is
     not even loaded again (greedy decoding of the same weights is deterministic, so the reuse changes no number).
-    Without a key nothing is kept; with ``reuse=False`` the generation is made (and kept) even when kept already.
+    Without a key nothing is kept; with ``reuse=False`` the generations are made (and kept) even when kept already.
     """
-    memo = None if key is None else (key, tuple(prompt), max_new_tokens, tuple(eos_token_ids))
-    if reuse and memo in _FULL_TRACES:
-        return _FULL_TRACES[memo]
-    [output], logits = load_reference().generate_batch([prompt], max_new_tokens, eos_token_ids, return_logits=True)
-    found = (output, torch.log_softmax(logits[:, :len(output)].float(), dim=-1))
-    if memo is not None:
-        while len(_FULL_TRACES) >= FULL_TRACES_KEPT:
-            _FULL_TRACES.pop(next(iter(_FULL_TRACES)))
-        _FULL_TRACES[memo] = found
-    return found
+    memos = [_memo(key, prompt, max_new_tokens, eos_token_ids) for prompt in prompts]
+    found = {i: _FULL_TRACES[memo] for i, memo in enumerate(memos) if reuse and memo in _FULL_TRACES}
+    missing = [i for i in range(len(prompts)) if i not in found]
+    if missing:
+        outputs, logits = load_reference().generate_batch([prompts[i] for i in missing], max_new_tokens,
+                                                          eos_token_ids, return_logits=True)
+        for row, i in enumerate(missing):
+            found[i] = _found(outputs, logits, row)
+            _keep(memos[i], found[i])
+    return [found[i] for i in range(len(prompts))]
+
+
+def full_trace(load_reference, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None,
+               reuse: bool = True):
+    """``(output, [1, L, vocab] log-probabilities)`` of ``full``'s greedy generation from ``prompt``:
+    :func:`full_traces` of one prompt."""
+    return full_traces(load_reference, [prompt], max_new_tokens, eos_token_ids, key, reuse)[0]
 
 
 def decode_ms(protocol, run):
@@ -124,6 +151,19 @@ def decode_ms(protocol, run):
     result = run()
     steps = protocol.stats.decode_tokens - before_n
     return result, (1000 * (protocol.stats.decode_s - before_s) / steps if steps else None)
+
+
+def _full_against_itself(output: list, ms, edges, rows: int = 1) -> Trace:
+    zeros = torch.zeros(len(output))
+    return Trace(len(output), len(output), 0.0, 1.0, binned(zeros, edges), binned(zeros + 1, edges), ms,
+                 *first_disagreement(output, output), output, output, rows)
+
+
+def _against(full_output: list, full_logprobs, output: list, mine, ms, edges, rows: int = 1) -> Trace:
+    kl, agree = per_position(full_logprobs, mine)
+    return Trace(len(output), len(full_output), float(kl.mean()), float(agree.float().mean()),
+                 binned(kl[0], edges), binned(agree[0], edges), ms, *first_disagreement(output, full_output), output,
+                 full_output, rows)
 
 
 def trace(load_reference, protocol, prompt: list[int], max_new_tokens: int, eos_token_ids=(), key=None,
@@ -138,16 +178,52 @@ def trace(load_reference, protocol, prompt: list[int], max_new_tokens: int, eos_
     if protocol.method.name == "full":
         (output, _), ms = decode_ms(protocol, lambda: full_trace(lambda: protocol, prompt, max_new_tokens,
                                                                 eos_token_ids, key, reuse=False))
-        zeros = torch.zeros(len(output))
-        return Trace(len(output), len(output), 0.0, 1.0, binned(zeros, edges), binned(zeros + 1, edges), ms,
-                     *first_disagreement(output, output), output, output)
+        return _full_against_itself(output, ms, edges)
     full_output, full_logprobs = full_trace(load_reference, prompt, max_new_tokens, eos_token_ids, key)
     output, ms = decode_ms(protocol, lambda: protocol.generate(prompt, max_new_tokens, eos_token_ids=eos_token_ids))
     mine = teacher_forced_logprobs(protocol, [prompt], [full_output])
-    kl, agree = per_position(full_logprobs, mine)
-    return Trace(len(output), len(full_output), float(kl.mean()), float(agree.float().mean()),
-                 binned(kl[0], edges), binned(agree[0], edges), ms, *first_disagreement(output, full_output), output,
-                 full_output)
+    return _against(full_output, full_logprobs, output, mine, ms, edges)
+
+
+def trace_batch(load_reference, protocol, prompts: list[list[int]], max_new_tokens: int, eos_token_ids=(),
+                key=None, edges=BIN_EDGES) -> list[Trace]:
+    """:func:`trace` of equal-length ``prompts`` at once (``suite.options.batch``): ONE batch of
+    ``2 × len(prompts)`` rows, the method's own generation of each prompt and its teacher-forced pass on full's
+    output of it (the ``forced`` rows of :meth:`~kvbench.eval.protocol.CompressionProtocol.generate_batch`).
+
+    Decoding a small model on a CPU is bound by reading the weights, so a step of 6 rows costs about twice a
+    step of one (SmolLM2-135M, 2 threads: ~150 vs ~70 ms): the three passes of :func:`trace` per prompt become a
+    fraction of one. ``full`` runs the same rows (its generation twice: teacher-forced on its own output it
+    predicts what it generates), so ``decode_ms_per_step`` -- here the step time of the whole batch, its rows in
+    ``decode_rows`` -- compares across methods at one batch shape, and the record's peak bytes are the batch's.
+    Per prompt the numbers equal :func:`trace`'s up to the float rounding of batched kernels (a test)."""
+    n = len(prompts)
+    rows = 2 * n
+    if protocol.method.name == "full":
+        (outputs, logits), ms = batch_decode_ms(protocol, lambda: protocol.generate_batch(
+            [*prompts, *prompts], max_new_tokens, eos_token_ids, return_logits=True))
+        traces = []
+        for i, prompt in enumerate(prompts):
+            found = _found(outputs, logits, i)
+            _keep(_memo(key, prompt, max_new_tokens, eos_token_ids), found)
+            traces.append(_full_against_itself(found[0], ms, edges, rows))
+        return traces
+    references = full_traces(load_reference, prompts, max_new_tokens, eos_token_ids, key)
+    (outputs, logits), ms = batch_decode_ms(protocol, lambda: protocol.generate_batch(
+        [*prompts, *prompts], max_new_tokens, eos_token_ids, return_logits=True,
+        forced=[None] * n + [output for output, _ in references]))
+    return [_against(full_output, full_logprobs, outputs[i],
+                     torch.log_softmax(logits[n + i:n + i + 1, :len(full_output)].float(), dim=-1), ms, edges, rows)
+            for i, (full_output, full_logprobs) in enumerate(references)]
+
+
+def batch_decode_ms(protocol, run):
+    """``(run(), decode ms per step of the batch)`` for a ``run`` returning ``(rows, logits)`` from
+    :meth:`~kvbench.eval.protocol.CompressionProtocol.generate_batch`: the steps are its longest row's."""
+    before_s = protocol.stats.decode_s
+    result = run()
+    steps = max(map(len, result[0]))
+    return result, 1000 * (protocol.stats.decode_s - before_s) / steps
 
 
 def progression_prompt(rng: random.Random, shown: int = 6) -> tuple[str, int, int, int]:

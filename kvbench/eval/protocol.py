@@ -298,41 +298,57 @@ class CompressionProtocol:
             self.stats.notes[note] = self.stats.notes.get(note, 0) + 1
 
     def generate_batch(self, contexts: Sequence[Sequence[int]], max_new_tokens: int, eos_token_ids: Sequence[int] = (),
-                       return_logits: bool = False):
+                       return_logits: bool = False, forced: Sequence[Sequence[int] | None] | None = None):
         """Greedy decoding of ``B`` equal-length contexts at once (no padding: a :class:`PaddingError` otherwise).
 
         Row ``i`` of the result equals ``generate(contexts[i], max_new_tokens, eos_token_ids=...)``: each row stops
         at its first EOS (kept, as :meth:`generate` keeps it), the batch when every row has stopped. With
-        ``return_logits`` also the last-position logits of every step ``[B, steps, vocab]``."""
+        ``return_logits`` also the last-position logits of every step ``[B, steps, vocab]``.
+
+        ``forced[i]``, when given for row ``i``, teacher-forces that row instead: it is fed those tokens, not its
+        own argmax, and stops after them (its result row is ``forced[i]``; its logits are the predictions of their
+        positions, as :func:`kvbench.eval.fidelity.teacher_forced_logprobs` gives them). A method's own generation
+        and its predictions on another's output then run as rows of one batch (``suite=longgen``'s ``batch``)."""
         ids = self.batch_ids(contexts)
+        batch = ids.shape[0]
+        forced = [None] * batch if forced is None else [None if f is None else list(f) for f in forced]
+        if len(forced) != batch or any(f is not None and not 1 <= len(f) <= max_new_tokens for f in forced):
+            raise ValueError(f"forced: one entry per context ({batch}), each None or 1..max_new_tokens "
+                             f"({max_new_tokens}) tokens")
         cache = self.prefill_batch(ids[:, :-1].tolist()) if ids.shape[1] > 1 else self.method.new_cache(self.model)
         pending = ids[:, -1:]
-        batch = ids.shape[0]
         eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
+        free = torch.tensor([f is None for f in forced], dtype=torch.bool, device=self.device)
+        rows = [i for i, f in enumerate(forced) if f is not None]
+        following = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=self.device)
+        ends = torch.full((batch,), max_new_tokens, dtype=torch.long, device=self.device)
+        for i in rows:
+            following[i, :len(forced[i])] = torch.tensor(forced[i], dtype=torch.long)
+            ends[i] = len(forced[i])
         stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)
         steps, logits_seen = [], []
         self._note_decode_budget(ids.shape[1] + max_new_tokens)
         peak, measuring = 0, 0.0
         start = time.perf_counter()
         with torch.inference_mode():
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 logits = self.forward_batch(cache, pending, last_logits_only=True)[:, -1]
                 tick = time.perf_counter()
                 peak = max(peak, self.measure(cache, cache.get_seq_length(), batch)[0])
                 measuring += time.perf_counter() - tick
-                tokens = logits.argmax(-1)
+                tokens = torch.where(free, logits.argmax(-1), following[:, step])
                 steps.append(tokens)
                 if return_logits:
                     logits_seen.append(logits)
-                stopped |= torch.isin(tokens, eos)
+                stopped |= (free & torch.isin(tokens, eos)) | (step + 1 >= ends)
                 if bool(stopped.all()):
                     break
                 pending = tokens[:, None]
         self.stats.decode_s += time.perf_counter() - start - measuring
         generated = []
-        for row in torch.stack(steps, dim=1).tolist():
-            cut = next((i + 1 for i, token in enumerate(row) if token in set(eos_token_ids)), len(row))
-            generated.append(row[:cut])
+        for i, row in enumerate(torch.stack(steps, dim=1).tolist()):
+            cut = next((k + 1 for k, token in enumerate(row) if token in set(eos_token_ids)), len(row))
+            generated.append(row[:cut] if forced[i] is None else forced[i])
         self.stats.decode_tokens += sum(map(len, generated))
         final, _ = self.measure(cache, ids.shape[1] + len(steps) - 1, batch)
         self.stats.add_generation(peak, final, batch)

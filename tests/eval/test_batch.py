@@ -96,3 +96,21 @@ def test_a_batch_that_would_need_padding_is_one_clear_error(tiny_gqa):
     assert "30, 31 tokens would need padding" in message and "\n" not in message
     with pytest.raises(PaddingError):
         protocol.prefill_batch([[1, 2, 3], [4, 5]])
+
+
+def test_forced_rows_predict_the_given_tokens_as_teacher_forcing_does_beside_free_rows(tiny_gqa):
+    from kvbench.eval.fidelity import teacher_forced_logprobs
+
+    model, tokenizer = tiny_gqa
+    method = build_method("h2o", heavy_ratio=1.0, recent_ratio=1.0, decode_budget_tokens=40, compress_every=1)
+    applied = method.apply(copy.deepcopy(model), tokenizer)
+    contexts = [random_ids(CONTEXT, seed=30 + i)[0].tolist() for i in range(2)]
+    forced = random_ids(NEW, seed=40)[0].tolist()
+    protocol = CompressionProtocol(applied, method, model.config)
+    tokens, logits = protocol.generate_batch(contexts, NEW, return_logits=True, forced=[None, forced])
+    free = CompressionProtocol(applied, method, model.config).generate_batch(contexts[:1], NEW)
+    want = teacher_forced_logprobs(CompressionProtocol(applied, method, model.config), contexts[1:], [forced])
+    assert tokens[0] == free[0] and tokens[1] == forced
+    torch.testing.assert_close(torch.log_softmax(logits[1:], dim=-1), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="one entry per context"):
+        protocol.generate_batch(contexts, 4, forced=[None, forced])  # longer than max_new_tokens

@@ -3,6 +3,7 @@ progression."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -55,3 +56,29 @@ def test_fulls_generation_is_made_once_per_key_and_reused_unchanged(tiny_gqa, mo
     assert again[0] == first[0] == unkept[0] and torch.equal(again[1], unkept[1])
     longgen.full_trace(lambda: reference, prompt, 11, key="tiny")  # another length is another generation
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("method", ["full", "h2o_decode"])
+def test_a_batched_trace_gives_each_prompt_what_tracing_it_alone_gives(tiny_gqa, monkeypatch, method):
+    from kvbench.eval import longgen
+    from kvbench.eval.protocol import CompressionProtocol
+    from kvbench.methods import build_method
+
+    model, tokenizer = tiny_gqa
+    reference = CompressionProtocol(model, build_method("full"))
+    built = build_method("full") if method == "full" else build_method(
+        "h2o", heavy_ratio=1.0, recent_ratio=1.0, decode_budget_tokens=12, compress_every=1)
+    model = built.apply(copy.deepcopy(model), tokenizer)
+    prompts = [list(range(5 + i, 21 + i)) for i in range(3)]
+    monkeypatch.setattr(longgen, "_FULL_TRACES", {})
+    alone = [longgen.trace(lambda: reference, CompressionProtocol(model, built), p, 24) for p in prompts]
+    monkeypatch.setattr(longgen, "_FULL_TRACES", {})
+    protocol = CompressionProtocol(model, built)
+    batched = longgen.trace_batch(lambda: reference, protocol, prompts, 24)
+    for one, many in zip(alone, batched):
+        assert many.output == one.output and many.full_output == one.full_output
+        assert many.first_disagreement == one.first_disagreement and many.decode_rows == 6
+        assert many.kl == pytest.approx(one.kl, rel=1e-3, abs=1e-9) and many.top1_agreement == one.top1_agreement
+    if method != "full":  # the compressed cache departs within 24 tokens: the comparison is not vacuous
+        assert all(t.kl > 1e-4 for t in batched)
+    assert protocol.stats.generations == 6  # one batch: the generations and teacher-forced passes as its rows

@@ -13,7 +13,7 @@ from kvbench.errors import SuiteConfigError
 from kvbench.eval.protocol import CompressionProtocol
 from kvbench.methods import build_method
 from kvbench.suites import RunContext, build_suite
-from kvbench.suites.longgen import LonggenConfig
+from kvbench.suites.longgen import LonggenConfig, batches
 
 TINY = ModelConfig(pretrained="tiny:llama-gqa", max_length=512, chat=False)
 
@@ -63,8 +63,21 @@ def test_a_decode_budget_covering_every_token_diverges_nowhere_through_all_three
         assert m["kl_0_8"] < 1e-9 and m["top1_16_plus"] == 1.0 and m["length_change"] == 0
 
 
+def test_a_batched_run_gives_the_per_prompt_run_s_numbers_and_names_its_batch_rows(tiny_gqa, tmp_path):
+    method = build_method("streaming_llm", budget_ratio=1.0, decode_budget_tokens=8, sink_tokens=2)
+    alone, _ = _run(*tiny_gqa, method, tmp_path / "alone", tasks=["prose"], prompts=3)
+    batched, protocol = _run(*tiny_gqa, method, tmp_path / "batched", tasks=["prose"], prompts=3, batch=2)
+    a, b = alone["prose"].metrics, batched["prose"].metrics
+    assert a["kl"] > 0 and b["kl"] == pytest.approx(a["kl"], rel=1e-3)
+    assert b["first_disagreement"] == a["first_disagreement"] and b["length_change"] == a["length_change"]
+    assert a["decode_rows"] == 1 and b["decode_rows"] == pytest.approx((4 + 4 + 2) / 3)  # 2 prompts, then 1
+    assert batches([[1, 2], [3], [4, 5], [6, 7], [8]], 2) == [[0, 2], [1, 4], [3]]
+    assert protocol.stats.generations == 6  # 3 prompts, each a generation row and a teacher-forced row
+
+
 @pytest.mark.parametrize("options, message", [({"max_new_tokens": 0}, "max_new_tokens=0"),
                                               ({"bins": [256, 128]}, r"bins=\[256, 128\] must be increasing"),
+                                              ({"batch": 0}, r"batch=0 must be an integer >= 1"),
                                               ({"prompt_tokens": 400, "max_new_tokens": 200}, "exceeds model.max_length")])
 def test_bad_options_are_refused_in_one_line_before_the_model_loads(options, message):
     suite = build_suite(LonggenConfig(name="longgen", options=options))
