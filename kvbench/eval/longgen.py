@@ -212,9 +212,8 @@ def trace_batch(load_reference, protocol, prompts: list[list[int]], max_new_toke
     (outputs, logits), ms = batch_decode_ms(protocol, lambda: protocol.generate_batch(
         [*prompts, *prompts], max_new_tokens, eos_token_ids, return_logits=True,
         forced=[None] * n + [output for output, _ in references]))
-    return [_against(full_output, full_logprobs, outputs[i],
-                     torch.log_softmax(logits[n + i:n + i + 1, :len(full_output)].float(), dim=-1), ms, edges, rows)
-            for i, (full_output, full_logprobs) in enumerate(references)]
+    return [_against(full_output, full_logprobs, outputs[i], _found(outputs, logits, n + i)[1], ms, edges, rows)
+            for i, (full_output, full_logprobs) in enumerate(references)]  # a forced row's output is full's
 
 
 def batch_decode_ms(protocol, run):
